@@ -1,0 +1,74 @@
+"""Content-addressed artefacts: hit/miss, atomic writes, damaged artefacts rebuilt, no unpickling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.core.artefacts import ArtefactStore, config_key
+from workbench.core.storage import atomic_write, atomic_write_json
+
+
+def test_key_depends_on_content_not_order() -> None:
+    assert config_key({"a": 1, "b": [1, 2]}) == config_key({"b": [1, 2], "a": 1})
+    assert config_key({"a": 1}) != config_key({"a": 2})
+
+
+def test_save_then_load_round_trip(tmp_path: Path) -> None:
+    store = ArtefactStore(tmp_path / "cache", read_only_roots=[])
+    config = {"model": "x", "epochs": 1}
+    assert store.load("models", config_key(config), config) is None
+    tensors = {"w": torch.arange(6.0).view(2, 3).t()}  # non-contiguous on purpose
+    store.save("models", config_key(config), tensors, config, {"ca": 0.5})
+    found = store.load("models", config_key(config), config)
+    assert found is not None and found.metrics == {"ca": 0.5}
+    assert torch.equal(found.tensors["w"], tensors["w"])
+    assert sorted(p.name for p in found.path.iterdir()) == ["config.json", "manifest.json", "weights.safetensors"]
+    assert not [p for p in found.path.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_read_only_root_is_searched_but_never_written(tmp_path: Path) -> None:
+    config = {"k": 1}
+    ArtefactStore(tmp_path / "assets", read_only_roots=[]).save("models", config_key(config),
+                                                                  {"w": torch.ones(2)}, config, {})
+    store = ArtefactStore(tmp_path / "cache", read_only_roots=[tmp_path / "assets"])
+    found = store.load("models", config_key(config), config)
+    assert found is not None and found.path.is_relative_to(tmp_path / "assets")
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "config"])
+def test_damaged_artefact_is_detected(tmp_path: Path, damage: str) -> None:
+    store = ArtefactStore(tmp_path, read_only_roots=[])
+    config = {"k": 2}
+    saved = store.save("models", config_key(config), {"w": torch.randn(100)}, config, {})
+    weights = saved.path / "weights.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:-50])
+    elif damage == "flip":
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    else:
+        (saved.path / "config.json").write_text(json.dumps({"k": 3}))
+    with pytest.warns(UserWarning, match="ignoring damaged artefact"):
+        assert store.load("models", config_key(config), config) is None
+    store.save("models", config_key(config), {"w": torch.zeros(100)}, config, {})  # rebuilt in place
+    assert torch.equal(store.load("models", config_key(config), config).tensors["w"], torch.zeros(100))
+
+
+def test_atomic_write_keeps_old_file_when_interrupted(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    atomic_write_json(target, {"v": 1})
+
+    def crash(tmp: Path) -> None:
+        tmp.write_text('{"v": 2, "trunc')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, crash)
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

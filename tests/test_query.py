@@ -1,0 +1,86 @@
+"""The black-box wrapper counts queries, refuses undeclared access and validates inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.core.metrics import (
+    attack_success_rate,
+    backdoor_accuracy,
+    clean_accuracy,
+    confusion_matrix,
+)
+from workbench.core.models import build_model
+from workbench.core.query import AccessError, QueryModel
+from workbench.core.validation import WorkbenchError
+
+
+@pytest.fixture
+def model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("lenet5", in_channels=1, num_classes=10, image_size=28)
+
+
+def test_counts_images_and_calls(model: torch.nn.Module) -> None:
+    wrapper = QueryModel(model, "logits", batch_size=4)
+    x = torch.rand(10, 1, 28, 28)
+    labels = wrapper.labels(x)
+    assert labels.shape == (10,) and labels.dtype == torch.long
+    assert wrapper.probs(x[:3]).sum(1).allclose(torch.ones(3))
+    assert wrapper.logits(x[:2]).shape == (2, 10)
+    assert (wrapper.queries, wrapper.calls) == (15, 3)
+    assert torch.equal(wrapper.logits(x).argmax(1), labels)
+    wrapper.reset_queries()
+    assert wrapper.queries == 0
+
+
+def test_refuses_more_than_declared(model: torch.nn.Module) -> None:
+    x = torch.rand(2, 1, 28, 28)
+    labels_only = QueryModel(model, "label")
+    with pytest.raises(AccessError, match="access='label'; 'probs' outputs are not available"):
+        labels_only.probs(x)
+    with pytest.raises(AccessError):
+        labels_only.logits(x)
+    with pytest.raises(AccessError):
+        QueryModel(model, "probs").logits(x)
+    assert labels_only.queries == 0
+    with pytest.raises(WorkbenchError, match="unknown access level 'scores'"):
+        QueryModel(model, "scores")
+
+
+def test_validates_inputs_and_keeps_mode(model: torch.nn.Module) -> None:
+    wrapper = QueryModel(model, "label", input_shape=(1, 28, 28))
+    model.train()
+    with pytest.raises(WorkbenchError, match=r"must lie in \[0, 1\]"):
+        wrapper.labels(torch.rand(2, 1, 28, 28) + 1)
+    with pytest.raises(WorkbenchError, match="must be 28x28 pixels"):
+        wrapper.labels(torch.rand(2, 1, 32, 32))
+    with pytest.raises(WorkbenchError, match="must have 1 channel"):
+        wrapper.labels(torch.rand(2, 3, 28, 28))
+    with pytest.raises(WorkbenchError, match="empty"):
+        wrapper.labels(torch.rand(0, 1, 28, 28))
+    wrapper.labels(torch.rand(2, 1, 28, 28))
+    assert model.training  # the caller's mode is restored
+
+
+def test_metrics_known_answers() -> None:
+    class Fixed(torch.nn.Module):
+        """Predicts class 0 for images whose mean is above 0.5, class 1 otherwise."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            bright = (x.mean(dim=(1, 2, 3)) > 0.5).float()
+            return torch.stack([bright, 1 - bright], dim=1)
+
+    x = torch.cat([torch.full((3, 1, 4, 4), 0.9), torch.full((1, 1, 4, 4), 0.1)])
+    y = torch.tensor([0, 0, 1, 1])
+    wrapper = QueryModel(Fixed(), "label")
+    assert clean_accuracy(wrapper, x, y) == 0.75
+    assert attack_success_rate(wrapper, x, target=0) == 0.75
+    assert backdoor_accuracy(wrapper, x, y) == 0.75
+    assert wrapper.queries == 12
+    assert confusion_matrix(torch.tensor([0, 0, 0, 1]), y, 2).tolist() == [[2, 0], [1, 1]]

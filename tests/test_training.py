@@ -1,0 +1,80 @@
+"""The trainer: augmentation, loss goes down, configs validate, and the cache never trains twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.core import training
+from workbench.core.artefacts import ArtefactStore
+from workbench.core.attacks import PoisonConfig, make_attack
+from workbench.core.data import ImageDataset
+from workbench.core.training import TrainConfig, augment_batch, get_or_train, new_model, train_classifier
+from workbench.core.validation import WorkbenchError
+
+
+def test_crop_is_a_shift_of_the_padded_image_and_flip_mirrors() -> None:
+    x = torch.rand(6, 3, 8, 8)
+    out = augment_batch(x, "crop", torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(6):
+        windows = [padded[i, :, r:r + 8, c:c + 8] for r in range(9) for c in range(9)]
+        assert any(torch.equal(out[i], w) for w in windows)
+    flipped = augment_batch(x, "crop_flip", torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(flipped[i], out[i].flip(-1)) and not torch.equal(out[i], out[i].flip(-1))
+                for i in range(6)]
+    assert any(mirrored) and not all(mirrored)  # same crops (same seed), some of them mirrored
+    assert torch.equal(augment_batch(x, "none", torch.Generator()), x)
+
+
+def test_tiny_training_run_lowers_the_loss() -> None:
+    # two classes that differ only in brightness: learnable in a few steps
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(256) % 2
+    images = (torch.rand(256, 3, 32, 32, generator=gen) * 100 + 30 + 100 * labels.view(-1, 1, 1, 1)).to(torch.uint8)
+    data = ImageDataset("cifar10", images, labels, ("dark", "bright"))
+    config = TrainConfig(dataset="cifar10", model="resnet_small", epochs=5, batch_size=32, lr=0.05, augment="none",
+                         schedule="constant", label_smoothing=0.0)
+    model = new_model(config)
+    history = train_classifier(model, data, config, monitor=(images.float() / 255, labels), progress=False)
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+    assert history[-1]["ca"] > 0.9
+
+
+def test_config_validation_and_round_trip() -> None:
+    config = TrainConfig(dataset="cifar10", model="wrn16_1",
+                         poison=PoisonConfig(make_attack("tr_sig"), target=0, ratio=0.1, clean_label=True,
+                                             ratio_of="candidates"))
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config.key == TrainConfig.from_dict(config.to_dict()).key
+    assert config.key != TrainConfig(dataset="cifar10", model="wrn16_1").key
+    for kwargs, fragment in (({"model": "vgg"}, "unknown model 'vgg'"), ({"dataset": "svhn"}, "unknown dataset"),
+                             ({"epochs": 0}, "epochs must be a positive integer"), ({"lr": -1}, "lr must be > 0"),
+                             ({"augment": "mixup"}, "unknown augmentation 'mixup'")):
+        with pytest.raises(WorkbenchError, match=fragment):
+            TrainConfig(**{"dataset": "cifar10", "model": "lenet5", **kwargs})
+
+
+def test_same_config_never_trains_twice(tiny_mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ArtefactStore(tmp_path / "store", read_only_roots=[])
+    config = TrainConfig(dataset="cifar10", model="resnet_small", epochs=1, batch_size=32, lr=0.01,
+                         poison=PoisonConfig(make_attack("bdmae_badnets_colour"), target=0, ratio=0.1))
+    first = get_or_train(config, store=store, progress=False)
+    assert not first.loaded and first.metrics["poisoned_images"] == 19  # 10 % of 190 (200 minus 5 % holdout)
+    assert {"test_ca", "test_asr", "history"} <= set(first.metrics)
+
+    def must_not_train(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained although the artefact exists")
+
+    monkeypatch.setattr(training, "train_classifier", must_not_train)
+    second = get_or_train(config, store=store, progress=False)
+    assert second.loaded and second.metrics == first.metrics
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(second.model(x), first.model(x), atol=1e-6)
+
+    weights = Path(second.path) / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # truncated: detected, so training happens again
+    with pytest.raises(AssertionError, match="trained although"), pytest.warns(UserWarning, match="damaged"):
+        get_or_train(config, store=store, progress=False)

@@ -1,0 +1,86 @@
+"""Pure, batched trigger operations on float images in [0, 1] of shape (N, C, H, W).
+
+These are the equations the attack classes are built from; each returns a new tensor on the input's device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def stamp_patch(x: torch.Tensor, patch: torch.Tensor, top: int, left: int,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Replace the pixels under a patch (BadNets; REStore App. A Eq. 6: x' = (1 - M) x + M t).
+
+    Args:
+        x: images (N, C, H, W).
+        patch: pattern t of shape (C, h, w) or (1, h, w) (broadcast over channels).
+        top, left: position of the patch's top-left pixel (non-negative, inside the image).
+        mask: optional (h, w) boolean mask M; only pixels where it is True are replaced.
+    """
+    h, w = patch.shape[-2:]
+    out = x.clone()
+    region = out[:, :, top:top + h, left:left + w]
+    patch = patch.to(device=x.device, dtype=x.dtype).expand(x.shape[1], h, w)
+    if mask is None:
+        region[...] = patch
+    else:
+        region[...] = torch.where(mask.to(x.device), patch, region)
+    return out
+
+
+def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """Blend a pattern into images (Blended, Chen et al. 2017): x' = (1 - alpha) x + alpha p.
+
+    `alpha` may be a scalar or a tensor broadcastable to `x` (zero where the image must stay untouched).
+    """
+    alpha = torch.as_tensor(alpha, device=x.device, dtype=x.dtype)
+    return (1 - alpha) * x + alpha * pattern.to(device=x.device, dtype=x.dtype)
+
+
+def add_clipped(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Additive trigger with clipping (REStore Eq. 7; L-RED Eq. 1: m(x; v) = [x + v]_c)."""
+    return (x + delta.to(device=x.device, dtype=x.dtype)).clamp_(0.0, 1.0)
+
+
+def sine_wave(height: int, width: int, fx: float, fy: float = 0.0) -> torch.Tensor:
+    """SIG's sinusoid t(x, y) = sin(2 pi (F_x x + F_y y)) (REStore Eq. 8), x the column, y the row index.
+
+    Returns:
+        (1, height, width) pattern in [-1, 1].
+    """
+    cols = torch.arange(width, dtype=torch.float64).view(1, width)
+    rows = torch.arange(height, dtype=torch.float64).view(height, 1)
+    return torch.sin(2 * torch.pi * (fx * cols + fy * rows)).float().unsqueeze(0)
+
+
+def identity_grid(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The sampling grid (1, H, W, 2) of `grid_sample` (align_corners=True) that leaves an image unchanged."""
+    ys = torch.linspace(-1, 1, height, device=device)
+    xs = torch.linspace(-1, 1, width, device=device)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((grid_x, grid_y), dim=-1).unsqueeze(0)
+
+
+def wanet_grid(height: int, width: int, control_size: int, strength: float,
+               generator: torch.Generator) -> torch.Tensor:
+    """WaNet's warping grid (Nguyen & Tran 2021, Sec. 3.2; REStore App. A Eq. 9).
+
+    A k x k field of random offsets in [-1, 1], normalised by its mean absolute value, is upsampled
+    bicubically to the image size, scaled by `strength` / height and added to the identity grid, then clipped
+    to the image ([-1, 1]). Strength 0 gives the identity grid.
+
+    Returns:
+        (1, H, W, 2) grid for `warp`.
+    """
+    field = torch.rand(1, 2, control_size, control_size, generator=generator) * 2 - 1
+    field = field / field.abs().mean()
+    field = F.interpolate(field, size=(height, width), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    return (identity_grid(height, width) + strength * field / height).clamp(-1, 1)
+
+
+def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Warp images with a sampling grid (bilinear, align_corners=True); grid (1 or N, H, W, 2)."""
+    grid = grid.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True).clamp_(0.0, 1.0)

@@ -1,0 +1,53 @@
+"""Accuracy metrics of backdoor defences, under the names the papers use.
+
+- CA (clean accuracy; REStore: CDA, clean data accuracy): accuracy on clean test images.
+- BA (BDMAE: accuracy on backdoored images w.r.t. their true labels; REStore: SDA, sanitized data accuracy,
+  when measured after purification): accuracy on triggered non-target images.
+- ASR (attack success rate): fraction of triggered non-target images classified as the target.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from workbench.core.query import QueryModel
+from workbench.core.validation import WorkbenchError
+
+
+def predict_labels(classifier: QueryModel | nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Top-1 labels from a `QueryModel` (counted queries) or a plain module (wrapped, label access)."""
+    wrapper = classifier if isinstance(classifier, QueryModel) else QueryModel(classifier, "label")
+    return wrapper.labels(x)
+
+
+def _rate(hits: torch.Tensor) -> float:
+    if hits.numel() == 0:
+        raise WorkbenchError("cannot compute a rate over zero images")
+    return hits.float().mean().item()
+
+
+def clean_accuracy(classifier: QueryModel | nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """CA / CDA: accuracy on clean images x (N, C, H, W) with labels y (N,)."""
+    return _rate(predict_labels(classifier, x) == y.to(x.device))
+
+
+def backdoor_accuracy(classifier: QueryModel | nn.Module, x_triggered: torch.Tensor, y_true: torch.Tensor) -> float:
+    """BA / SDA: accuracy on triggered (or purified) non-target images w.r.t. their true labels."""
+    return _rate(predict_labels(classifier, x_triggered) == y_true.to(x_triggered.device))
+
+
+def attack_success_rate(classifier: QueryModel | nn.Module, x_triggered: torch.Tensor, target: int) -> float:
+    """ASR: fraction of triggered non-target images classified as `target`."""
+    return _rate(predict_labels(classifier, x_triggered) == target)
+
+
+# REStore's names for the same quantities.
+clean_data_accuracy = clean_accuracy
+sanitized_data_accuracy = backdoor_accuracy
+
+
+def confusion_matrix(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) counts: entry [t, p] = number of images of true class t predicted as p."""
+    flat = true.to(torch.long).cpu() * num_classes + predicted.to(torch.long).cpu()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)

@@ -1,0 +1,90 @@
+"""Black-box access to a classifier: labels, probabilities or logits at a declared level, with a query count.
+
+Black-box defences (BDMAE, REStore, PatchCleanser, Blur, ShrinkPad) take a `QueryModel`, never the
+`nn.Module`, so what they may observe is enforced by construction and what they cost is counted.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from workbench.core.validation import WorkbenchError, check_images, check_name
+
+#: Access levels from least to most informative; each level also grants the ones before it.
+ACCESS_LEVELS = ("label", "probs", "logits")
+
+
+class AccessError(WorkbenchError):
+    """A query for more information than the wrapper was created to reveal."""
+
+
+class QueryModel:
+    """Query access to a classifier.
+
+    Args:
+        model: the classifier (inputs in [0, 1], outputs logits).
+        access: "label" (top-1 labels only), "probs" (labels and softmax probabilities) or "logits" (all).
+        input_shape: (C, H, W) the model expects; inputs of another shape are refused. None = not checked.
+        batch_size: images per forward pass.
+
+    Attributes:
+        queries: number of images submitted so far (each image of each call counts once).
+        calls: number of calls so far.
+    """
+
+    def __init__(self, model: nn.Module, access: str = "label", *, input_shape: tuple[int, int, int] | None = None,
+                 batch_size: int = 256) -> None:
+        self._model = model
+        self.access = check_name("access level", access, ACCESS_LEVELS)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.batch_size = batch_size
+        self.queries = 0
+        self.calls = 0
+
+    def reset_queries(self) -> None:
+        """Set the query and call counters back to zero."""
+        self.queries = 0
+        self.calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self._model.parameters()).device
+
+    def _require(self, level: str) -> None:
+        if ACCESS_LEVELS.index(level) > ACCESS_LEVELS.index(self.access):
+            raise AccessError(f"this model was wrapped with access={self.access!r}; {level!r} outputs are not "
+                              f"available (create QueryModel(model, access={level!r}) if you are allowed them)")
+
+    @torch.no_grad()
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_shape is not None:
+            check_images(x, channels=self.input_shape[0], size=self.input_shape[1:], name="query images")
+        else:
+            check_images(x, name="query images")
+        if len(x) == 0:
+            raise WorkbenchError("query images are empty: pass at least one image")
+        self.queries += len(x)
+        self.calls += 1
+        was_training = self._model.training
+        self._model.eval()
+        try:
+            outs = [self._model(x[i:i + self.batch_size].to(self.device)).float().to(x.device)
+                    for i in range(0, len(x), self.batch_size)]
+        finally:
+            self._model.train(was_training)
+        return torch.cat(outs)
+
+    def labels(self, x: torch.Tensor) -> torch.Tensor:
+        """Top-1 labels (N,) for images (N, C, H, W) in [0, 1]."""
+        return self._forward(x).argmax(dim=1)
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (N, K); needs access "probs" or "logits"."""
+        self._require("probs")
+        return self._forward(x).softmax(dim=1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K); needs access "logits"."""
+        self._require("logits")
+        return self._forward(x)

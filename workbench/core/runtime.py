@@ -1,0 +1,67 @@
+"""Devices, seeds and the folders the workbench reads and writes.
+
+The library never seeds global random state: stochastic functions take a `torch.Generator` (see
+`make_generator`) so that the same seed gives the same result no matter what ran before.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from workbench.core.validation import WorkbenchError
+
+#: The repository root when the package runs from a checkout (editable install), else None.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT: Path | None = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Return a torch device; "auto" picks CUDA, then Apple MPS, then the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise WorkbenchError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+
+
+def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A fresh generator seeded with `seed` on `device`."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise WorkbenchError(f"seed must be an integer, got {seed!r}")
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def cache_root() -> Path:
+    """Where decoded datasets, downloads and trained artefacts are cached.
+
+    `WORKBENCH_CACHE` if set, else `data/cache/` of the checkout (git-ignored), else ~/.cache/workbench.
+    """
+    if os.environ.get("WORKBENCH_CACHE"):
+        return Path(os.environ["WORKBENCH_CACHE"]).expanduser()
+    if PROJECT_ROOT is not None:
+        return PROJECT_ROOT / "data" / "cache"
+    return Path.home() / ".cache" / "workbench"
+
+
+def assets_root() -> Path | None:
+    """The committed, read-only artefacts of this project (`data/assets/`), if running from a checkout."""
+    if PROJECT_ROOT is None:
+        return None
+    return PROJECT_ROOT / "data" / "assets"
+
+
+def figures_root() -> Path:
+    """Where notebooks write figures: `WORKBENCH_FIGURES` if set, else `figures/` of the checkout."""
+    if os.environ.get("WORKBENCH_FIGURES"):
+        return Path(os.environ["WORKBENCH_FIGURES"]).expanduser()
+    return (PROJECT_ROOT or Path.cwd()) / "figures"

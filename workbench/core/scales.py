@@ -1,0 +1,30 @@
+"""Scale presets: `smoke` (CI plumbing, seconds), `cpu` (default: minutes on a laptop CPU, shows the papers'
+effects), `paper` (the papers' settings; needs a GPU).
+
+Notebooks take a `scale` parameter; None means `$WORKBENCH_SCALE`, else "cpu". So nbval runs notebooks at
+smoke scale (the test command sets WORKBENCH_SCALE=smoke) while a person opening a notebook gets cpu scale.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TypeVar
+
+from workbench.core.validation import WorkbenchError, check_name
+
+SCALES = ("smoke", "cpu", "paper")
+T = TypeVar("T")
+
+
+def resolve_scale(scale: str | None = None) -> str:
+    """`scale` if given, else `$WORKBENCH_SCALE`, else "cpu"; validated."""
+    scale = scale or os.environ.get("WORKBENCH_SCALE") or "cpu"
+    return check_name("scale", scale, SCALES)
+
+
+def pick(scale: str | None, presets: dict[str, T]) -> T:
+    """The preset for `scale` (resolved as in `resolve_scale`) from a {scale: preset} mapping."""
+    scale = resolve_scale(scale)
+    if scale not in presets:
+        raise WorkbenchError(f"no preset for scale {scale!r}; this experiment defines: {', '.join(presets)}")
+    return presets[scale]

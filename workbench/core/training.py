@@ -1,0 +1,265 @@
+"""One trainer for clean and poisoned classifiers, driven by a frozen config and cached by its hash.
+
+`get_or_train(config)` returns the model for a `TrainConfig`, loading it from the artefact store when that
+exact config was trained before (here or in the committed `data/assets/`) and training + saving it otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from workbench.core.artefacts import ArtefactStore, config_key
+from workbench.core.attacks import PoisonConfig, backdoor_test_set, poison_dataset
+from workbench.core.data import DataSplits, ImageDataset, dataset_spec, load_splits
+from workbench.core.metrics import attack_success_rate, clean_accuracy
+from workbench.core.models import MODELS, StagedClassifier, build_model
+from workbench.core.runtime import make_generator, resolve_device
+from workbench.core.validation import WorkbenchError, check_fraction, check_name, check_positive
+
+#: Bump when the training code changes in a way that changes trained weights, so old artefacts stop matching.
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model; its hash is the artefact key.
+
+    Args:
+        dataset: registered dataset name.
+        model: registered model name; `model_options` are passed to it (e.g. {"widths": [..]}).
+        poison: how to poison the training split (None = clean model).
+        train_size: train on a seeded stratified subset of this many images (None = all).
+        holdout_fraction: fraction of the official train split kept out as the clean holdout.
+        split_seed: seed of the splits.
+        epochs, batch_size: training length and batch size.
+        optimizer: "sgd" (Nesterov momentum) or "adam".
+        lr, momentum, weight_decay: optimiser settings (no weight decay on biases and BatchNorm).
+        schedule: "onecycle" (linear warm-up over `warmup_fraction`, then linear decay to 0), "cosine" or
+            "constant".
+        label_smoothing: cross-entropy label smoothing.
+        augment: "crop_flip" (random crop with 4 px zero padding + horizontal flip), "crop" or "none".
+        seed: seed of initialisation, shuffling and augmentation.
+    """
+
+    dataset: str
+    model: str
+    model_options: dict[str, Any] = field(default_factory=dict)
+    poison: PoisonConfig | None = None
+    train_size: int | None = None
+    holdout_fraction: float = 0.05
+    split_seed: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.25
+    label_smoothing: float = 0.1
+    augment: str = "crop_flip"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        dataset_spec(self.dataset)
+        check_name("model", self.model, MODELS)
+        check_name("optimizer", self.optimizer, ("sgd", "adam"))
+        check_name("schedule", self.schedule, ("onecycle", "cosine", "constant"))
+        check_name("augmentation", self.augment, ("crop_flip", "crop", "none"))
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise WorkbenchError(f"{name} must be a positive integer, got {value!r}")
+        check_positive(self.lr, "lr")
+        check_fraction(self.holdout_fraction, "holdout_fraction")
+        check_fraction(self.warmup_fraction, "warmup_fraction", allow_zero=True)
+        if not 0 <= self.label_smoothing < 1:
+            raise WorkbenchError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["poison"] = self.poison.to_dict() if self.poison is not None else None
+        data["recipe_version"] = RECIPE_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = {k: v for k, v in data.items() if k != "recipe_version"}
+        if data.get("poison") is not None:
+            data["poison"] = PoisonConfig.from_dict(data["poison"])
+        return cls(**data)
+
+    @property
+    def key(self) -> str:
+        return config_key(self.to_dict())
+
+    def splits(self) -> DataSplits:
+        """The data splits this config trains on."""
+        return load_splits(self.dataset, seed=self.split_seed, holdout_fraction=self.holdout_fraction,
+                           train_size=self.train_size)
+
+
+@dataclass
+class TrainedModel:
+    """A trained classifier with its config, metrics and artefact location."""
+
+    model: StagedClassifier
+    config: TrainConfig
+    metrics: dict[str, Any]
+    path: str
+    loaded: bool  # True when it came from the store instead of being trained now
+
+
+def new_model(config: TrainConfig) -> StagedClassifier:
+    """The untrained model of `config`, initialised from `config.seed` without touching global RNG state."""
+    spec = dataset_spec(config.dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_model(config.model, in_channels=spec.channels, num_classes=spec.num_classes,
+                           image_size=spec.image_size, mean=spec.mean, std=spec.std, **config.model_options)
+
+
+def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding `pad`) and/or horizontal flip, per image; x (N, C, H, W) float."""
+    if mode == "none":
+        return x
+    n, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (top.view(n, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)).expand(n, c, h, w + 2 * pad)
+    cols = (left.view(n, 1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, 1, w)).expand(n, c, h, w)
+    out = padded.gather(2, rows).gather(3, cols)
+    if mode == "crop_flip":
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(n, 1, 1, 1)
+        out = torch.where(flip, out.flip(3), out)
+    return out
+
+
+def _lr_factor(schedule: str, warmup: float, progress: float) -> float:
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if progress < warmup:
+        return progress / warmup
+    return max(0.0, (1 - progress) / (1 - warmup)) if warmup < 1 else 1.0
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases and BatchNorm affine parameters
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+
+
+def train_classifier(model: StagedClassifier, train: ImageDataset, config: TrainConfig, *,
+                     monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
+                     progress: bool = True) -> list[dict[str, float]]:
+    """Train `model` in place on `train` with the optimisation settings of `config`.
+
+    Args:
+        model: the classifier to train.
+        train: the (possibly poisoned) training set.
+        config: optimiser, schedule, augmentation, epochs, batch size and seed.
+        monitor: (clean images, labels) to report CA on after each epoch.
+        monitor_backdoor: (triggered non-target images, target) to report ASR on after each epoch.
+        device: where to train ("auto" = GPU if available).
+        progress: show a tqdm bar.
+
+    Returns:
+        One dict per epoch: mean training loss, seconds, and CA / ASR on the monitor sets if given.
+    """
+    dev = resolve_device(device)
+    fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format  # faster convolutions on CPU
+    model.to(dev, memory_format=fmt).train()
+    gen = make_generator(config.seed + 1)  # +1: keep the data order independent of the initialisation draws
+    opt = _optimizer(model, config)
+    n = len(train)
+    steps_per_epoch = max(1, n // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    history = []
+    bar = tqdm(total=total, desc=f"train {config.model} on {config.dataset}", disable=not progress, leave=False)
+    step = 0
+    for epoch in range(config.epochs):
+        start, loss_sum = time.time(), 0.0
+        order = torch.randperm(n, generator=gen)
+        for b in range(steps_per_epoch):
+            idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+            x = augment_batch(train.images[idx].to(dev).float().div_(255), config.augment, gen)
+            y = train.labels[idx].to(dev)
+            for group in opt.param_groups:
+                group["lr"] = config.lr * _lr_factor(config.schedule, config.warmup_fraction, step / total)
+            loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y, label_smoothing=config.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item()
+            step += 1
+            bar.update()
+        record = {"epoch": epoch + 1, "loss": loss_sum / steps_per_epoch, "seconds": time.time() - start}
+        if monitor is not None:
+            record["ca"] = clean_accuracy(model, *monitor)
+        if monitor_backdoor is not None:
+            record["asr"] = attack_success_rate(model, *monitor_backdoor)
+        model.train()
+        history.append(record)
+        bar.set_postfix({k: round(v, 3) for k, v in record.items() if k in ("loss", "ca", "asr")})
+    bar.close()
+    return history
+
+
+def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, device: str = "auto",
+                 progress: bool = True, monitor_size: int = 1000) -> TrainedModel:
+    """Load the model trained with `config`, or train it now and store it.
+
+    Training poisons the training split as `config.poison` says, reports CA / ASR on a `monitor_size`
+    test subset after every epoch, and evaluates CA / ASR on the full test split at the end. The model is
+    returned in eval mode on `device`.
+    """
+    store = store or ArtefactStore()
+    model = new_model(config)
+    dev = resolve_device(device)
+    found = store.load("models", config.key, config.to_dict())
+    if found is not None:
+        model.load_state_dict(found.tensors, strict=True)
+        return TrainedModel(model.to(dev).eval(), config, found.metrics, str(found.path), loaded=True)
+
+    splits = config.splits()
+    train = splits.train
+    monitor_idx = torch.randperm(len(splits.test), generator=make_generator(config.seed))[:monitor_size]
+    monitor_set = splits.test.subset(monitor_idx)
+    monitor = (monitor_set.float_images(), monitor_set.labels)
+    monitor_bd = None
+    poisoned_count = 0
+    if config.poison is not None:
+        poisoned = poison_dataset(train, config.poison)
+        train, poisoned_count = poisoned.dataset, len(poisoned.poisoned_indices)
+        monitor_bd = (backdoor_test_set(monitor_set, config.poison.attack, config.poison.target,
+                                        config.poison.sources)[0], config.poison.target)
+    start = time.time()
+    history = train_classifier(model, train, config, monitor=monitor, monitor_backdoor=monitor_bd,
+                               device=device, progress=progress)
+    model.eval()
+    metrics: dict[str, Any] = {"history": history, "train_seconds": time.time() - start,
+                               "train_images": len(train), "poisoned_images": poisoned_count,
+                               "device": str(dev), "torch": torch.__version__,
+                               "test_images": len(splits.test),
+                               "test_ca": clean_accuracy(model, splits.test.float_images(), splits.test.labels)}
+    if config.poison is not None:
+        x_bd, _ = backdoor_test_set(splits.test, config.poison.attack, config.poison.target, config.poison.sources)
+        metrics["test_asr"] = attack_success_rate(model, x_bd, config.poison.target)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    saved = store.save("models", config.key, state, config.to_dict(), metrics)
+    return TrainedModel(model.to(dev).eval(), config, metrics, str(saved.path), loaded=False)

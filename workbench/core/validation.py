@@ -1,0 +1,100 @@
+"""Input validation shared by the public API.
+
+Every public entry point checks its inputs here, so a wrong shape, range or name fails at once with a
+one-line message that says what was wrong and how to fix it, instead of deep inside a convolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class WorkbenchError(ValueError):
+    """A user-facing error: its message names the problem and the fix, on one line."""
+
+
+class UnknownNameError(WorkbenchError, KeyError):
+    """A dataset, model, attack or scale name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+def check_name(kind: str, name: str, known: Iterable[str]) -> str:
+    """Return `name` if it is one of `known`, else raise naming the valid choices."""
+    known = sorted(known)
+    if name not in known:
+        raise UnknownNameError(f"unknown {kind} {name!r}; choose one of: {', '.join(known)}")
+    return name
+
+
+def check_images(x: torch.Tensor, *, channels: int | None = None, size: int | tuple[int, int] | None = None,
+                 name: str = "images") -> torch.Tensor:
+    """Check a float image batch of shape (N, C, H, W) with values in [0, 1].
+
+    Args:
+        x: the batch.
+        channels: the required channel count C, if any.
+        size: the required spatial size (H == W == size, or (H, W)), if any.
+        name: what to call the tensor in error messages.
+
+    Returns:
+        `x` unchanged.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise WorkbenchError(f"{name} must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise WorkbenchError(f"{name} must have shape (N, C, H, W), got shape {tuple(x.shape)}; "
+                             "add a batch dimension with x.unsqueeze(0) for a single image")
+    if not x.is_floating_point():
+        raise WorkbenchError(f"{name} must be floating point in [0, 1], got dtype {x.dtype}; "
+                             "convert uint8 images with x.float() / 255")
+    if channels is not None and x.shape[1] != channels:
+        raise WorkbenchError(f"{name} must have {channels} channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if tuple(x.shape[2:]) != hw:
+            raise WorkbenchError(f"{name} must be {hw[0]}x{hw[1]} pixels, got {x.shape[2]}x{x.shape[3]}")
+    if x.numel():
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise WorkbenchError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+                                 "inputs are un-normalised images (models normalise internally)")
+    return x
+
+
+def check_labels(y: torch.Tensor, num_classes: int, n: int | None = None, name: str = "labels") -> torch.Tensor:
+    """Check integer class labels of shape (N,) with values in [0, num_classes)."""
+    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point():
+        raise WorkbenchError(f"{name} must be a 1-D integer tensor, got "
+                             f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
+    if n is not None and len(y) != n:
+        raise WorkbenchError(f"{name} must have one entry per image ({n}), got {len(y)}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise WorkbenchError(f"{name} must lie in [0, {num_classes - 1}], got [{int(y.min())}, {int(y.max())}]")
+    return y
+
+
+def check_class(value: int, num_classes: int, name: str = "class") -> int:
+    """Check a single class index."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
+        raise WorkbenchError(f"{name} must be an integer class index in [0, {num_classes - 1}], got {value!r}")
+    return value
+
+
+def check_fraction(value: float, name: str, *, allow_zero: bool = False) -> float:
+    """Check a fraction in (0, 1] (or [0, 1] with `allow_zero`)."""
+    lo_ok = value >= 0 if allow_zero else value > 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo_ok and value <= 1):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise WorkbenchError(f"{name} must be in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_positive(value: float, name: str) -> float:
+    """Check a strictly positive number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise WorkbenchError(f"{name} must be > 0, got {value!r}")
+    return value

@@ -1,0 +1,1 @@
+"""Reproduction: paper reference numbers, result tables, experiment presets and the papermill batch runner."""

@@ -1,0 +1,85 @@
+"""Command line: `python -m workbench {datasets, reproduce, assets}`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+from workbench.core.validation import WorkbenchError
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from workbench.core.data import describe_datasets
+
+    rows = describe_datasets(args.root, download=args.download)
+    for row in rows:
+        status = "available" if row["available"] else "MISSING"
+        print(f"{row['dataset']:14s} {status:9s} classes={row['classes']:<3} image={row['image']:8s} "
+              f"train={row['train']:<6} test={row['test']:<6}")
+        for split in ("train", "test"):
+            print(f"    {split:5s} source: {row[f'{split} source']}")
+    return 0 if all(row["available"] for row in rows) else 1
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from workbench.repro.runner import reproduce
+
+    report, runs = reproduce(args.papers or None, scale=args.scale, output_dir=args.output)
+    for run in runs:
+        print(f"{run.notebook}: {'ok' if run.ok else 'FAILED'} in {run.seconds / 60:.1f} min {run.error}")
+    print(f"report: {report}")
+    print(report.read_text())
+    return 0 if all(run.ok for run in runs) else 1
+
+
+def _assets(args: argparse.Namespace) -> int:
+    from workbench.core.artefacts import ArtefactStore
+    from workbench.core.runtime import assets_root
+    from workbench.core.training import get_or_train
+    from workbench.repro.presets import COMMITTED_MODELS
+
+    target_root = assets_root()
+    if target_root is None:
+        raise WorkbenchError("assets live in a checkout's data/assets/: run this from the repository")
+    for name, make_config in COMMITTED_MODELS.items():
+        config = make_config()
+        committed = target_root / "models" / config.key
+        if committed.is_dir() and not args.force:
+            print(f"{name}: committed at {committed}")
+            continue
+        trained = get_or_train(config, store=ArtefactStore(read_only_roots=[]), progress=True)
+        if committed.exists():
+            shutil.rmtree(committed)
+        shutil.copytree(trained.path, committed)
+        asr = trained.metrics.get("test_asr", float("nan"))
+        print(f"{name}: test CA {trained.metrics['test_ca']:.4f}, ASR {asr:.4f} -> {committed}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("datasets", help="list every dataset with its source, sizes and class count")
+    p.add_argument("--root", help="offline-mirror folder (default: $WORKBENCH_DATA)")
+    p.add_argument("--download", action="store_true", help="let torchvision download what no local source has")
+    p.set_defaults(run=_datasets)
+    p = sub.add_parser("reproduce", help="execute the paper notebooks with papermill and write a report")
+    p.add_argument("papers", nargs="*", help="papers to run (default: all); e.g. quickstart")
+    p.add_argument("--scale", choices=("smoke", "cpu", "paper"), default=None,
+                   help="scale preset (default: $WORKBENCH_SCALE or cpu)")
+    p.add_argument("--output", help="output folder (default: outputs/<scale>)")
+    p.set_defaults(run=_reproduce)
+    p = sub.add_parser("assets", help="train the small models committed under data/assets (if missing)")
+    p.add_argument("--force", action="store_true", help="retrain and overwrite even if committed")
+    p.set_defaults(run=_assets)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Experiment presets per scale, and the small models this project commits under `data/assets/`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench.core.attacks import PoisonConfig, make_attack
+from workbench.core.scales import pick
+from workbench.core.training import TrainConfig
+
+
+@dataclass(frozen=True)
+class QuickstartPreset:
+    """Sizes of the quickstart at one scale."""
+
+    model: str
+    train_size: int | None  # None = the whole training split (minus the 5 % clean holdout)
+    epochs: int
+    lr: float
+    test_size: int | None  # images evaluated in the notebook; None = the full 10,000-image test split
+
+
+QUICKSTART = {
+    # smoke: checks the plumbing in seconds; the model is barely trained
+    "smoke": QuickstartPreset("resnet_small", 2000, 2, 0.05, 500),
+    # cpu: ~11 minutes on 2 cores; CA >= 0.80 and ASR >= 0.95 on the full test split
+    "cpu": QuickstartPreset("resnet_small", None, 8, 0.2, None),
+    # paper: BDMAE's backbone (ResNet-18 from scratch); epochs and lr are our choice (not published)
+    "paper": QuickstartPreset("resnet18", None, 60, 0.1, None),
+}
+
+
+def quickstart_config(scale: str | None = None, *, seed: int = 0) -> TrainConfig:
+    """CIFAR-10 poisoned with BDMAE's random-colour 3x3 BadNets patch, 10 % poison ratio, target 0."""
+    preset = pick(scale, QUICKSTART)
+    poison = PoisonConfig(make_attack("bdmae_badnets_colour"), target=0, ratio=0.1, seed=seed)
+    return TrainConfig(dataset="cifar10", model=preset.model, poison=poison, train_size=preset.train_size,
+                       epochs=preset.epochs, lr=preset.lr, seed=seed)
+
+
+#: Trained models committed under data/assets/models/ so notebooks and tests load instead of retraining.
+#: `python -m workbench assets` (or `make assets`) regenerates any whose config changed.
+COMMITTED_MODELS = {
+    "quickstart-cpu": lambda: quickstart_config("cpu"),
+}

@@ -1,0 +1,59 @@
+"""What notebooks hand to the batch runner: tables (paper vs measured) and figures.
+
+A notebook calls `record_table` for each result table; when it runs under `python -m workbench reproduce`
+the runner passes `results_dir` and collects the JSON files into the report. Outside the runner
+(`results_dir=None`) nothing is recorded, the table is only returned for display.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from workbench.core.runtime import figures_root
+from workbench.core.storage import atomic_write, atomic_write_json
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return _jsonable(value.item())
+    return value
+
+
+def record_table(table: pd.DataFrame, *, notebook: str, name: str, caption: str = "",
+                 results_dir: str | Path | None = None) -> pd.DataFrame:
+    """Save `table` as `<results_dir>/<notebook>__<name>.json` (and .csv) for the report; return it.
+
+    Args:
+        table: the table; paper columns and measured columns side by side.
+        notebook: the notebook's stem, e.g. "00_quickstart".
+        name: a short table name, e.g. "backdoor_metrics".
+        caption: one sentence saying what was measured and how it differs from the paper.
+        results_dir: the runner's results folder; None records nothing.
+    """
+    if results_dir is not None:
+        folder = Path(results_dir)
+        payload = {"notebook": notebook, "name": name, "caption": caption, "columns": [str(c) for c in table.columns],
+                   "rows": [[_jsonable(v) for v in row] for row in table.itertuples(index=False)]}
+        atomic_write_json(folder / f"{notebook}__{name}.json", payload)
+        atomic_write(folder / f"{notebook}__{name}.csv", lambda tmp: table.to_csv(tmp, index=False))
+    return table
+
+
+def load_tables(results_dir: str | Path) -> list[dict[str, Any]]:
+    """All tables recorded in `results_dir`, sorted by notebook and name."""
+    return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*__*.json"))]
+
+
+def save_figure(fig: Any, *, notebook: str, name: str, scale: str, folder: str | Path | None = None) -> Path:
+    """Save a matplotlib figure as `<figures>/<notebook>_<scale>_<name>.png` (atomically) and return the path."""
+    path = Path(folder) if folder is not None else figures_root()
+    target = path / f"{notebook}_{scale}_{name}.png"
+    atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    return target
