@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from workbench.core.runtime import cache_root, make_generator
 from workbench.core.storage import atomic_write
@@ -140,7 +141,8 @@ def _read_webdataset(path: Path, channels: int) -> tuple[np.ndarray, np.ndarray]
     labels: dict[str, int] = {}
     mode = "RGB" if channels == 3 else "L"
     with tarfile.open(path, "r:gz") as tar:
-        for member in tar:
+        for member in tqdm(tar, desc=f"decode {path.parent.name}/{path.name} (once; cached)", unit=" files",
+                           leave=False):
             if not member.isfile():
                 continue
             key, _, ext = member.name.rpartition(".")
@@ -354,7 +356,7 @@ def load_splits(name: str, *, seed: int = 0, holdout_fraction: float = 0.05, tra
         test_size: keep this many test images (None = all).
         root: offline-mirror folder (see `load_split`).
     """
-    check_fraction(holdout_fraction, "holdout_fraction")
+    check_fraction(holdout_fraction, "holdout_fraction", allow_one=False)
     for value, what in ((train_size, "train_size"), (test_size, "test_size")):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
             raise WorkbenchError(f"{what} must be a positive integer or None, got {value!r}")

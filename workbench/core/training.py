@@ -79,7 +79,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise WorkbenchError(f"{name} must be a positive integer, got {value!r}")
         check_positive(self.lr, "lr")
-        check_fraction(self.holdout_fraction, "holdout_fraction")
+        check_fraction(self.holdout_fraction, "holdout_fraction", allow_one=False)
         check_fraction(self.warmup_fraction, "warmup_fraction", allow_zero=True)
         if not 0 <= self.label_smoothing < 1:
             raise WorkbenchError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")

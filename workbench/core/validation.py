@@ -84,11 +84,12 @@ def check_class(value: int, num_classes: int, name: str = "class") -> int:
     return value
 
 
-def check_fraction(value: float, name: str, *, allow_zero: bool = False) -> float:
-    """Check a fraction in (0, 1] (or [0, 1] with `allow_zero`)."""
+def check_fraction(value: float, name: str, *, allow_zero: bool = False, allow_one: bool = True) -> float:
+    """Check a fraction in (0, 1]; `allow_zero` admits 0, `allow_one=False` excludes 1."""
     lo_ok = value >= 0 if allow_zero else value > 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo_ok and value <= 1):
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
+    hi_ok = value <= 1 if allow_one else value < 1
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo_ok and hi_ok):
+        interval = ("[0" if allow_zero else "(0") + (", 1]" if allow_one else ", 1)")
         raise WorkbenchError(f"{name} must be in {interval}, got {value!r}")
     return float(value)
 

@@ -42,6 +42,10 @@ def _assets(args: argparse.Namespace) -> int:
     target_root = assets_root()
     if target_root is None:
         raise WorkbenchError("assets live in a checkout's data/assets/: run this from the repository")
+    current = {make_config().key for make_config in COMMITTED_MODELS.values()}
+    for stale in sorted((target_root / "models").glob("*")):
+        if stale.name not in current:
+            print(f"stale: {stale} is no longer listed in COMMITTED_MODELS; remove it with `git rm -r {stale}`")
     for name, make_config in COMMITTED_MODELS.items():
         config = make_config()
         committed = target_root / "models" / config.key
