@@ -84,3 +84,14 @@ def test_metrics_known_answers() -> None:
     assert backdoor_accuracy(wrapper, x, y) == 0.75
     assert wrapper.queries == 12
     assert confusion_matrix(torch.tensor([0, 0, 0, 1]), y, 2).tolist() == [[2, 0], [1, 1]]
+
+
+def test_workbench_models_declare_their_input_shape(model: torch.nn.Module) -> None:
+    with pytest.raises(WorkbenchError, match="must be 28x28 pixels"):
+        QueryModel(model, "label").labels(torch.rand(1, 1, 32, 32))
+    with pytest.raises(WorkbenchError, match="NaN"):
+        clean_accuracy(model, torch.full((1, 1, 28, 28), float("nan")), torch.tensor([0]))
+    with pytest.raises(WorkbenchError, match="1-D integer tensor with one entry per image"):
+        clean_accuracy(model, torch.rand(3, 1, 28, 28), torch.zeros(3, 1, dtype=torch.long))
+    with pytest.raises(WorkbenchError, match="batch_size must be a positive integer"):
+        QueryModel(model, batch_size=0)

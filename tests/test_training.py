@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workbench.core import training
-from workbench.core.artefacts import ArtefactStore
+from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.attacks import PoisonConfig, make_attack
 from workbench.core.data import ImageDataset
 from workbench.core.training import TrainConfig, augment_batch, get_or_train, new_model, train_classifier
@@ -48,10 +48,14 @@ def test_config_validation_and_round_trip() -> None:
                          poison=PoisonConfig(make_attack("tr_sig"), target=0, ratio=0.1, clean_label=True,
                                              ratio_of="candidates"))
     assert TrainConfig.from_dict(config.to_dict()) == config
-    assert config.key == TrainConfig.from_dict(config.to_dict()).key
-    assert config.key != TrainConfig(dataset="cifar10", model="wrn16_1").key
+    assert config_key(config.to_dict()) != config_key(TrainConfig(dataset="cifar10", model="wrn16_1").to_dict())
+    # numbers typed as int or float, and dict options in any order, give the same key
+    a = TrainConfig(dataset="cifar10", model="resnet_small", lr=1, model_options={"widths": [8, 8, 16, 16]})
+    b = TrainConfig(dataset="cifar10", model="resnet_small", lr=1.0, model_options={"widths": (8, 8, 16, 16)})
+    assert a == b and hash(a) == hash(b) and config_key(a.to_dict()) == config_key(b.to_dict())
     for kwargs, fragment in (({"model": "vgg"}, "unknown model 'vgg'"), ({"dataset": "svhn"}, "unknown dataset"),
-                             ({"epochs": 0}, "epochs must be a positive integer"), ({"lr": -1}, "lr must be > 0"),
+                             ({"epochs": 0}, "epochs must be a positive integer"),
+                             ({"lr": -1}, "lr must be a number > 0"),
                              ({"augment": "mixup"}, "unknown augmentation 'mixup'")):
         with pytest.raises(WorkbenchError, match=fragment):
             TrainConfig(**{"dataset": "cifar10", "model": "lenet5", **kwargs})

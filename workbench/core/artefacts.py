@@ -92,6 +92,8 @@ class ArtefactStore:
             atomic_write_json(tmp / MANIFEST, {"key": key, "weights_sha256": sha256_file(tmp / WEIGHTS),
                                                "config_sha256": sha256_text(canonical_json(config)),
                                                "metrics": metrics})
+            for written in tmp.iterdir():  # safetensors writes 0600 files; give them normal permissions
+                os.chmod(written, 0o666 & ~current_umask())
             if final.exists():  # a damaged copy, or a concurrent writer: replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -14,6 +14,7 @@ Decoded arrays are cached as `.npz` files under `cache_root()/datasets` (git-ign
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import struct
@@ -27,8 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.core.runtime import cache_root, make_generator
-from workbench.core.storage import atomic_write
-from workbench.core.validation import WorkbenchError, check_fraction, check_name
+from workbench.core.storage import atomic_write, sha256_text
+from workbench.core.validation import WorkbenchError, check_fraction, check_name, check_positive_int
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -126,6 +127,12 @@ class ImageDataset:
         """The images at `indices` (a 1-D index tensor), in that order."""
         return ImageDataset(self.name, self.images[indices], self.labels[indices], self.class_names, self.source)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the images and labels: identifies exactly what a model was trained on."""
+        digest = hashlib.sha256(self.images.contiguous().numpy().tobytes())
+        digest.update(self.labels.numpy().astype("<i8").tobytes())
+        return digest.hexdigest()
+
     def replace(self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> ImageDataset:
         """A copy with new images and/or labels."""
         return ImageDataset(self.name, self.images if images is None else images,
@@ -142,7 +149,7 @@ def _read_webdataset(path: Path, channels: int) -> tuple[np.ndarray, np.ndarray]
     mode = "RGB" if channels == 3 else "L"
     with tarfile.open(path, "r:gz") as tar:
         for member in tqdm(tar, desc=f"decode {path.parent.name}/{path.name} (once; cached)", unit=" files",
-                           leave=False):
+                           leave=False, mininterval=2):
             if not member.isfile():
                 continue
             key, _, ext = member.name.rpartition(".")
@@ -178,22 +185,24 @@ def _find_idx(folder: Path, prefix: str, kind: str) -> Path | None:
     return None
 
 
-def _load_folder(spec: DatasetSpec, split: str, folder: Path) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """Load `split` from a mirror-format folder, or None if that folder does not hold it."""
+def _source_in_folder(spec: DatasetSpec, split: str, folder: Path) -> Path | None:
+    """The file holding `split` in a mirror-format folder (the images file for IDX), or None."""
     if spec.mirror_format == "webdataset":
         path = folder / f"{split}.tar.gz"
-        if not path.is_file():
-            return None
-        x, y = _read_webdataset(path, spec.channels)
-        return x, y, str(path)
+        return path if path.is_file() else None
     images = _find_idx(folder, spec.idx_prefixes[split], "images")
     labels = _find_idx(folder, spec.idx_prefixes[split], "labels")
-    if images is None or labels is None:
-        return None
-    return _read_idx(images)[..., None], _read_idx(labels).astype(np.int64), str(images)
+    return images if images is not None and labels is not None else None
 
 
-def _load_torchvision(spec: DatasetSpec, split: str, download_root: Path) -> tuple[np.ndarray, np.ndarray, str]:
+def _decode_file(spec: DatasetSpec, split: str, source: Path) -> tuple[np.ndarray, np.ndarray]:
+    if spec.mirror_format == "webdataset":
+        return _read_webdataset(source, spec.channels)
+    labels = _find_idx(source.parent, spec.idx_prefixes[split], "labels")
+    return _read_idx(source)[..., None], _read_idx(labels).astype(np.int64)
+
+
+def _load_torchvision(spec: DatasetSpec, split: str, download_root: Path) -> tuple[np.ndarray, np.ndarray]:
     """Download `split` with torchvision and convert it to the mirror's layout (GTSRB resized to 32 px)."""
     import torchvision.datasets as tvd
     from PIL import Image
@@ -206,12 +215,12 @@ def _load_torchvision(spec: DatasetSpec, split: str, download_root: Path) -> tup
         for img, label in ds:  # variable-size PIL images: resize like the mirror (whole image, bilinear)
             xs.append(np.asarray(img.convert("RGB").resize((32, 32), Image.BILINEAR)))
             ys.append(label)
-        return np.stack(xs), np.array(ys, dtype=np.int64), f"torchvision download ({root})"
+        return np.stack(xs), np.array(ys, dtype=np.int64)
     cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[spec.name]
     ds = cls(root, train=train, download=True)
     x = np.asarray(ds.data)
     x = x[..., None] if x.ndim == 3 else x
-    return x, np.asarray(ds.targets, dtype=np.int64), f"torchvision download ({root})"
+    return x, np.asarray(ds.targets, dtype=np.int64)
 
 
 def _candidate_folders(spec: DatasetSpec, root: str | Path | None) -> list[tuple[str, Path]]:
@@ -225,8 +234,19 @@ def _candidate_folders(spec: DatasetSpec, root: str | Path | None) -> list[tuple
     return folders
 
 
-def _cache_path(name: str, split: str) -> Path:
-    return cache_root() / "datasets" / f"{name}-{split}.npz"
+def _cache_path(name: str, split: str, source_id: str) -> Path:
+    """Decoded arrays are cached per source: another mirror, or a changed file, gets its own cache entry."""
+    return cache_root() / "datasets" / f"{name}-{split}-{sha256_text(source_id)[:12]}.npz"
+
+
+def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz["images"], npz["labels"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable (e.g. a crash before atomic writes existed): decode again
 
 
 def load_split(name: str, split: str = "train", *, root: str | Path | None = None,
@@ -241,41 +261,45 @@ def load_split(name: str, split: str = "train", *, root: str | Path | None = Non
         refresh: ignore the decoded-array cache and decode the source again.
 
     Returns:
-        The split as an `ImageDataset` (uint8 images, int64 labels).
+        The split as an `ImageDataset` (uint8 images, int64 labels); `source` names the file it came from.
 
     Raises:
         WorkbenchError: if no source has the split; the message names every place looked and how to get it.
     """
     spec = dataset_spec(name)
     check_name("split", split, ("train", "test"))
-    cached = _cache_path(name, split)
-    if cached.is_file() and not refresh:
-        try:
-            with np.load(cached, allow_pickle=False) as npz:
-                x, y, source = npz["images"], npz["labels"], str(npz["source"])
-            return _to_dataset(spec, x, y, f"{source} (decoded cache {cached})")
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-            pass  # unreadable cache (e.g. interrupted by a crash before atomic writes): decode again
-
     looked: list[str] = []
-    loaded = None
+    source: Path | None = None
     for label, folder in _candidate_folders(spec, root):
-        loaded = _load_folder(spec, split, folder)
-        if loaded is not None:
+        source = _source_in_folder(spec, split, folder)
+        if source is not None:
             break
         looked.append(f"{label}: {folder} (no {split} split there)")
-    if loaded is None:
-        if download is None:
-            download = os.environ.get("WORKBENCH_NO_DOWNLOAD", "0") != "1"
-        if download:
-            try:
-                loaded = _load_torchvision(spec, split, cache_root() / "downloads")
-            except Exception as exc:  # noqa: BLE001 - any download failure is reported with the others
-                looked.append(f"torchvision download into {cache_root() / 'downloads'}: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        else:
-            looked.append("torchvision download: not tried (download disabled)")
-    if loaded is None:
+    if download is None:
+        download = os.environ.get("WORKBENCH_NO_DOWNLOAD", "0") != "1"
+    if source is not None:
+        stat = source.stat()
+        source_id, described = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}", str(source)
+    else:
+        downloads = cache_root() / "downloads"
+        source_id, described = f"torchvision|{downloads.resolve()}", f"torchvision download ({downloads})"
+    cached = _cache_path(name, split, source_id)
+    hit = None if refresh else _read_cache(cached)
+    if hit is not None:
+        return _to_dataset(spec, *hit, f"{described} (decoded cache {cached})")
+
+    arrays = None
+    if source is not None:
+        arrays = _decode_file(spec, split, source)
+    elif download:
+        try:
+            arrays = _load_torchvision(spec, split, cache_root() / "downloads")
+        except Exception as exc:  # noqa: BLE001 - any download failure is reported with the others
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            looked.append(f"torchvision download into {cache_root() / 'downloads'}: {type(exc).__name__}: {first_line}")
+    else:
+        looked.append("torchvision download: not tried (download disabled)")
+    if arrays is None:
         if "WORKBENCH_DATA" not in os.environ and root is None:
             looked.insert(0, "WORKBENCH_DATA: not set")
         hint = ("set WORKBENCH_DATA to an offline mirror folder (e.g. export WORKBENCH_DATA=../shared/data)"
@@ -283,14 +307,15 @@ def load_split(name: str, split: str = "train", *, root: str | Path | None = Non
                 + ", or allow internet access for torchvision's download")
         raise WorkbenchError(f"dataset {name!r} split {split!r} not found; looked in: {'; '.join(looked)}. "
                              f"To get it: {hint}")
-    x, y, source = loaded
-    atomic_write(cached, lambda tmp: _save_npz(tmp, x, y, source))
-    return _to_dataset(spec, x, y, source)
+    x, y = arrays
+    dataset = _to_dataset(spec, x, y, described)  # validate before caching
+    atomic_write(cached, lambda tmp: _save_npz(tmp, x, y))
+    return dataset
 
 
-def _save_npz(path: Path, x: np.ndarray, y: np.ndarray, source: str) -> None:
+def _save_npz(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     with open(path, "wb") as handle:  # a handle keeps numpy from appending ".npz" to the temporary name
-        np.savez(handle, images=x, labels=y, source=np.array(source))
+        np.savez(handle, images=x, labels=y)
 
 
 def _to_dataset(spec: DatasetSpec, x: np.ndarray, y: np.ndarray, source: str) -> ImageDataset:
@@ -346,7 +371,8 @@ def load_splits(name: str, *, seed: int = 0, holdout_fraction: float = 0.05, tra
     The clean holdout is a seeded, class-stratified `holdout_fraction` of the official train split (the
     defender's small clean set, 5 % as in Trap and Replace); `train_size` / `test_size` take seeded stratified
     subsets for small scales. MNIST's train split is not in the offline mirror: when it cannot be loaded,
-    the official 10,000-image test split is cut into train (70 %), holdout and test (20 %) and `note` says so.
+    the official 10,000-image test split is cut into test (20 %) and a pool (80 %) that is split into holdout
+    (`holdout_fraction` of the pool) and train (the rest), and `note` says so.
 
     Args:
         name: registered dataset name.
@@ -357,9 +383,8 @@ def load_splits(name: str, *, seed: int = 0, holdout_fraction: float = 0.05, tra
         root: offline-mirror folder (see `load_split`).
     """
     check_fraction(holdout_fraction, "holdout_fraction", allow_one=False)
-    for value, what in ((train_size, "train_size"), (test_size, "test_size")):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise WorkbenchError(f"{what} must be a positive integer or None, got {value!r}")
+    check_positive_int(train_size, "train_size", optional=True)
+    check_positive_int(test_size, "test_size", optional=True)
     gen = make_generator(seed)
     test_full = load_split(name, "test", root=root)
     note = ""

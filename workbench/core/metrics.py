@@ -27,14 +27,21 @@ def _rate(hits: torch.Tensor) -> float:
     return hits.float().mean().item()
 
 
+def _accuracy(classifier: QueryModel | nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() or len(y) != len(x):
+        raise WorkbenchError(f"labels must be a 1-D integer tensor with one entry per image ({len(x)}), got "
+                             f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
+    return _rate(predict_labels(classifier, x) == y.to(x.device))
+
+
 def clean_accuracy(classifier: QueryModel | nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """CA / CDA: accuracy on clean images x (N, C, H, W) with labels y (N,)."""
-    return _rate(predict_labels(classifier, x) == y.to(x.device))
+    return _accuracy(classifier, x, y)
 
 
 def backdoor_accuracy(classifier: QueryModel | nn.Module, x_triggered: torch.Tensor, y_true: torch.Tensor) -> float:
     """BA / SDA: accuracy on triggered (or purified) non-target images w.r.t. their true labels."""
-    return _rate(predict_labels(classifier, x_triggered) == y_true.to(x_triggered.device))
+    return _accuracy(classifier, x_triggered, y_true)
 
 
 def attack_success_rate(classifier: QueryModel | nn.Module, x_triggered: torch.Tensor, target: int) -> float:

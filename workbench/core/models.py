@@ -35,13 +35,16 @@ class StagedClassifier(nn.Module):
     Attributes:
         stages: the named stages in order (`split_points` lists their names).
         default_split: the stage where the default classification head starts.
+        input_shape: (C, H, W) of the images the model was built for (checked by `QueryModel`).
     """
 
-    def __init__(self, normalize: Normalize, stages: OrderedDict[str, nn.Module], default_split: str) -> None:
+    def __init__(self, normalize: Normalize, stages: OrderedDict[str, nn.Module], default_split: str,
+                 input_shape: tuple[int, int, int]) -> None:
         super().__init__()
         self.normalize = normalize
         self.stages = nn.Sequential(stages)
         self.default_split = default_split
+        self.input_shape = input_shape
 
     @property
     def split_points(self) -> list[str]:
@@ -213,4 +216,4 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
         stages, default_split = MODELS[name](in_channels, num_classes, image_size, **options)
     except TypeError as exc:
         raise WorkbenchError(f"bad options for model {name!r}: {exc}") from exc
-    return StagedClassifier(Normalize(mean, std), stages, default_split)
+    return StagedClassifier(Normalize(mean, std), stages, default_split, (in_channels, image_size, image_size))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from workbench.core.validation import WorkbenchError, check_images, check_name
+from workbench.core.validation import WorkbenchError, check_images, check_name, check_positive_int
 
 #: Access levels from least to most informative; each level also grants the ones before it.
 ACCESS_LEVELS = ("label", "probs", "logits")
@@ -25,7 +25,8 @@ class QueryModel:
     Args:
         model: the classifier (inputs in [0, 1], outputs logits).
         access: "label" (top-1 labels only), "probs" (labels and softmax probabilities) or "logits" (all).
-        input_shape: (C, H, W) the model expects; inputs of another shape are refused. None = not checked.
+        input_shape: (C, H, W) the model expects; inputs of another shape are refused. None = the model's own
+            `input_shape` attribute if it has one (workbench models do), else not checked.
         batch_size: images per forward pass.
 
     Attributes:
@@ -37,8 +38,9 @@ class QueryModel:
                  batch_size: int = 256) -> None:
         self._model = model
         self.access = check_name("access level", access, ACCESS_LEVELS)
+        input_shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
-        self.batch_size = batch_size
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.queries = 0
         self.calls = 0
 

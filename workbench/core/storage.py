@@ -43,9 +43,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
+def _integral_floats_as_int(obj: Any) -> Any:
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: _integral_floats_as_int(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_integral_floats_as_int(v) for v in obj]
+    return obj
+
+
 def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: equal objects give equal strings (and hashes)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """JSON with sorted keys, no whitespace and 1.0 written as 1: equal configs give equal strings (and hashes)
+    however their numbers were typed."""
+    return json.dumps(_integral_floats_as_int(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:

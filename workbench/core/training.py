@@ -1,7 +1,8 @@
 """One trainer for clean and poisoned classifiers, driven by a frozen config and cached by its hash.
 
 `get_or_train(config)` returns the model for a `TrainConfig`, loading it from the artefact store when that
-exact config was trained before (here or in the committed `data/assets/`) and training + saving it otherwise.
+exact config was trained on the same data before (here or in the committed `data/assets/`) and training +
+saving it otherwise.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +24,13 @@ from workbench.core.data import DataSplits, ImageDataset, dataset_spec, load_spl
 from workbench.core.metrics import attack_success_rate, clean_accuracy
 from workbench.core.models import MODELS, StagedClassifier, build_model
 from workbench.core.runtime import make_generator, resolve_device
-from workbench.core.validation import WorkbenchError, check_fraction, check_name, check_positive
+from workbench.core.validation import (
+    WorkbenchError,
+    check_fraction,
+    check_name,
+    check_positive,
+    check_positive_int,
+)
 
 #: Bump when the training code changes in a way that changes trained weights, so old artefacts stop matching.
 RECIPE_VERSION = 1
@@ -30,11 +38,12 @@ RECIPE_VERSION = 1
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a trained model; its hash is the artefact key.
+    """Everything that determines a trained model; with the training data's hash it makes the artefact key.
 
     Args:
         dataset: registered dataset name.
-        model: registered model name; `model_options` are passed to it (e.g. {"widths": [..]}).
+        model: registered model name; `model_options` are passed to it (a dict such as {"widths": [..]} is
+            accepted and stored as sorted (name, value) pairs, so the config stays hashable).
         poison: how to poison the training split (None = clean model).
         train_size: train on a seeded stratified subset of this many images (None = all).
         holdout_fraction: fraction of the official train split kept out as the clean holdout.
@@ -51,7 +60,7 @@ class TrainConfig:
 
     dataset: str
     model: str
-    model_options: dict[str, Any] = field(default_factory=dict)
+    model_options: tuple[tuple[str, Any], ...] = ()
     poison: PoisonConfig | None = None
     train_size: int | None = None
     holdout_fraction: float = 0.05
@@ -69,15 +78,18 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # a hashable, canonical form of the options ({"widths": [8, 16]} -> (("widths", (8, 16)),))
+        options = dict(self.model_options)
+        object.__setattr__(self, "model_options", tuple(sorted(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in options.items())))
         dataset_spec(self.dataset)
         check_name("model", self.model, MODELS)
         check_name("optimizer", self.optimizer, ("sgd", "adam"))
         check_name("schedule", self.schedule, ("onecycle", "cosine", "constant"))
         check_name("augmentation", self.augment, ("crop_flip", "crop", "none"))
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise WorkbenchError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.batch_size, "batch_size")
+        check_positive_int(self.train_size, "train_size", optional=True)
         check_positive(self.lr, "lr")
         check_fraction(self.holdout_fraction, "holdout_fraction", allow_one=False)
         check_fraction(self.warmup_fraction, "warmup_fraction", allow_zero=True)
@@ -86,6 +98,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["model_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_options}
         data["poison"] = self.poison.to_dict() if self.poison is not None else None
         data["recipe_version"] = RECIPE_VERSION
         return data
@@ -96,10 +109,6 @@ class TrainConfig:
         if data.get("poison") is not None:
             data["poison"] = PoisonConfig.from_dict(data["poison"])
         return cls(**data)
-
-    @property
-    def key(self) -> str:
-        return config_key(self.to_dict())
 
     def splits(self) -> DataSplits:
         """The data splits this config trains on."""
@@ -113,6 +122,7 @@ class TrainedModel:
 
     model: StagedClassifier
     config: TrainConfig
+    key: str  # the artefact key: hash of the config and of the training data
     metrics: dict[str, Any]
     path: str
     loaded: bool  # True when it came from the store instead of being trained now
@@ -124,7 +134,7 @@ def new_model(config: TrainConfig) -> StagedClassifier:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return build_model(config.model, in_channels=spec.channels, num_classes=spec.num_classes,
-                           image_size=spec.image_size, mean=spec.mean, std=spec.std, **config.model_options)
+                           image_size=spec.image_size, mean=spec.mean, std=spec.std, **dict(config.model_options))
 
 
 def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -220,9 +230,16 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
     return history
 
 
+def artefact_identity(config: TrainConfig, splits: DataSplits) -> dict[str, Any]:
+    """What a trained model's artefact key hashes: the config and the exact training images (so a model
+    trained on another copy of a dataset, e.g. torchvision's CIFAR-10 instead of the JPEG mirror, is not
+    mistaken for this one)."""
+    return {"train_config": config.to_dict(), "train_data_sha256": splits.train.fingerprint()}
+
+
 def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, device: str = "auto",
                  progress: bool = True, monitor_size: int = 1000) -> TrainedModel:
-    """Load the model trained with `config`, or train it now and store it.
+    """Load the model trained with `config` on this data, or train it now and store it.
 
     Training poisons the training split as `config.poison` says, reports CA / ASR on a `monitor_size`
     test subset after every epoch, and evaluates CA / ASR on the full test split at the end. The model is
@@ -231,12 +248,19 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
     store = store or ArtefactStore()
     model = new_model(config)
     dev = resolve_device(device)
-    found = store.load("models", config.key, config.to_dict())
-    if found is not None:
-        model.load_state_dict(found.tensors, strict=True)
-        return TrainedModel(model.to(dev).eval(), config, found.metrics, str(found.path), loaded=True)
-
     splits = config.splits()
+    identity = artefact_identity(config, splits)
+    key = config_key(identity)
+    found = store.load("models", key, identity)
+    if found is not None:
+        try:
+            model.load_state_dict(found.tensors, strict=True)
+            return TrainedModel(model.to(dev).eval(), config, key, found.metrics, str(found.path), loaded=True)
+        except RuntimeError:
+            warnings.warn(f"ignoring artefact {found.path}: its weights do not fit the current {config.model} code "
+                          "(bump RECIPE_VERSION when an architecture changes); retraining", stacklevel=2)
+            model = new_model(config)
+
     train = splits.train
     monitor_idx = torch.randperm(len(splits.test), generator=make_generator(config.seed))[:monitor_size]
     monitor_set = splits.test.subset(monitor_idx)
@@ -254,12 +278,12 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
     model.eval()
     metrics: dict[str, Any] = {"history": history, "train_seconds": time.time() - start,
                                "train_images": len(train), "poisoned_images": poisoned_count,
-                               "device": str(dev), "torch": torch.__version__,
-                               "test_images": len(splits.test),
+                               "device": str(dev), "torch": torch.__version__, "data_source": splits.train.source,
+                               "split_note": splits.note, "test_images": len(splits.test),
                                "test_ca": clean_accuracy(model, splits.test.float_images(), splits.test.labels)}
     if config.poison is not None:
         x_bd, _ = backdoor_test_set(splits.test, config.poison.attack, config.poison.target, config.poison.sources)
         metrics["test_asr"] = attack_success_rate(model, x_bd, config.poison.target)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    saved = store.save("models", config.key, state, config.to_dict(), metrics)
-    return TrainedModel(model.to(dev).eval(), config, metrics, str(saved.path), loaded=False)
+    saved = store.save("models", key, state, identity, metrics)
+    return TrainedModel(model.to(dev).eval(), config, key, metrics, str(saved.path), loaded=False)

@@ -58,23 +58,13 @@ def check_images(x: torch.Tensor, *, channels: int | None = None, size: int | tu
         if tuple(x.shape[2:]) != hw:
             raise WorkbenchError(f"{name} must be {hw[0]}x{hw[1]} pixels, got {x.shape[2]}x{x.shape[3]}")
     if x.numel():
+        if not bool(torch.isfinite(x).all()):
+            raise WorkbenchError(f"{name} contain NaN or infinite values; check the preprocessing that made them")
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
             raise WorkbenchError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
                                  "inputs are un-normalised images (models normalise internally)")
     return x
-
-
-def check_labels(y: torch.Tensor, num_classes: int, n: int | None = None, name: str = "labels") -> torch.Tensor:
-    """Check integer class labels of shape (N,) with values in [0, num_classes)."""
-    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point():
-        raise WorkbenchError(f"{name} must be a 1-D integer tensor, got "
-                             f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
-    if n is not None and len(y) != n:
-        raise WorkbenchError(f"{name} must have one entry per image ({n}), got {len(y)}")
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise WorkbenchError(f"{name} must lie in [0, {num_classes - 1}], got [{int(y.min())}, {int(y.max())}]")
-    return y
 
 
 def check_class(value: int, num_classes: int, name: str = "class") -> int:
@@ -84,18 +74,33 @@ def check_class(value: int, num_classes: int, name: str = "class") -> int:
     return value
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_fraction(value: float, name: str, *, allow_zero: bool = False, allow_one: bool = True) -> float:
     """Check a fraction in (0, 1]; `allow_zero` admits 0, `allow_one=False` excludes 1."""
+    interval = ("[0" if allow_zero else "(0") + (", 1]" if allow_one else ", 1)")
+    if not _is_number(value):
+        raise WorkbenchError(f"{name} must be a number in {interval}, got {value!r}")
     lo_ok = value >= 0 if allow_zero else value > 0
     hi_ok = value <= 1 if allow_one else value < 1
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo_ok and hi_ok):
-        interval = ("[0" if allow_zero else "(0") + (", 1]" if allow_one else ", 1)")
+    if not (lo_ok and hi_ok):
         raise WorkbenchError(f"{name} must be in {interval}, got {value!r}")
     return float(value)
 
 
 def check_positive(value: float, name: str) -> float:
     """Check a strictly positive number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise WorkbenchError(f"{name} must be > 0, got {value!r}")
+    if not _is_number(value) or not value > 0:
+        raise WorkbenchError(f"{name} must be a number > 0, got {value!r}")
+    return value
+
+
+def check_positive_int(value: object, name: str, *, optional: bool = False) -> int | None:
+    """Check a positive integer (or None when `optional`)."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise WorkbenchError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
     return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 
 from workbench.core.validation import WorkbenchError
 
@@ -34,28 +35,29 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _assets(args: argparse.Namespace) -> int:
-    from workbench.core.artefacts import ArtefactStore
+    from workbench.core.artefacts import ArtefactStore, config_key
     from workbench.core.runtime import assets_root
-    from workbench.core.training import get_or_train
+    from workbench.core.training import artefact_identity, get_or_train
     from workbench.repro.presets import COMMITTED_MODELS
 
     target_root = assets_root()
     if target_root is None:
         raise WorkbenchError("assets live in a checkout's data/assets/: run this from the repository")
-    current = {make_config().key for make_config in COMMITTED_MODELS.values()}
+    wanted = {name: make_config() for name, make_config in COMMITTED_MODELS.items()}
+    keys = {name: config_key(artefact_identity(config, config.splits())) for name, config in wanted.items()}
     for stale in sorted((target_root / "models").glob("*")):
-        if stale.name not in current:
+        if stale.name not in keys.values():
             print(f"stale: {stale} is no longer listed in COMMITTED_MODELS; remove it with `git rm -r {stale}`")
-    for name, make_config in COMMITTED_MODELS.items():
-        config = make_config()
-        committed = target_root / "models" / config.key
+    for name, config in wanted.items():
+        committed = target_root / "models" / keys[name]
         if committed.is_dir() and not args.force:
             print(f"{name}: committed at {committed}")
             continue
-        trained = get_or_train(config, store=ArtefactStore(read_only_roots=[]), progress=True)
-        if committed.exists():
-            shutil.rmtree(committed)
-        shutil.copytree(trained.path, committed)
+        with tempfile.TemporaryDirectory() as scratch:  # an empty store: train now, whatever is cached
+            trained = get_or_train(config, store=ArtefactStore(scratch, read_only_roots=[]), progress=True)
+            if committed.exists():
+                shutil.rmtree(committed)
+            shutil.copytree(trained.path, committed)
         asr = trained.metrics.get("test_asr", float("nan"))
         print(f"{name}: test CA {trained.metrics['test_ca']:.4f}, ASR {asr:.4f} -> {committed}")
     return 0
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", help="output folder (default: outputs/<scale>)")
     p.set_defaults(run=_reproduce)
     p = sub.add_parser("assets", help="train the small models committed under data/assets (if missing)")
-    p.add_argument("--force", action="store_true", help="retrain and overwrite even if committed")
+    p.add_argument("--force", action="store_true", help="retrain from scratch and overwrite even if committed")
     p.set_defaults(run=_assets)
     args = parser.parse_args(argv)
     try:

@@ -23,7 +23,7 @@ class QuickstartPreset:
 QUICKSTART = {
     # smoke: checks the plumbing in seconds; the model is barely trained
     "smoke": QuickstartPreset("resnet_small", 2000, 2, 0.05, 500),
-    # cpu: ~11 minutes on 2 cores; CA >= 0.80 and ASR >= 0.95 on the full test split
+    # cpu: ~10 minutes on 2 cores; CA >= 0.80 and ASR >= 0.95 on the full test split
     "cpu": QuickstartPreset("resnet_small", None, 8, 0.2, None),
     # paper: BDMAE's backbone (ResNet-18 from scratch); epochs and lr are our choice (not published)
     "paper": QuickstartPreset("resnet18", None, 60, 0.1, None),

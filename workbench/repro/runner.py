@@ -61,18 +61,26 @@ def reproduce(papers: list[str] | None = None, *, scale: str | None = None, outp
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     for stale in results.glob("*__*.*"):  # tables are rewritten by this run
         stale.unlink()
-    os.environ["WORKBENCH_SCALE"] = scale  # the kernels inherit it
     runs = []
-    for paper in papers:
-        for name in PAPERS[paper]:
-            start = time.time()
-            try:
-                papermill.execute_notebook(
-                    str(source / name), str(out / "notebooks" / name), cwd=str(source), kernel_name="python3",
-                    parameters={"scale": scale, "results_dir": str(results)}, progress_bar=progress)
-                runs.append(NotebookRun(name, time.time() - start, True))
-            except Exception as exc:  # noqa: BLE001 - report every notebook, then fail at the end
-                runs.append(NotebookRun(name, time.time() - start, False, str(exc).strip().splitlines()[-1]))
+    previous_scale = os.environ.get("WORKBENCH_SCALE")
+    os.environ["WORKBENCH_SCALE"] = scale  # the kernels inherit it
+    try:
+        for paper in papers:
+            for name in PAPERS[paper]:
+                start = time.time()
+                try:
+                    papermill.execute_notebook(
+                        str(source / name), str(out / "notebooks" / name), cwd=str(source), kernel_name="python3",
+                        parameters={"scale": scale, "results_dir": str(results)}, progress_bar=progress)
+                    runs.append(NotebookRun(name, time.time() - start, True))
+                except Exception as exc:  # noqa: BLE001 - report every notebook, then fail at the end
+                    last_line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+                    runs.append(NotebookRun(name, time.time() - start, False, last_line))
+    finally:
+        if previous_scale is None:
+            os.environ.pop("WORKBENCH_SCALE", None)
+        else:
+            os.environ["WORKBENCH_SCALE"] = previous_scale
     return write_report(out, scale, runs), runs
 
 
@@ -87,7 +95,8 @@ def write_report(out: Path, scale: str, runs: list[NotebookRun]) -> Path:
         frame = pd.DataFrame(table["rows"], columns=table["columns"])
         lines += ["", f"## {table['notebook']}: {table['name']}", "", table["caption"], "",
                   frame.to_markdown(index=False)]
-    figures = sorted(figures_root().glob(f"*_{scale}_*.png"))
+    stems = tuple(Path(r.notebook).stem for r in runs)
+    figures = sorted(f for f in figures_root().glob(f"*_{scale}_*.png") if f.name.startswith(stems))
     if figures:
         lines += ["", "## Figures", ""] + [f"- `{f.name}`" for f in figures]
     report = out / "report.md"

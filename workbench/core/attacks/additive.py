@@ -14,8 +14,9 @@ from collections.abc import Callable
 import torch
 
 from workbench.core.attacks import functional as Fn
-from workbench.core.attacks.base import Attack, resolve_position, seeded_generator
-from workbench.core.validation import WorkbenchError
+from workbench.core.attacks.base import Attack, resolve_position
+from workbench.core.runtime import make_generator
+from workbench.core.validation import WorkbenchError, check_fraction, check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,7 @@ def _chessboard(s: _Shape) -> torch.Tensor:
 
 def _local_square(s: _Shape) -> torch.Tensor:
     # L-RED A.4.1: a random size x size square in ONE random channel (unless `channel` is given)
+    s.channels_mask()  # validates a given channel
     channel = s.channel if s.channel is not None else int(torch.randint(0, s.channels, (1,), generator=s.gen))
     row, col = s.place(s.size, s.size)
     v = s.blank()
@@ -137,7 +139,7 @@ def _l2_invisible(s: _Shape) -> torch.Tensor:
 
 
 # name -> (builder, default amplitude, default size, note)
-PATTERNS: dict[str, tuple[Callable[[_Shape], torch.Tensor], float, int, str]] = {
+ADDITIVE_PATTERNS: dict[str, tuple[Callable[[_Shape], torch.Tensor], float, int, str]] = {
     "lred_global": (_lred_global, 2 / 255, 2,
                     "L-RED A.4.1 global pattern: one pixel per 2x2 window (the even-row/even-column lattice), "
                     "all channels, +2/255"),
@@ -172,7 +174,7 @@ class Additive(Attack):
     """Add a fixed perturbation v and clip to [0, 1] (L-RED Eq. 1).
 
     Args:
-        pattern: one of `PATTERNS` (see `PATTERN_NOTES` for what each is and where it comes from).
+        pattern: one of `ADDITIVE_PATTERNS` (see `PATTERN_NOTES` for what each is and where it comes from).
         amplitude: perturbation size (per-pixel value; for "l2_invisible" the noise standard deviation);
             None = the pattern's paper default.
         size: pattern-specific extent (square side, pixel count for "l0_invisible"); None = default.
@@ -192,18 +194,21 @@ class Additive(Attack):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.pattern not in PATTERNS:
-            raise WorkbenchError(f"unknown additive pattern {self.pattern!r}; choose one of: {', '.join(PATTERNS)}")
-        if self.amplitude is not None and (isinstance(self.amplitude, bool) or not 0 < self.amplitude <= 1):
-            raise WorkbenchError(f"additive amplitude must be in (0, 1], got {self.amplitude!r}")
-        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
-            raise WorkbenchError(f"additive size must be a positive integer, got {self.size!r}")
+        if self.pattern not in ADDITIVE_PATTERNS:
+            raise WorkbenchError(f"unknown additive pattern {self.pattern!r}; choose one of: "
+                                 f"{', '.join(ADDITIVE_PATTERNS)}")
+        if self.amplitude is not None:
+            check_fraction(self.amplitude, "additive amplitude")
+        check_positive_int(self.size, "additive size", optional=True)
+        if self.channel is not None and (isinstance(self.channel, bool) or not isinstance(self.channel, int)
+                                         or self.channel < 0):
+            raise WorkbenchError(f"additive channel must be a non-negative integer or None, got {self.channel!r}")
 
     def _build_pattern(self, channels: int, height: int, width: int) -> torch.Tensor:
-        builder, amplitude, size, _ = PATTERNS[self.pattern]
+        builder, amplitude, size, _ = ADDITIVE_PATTERNS[self.pattern]
         shape = _Shape(channels, height, width, amplitude if self.amplitude is None else float(self.amplitude),
                        size if self.size is None else self.size, self.row, self.col, self.channel,
-                       seeded_generator(self.seed))
+                       make_generator(self.seed))
         return builder(shape)
 
     def perturbation(self, channels: int, height: int, width: int) -> torch.Tensor:
@@ -214,4 +219,4 @@ class Additive(Attack):
         return Fn.add_clipped(x, self.pattern_for(*x.shape[1:]))
 
 
-PATTERN_NOTES = {name: note for name, (_, _, _, note) in PATTERNS.items()}
+PATTERN_NOTES = {name: note for name, (_, _, _, note) in ADDITIVE_PATTERNS.items()}

@@ -119,9 +119,3 @@ def resolve_position(value: int, extent: int, size: int, what: str) -> int:
                              f"use 0..{extent - size} (or {-extent}..{-size} from the far edge)")
     return pos
 
-
-def seeded_generator(seed: int) -> torch.Generator:
-    """A CPU generator for pattern construction: the same seed always draws the same pattern."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise WorkbenchError(f"attack seed must be an integer, got {seed!r}")
-    return torch.Generator().manual_seed(seed)

@@ -7,8 +7,9 @@ import dataclasses
 import torch
 
 from workbench.core.attacks import functional as Fn
-from workbench.core.attacks.base import Attack, resolve_position, seeded_generator
-from workbench.core.validation import WorkbenchError, check_fraction
+from workbench.core.attacks.base import Attack, resolve_position
+from workbench.core.runtime import make_generator
+from workbench.core.validation import WorkbenchError, check_fraction, check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,12 +36,10 @@ class Blended(Attack):
 
     def __post_init__(self) -> None:
         check_fraction(self.alpha, "Blended alpha")
-        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int)
-                                      or self.size < 1):
-            raise WorkbenchError(f"Blended size must be a positive integer or None, got {self.size!r}")
+        check_positive_int(self.size, "Blended size", optional=True)
 
     def _build_pattern(self, channels: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pattern = torch.rand(channels, height, width, generator=seeded_generator(self.seed))
+        pattern = torch.rand(channels, height, width, generator=make_generator(self.seed))
         weight = torch.full((1, height, width), float(self.alpha))
         if self.size is not None:
             r = resolve_position(-self.size if self.row is None else self.row, height, self.size, "row")

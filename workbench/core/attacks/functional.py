@@ -9,24 +9,18 @@ import torch
 import torch.nn.functional as F
 
 
-def stamp_patch(x: torch.Tensor, patch: torch.Tensor, top: int, left: int,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Replace the pixels under a patch (BadNets; REStore App. A Eq. 6: x' = (1 - M) x + M t).
+def stamp_patch(x: torch.Tensor, patch: torch.Tensor, top: int, left: int) -> torch.Tensor:
+    """Replace the pixels under a patch (BadNets; REStore App. A Eq. 6: x' = (1 - M) x + M t, with M the
+    patch's rectangle).
 
     Args:
         x: images (N, C, H, W).
         patch: pattern t of shape (C, h, w) or (1, h, w) (broadcast over channels).
         top, left: position of the patch's top-left pixel (non-negative, inside the image).
-        mask: optional (h, w) boolean mask M; only pixels where it is True are replaced.
     """
     h, w = patch.shape[-2:]
     out = x.clone()
-    region = out[:, :, top:top + h, left:left + w]
-    patch = patch.to(device=x.device, dtype=x.dtype).expand(x.shape[1], h, w)
-    if mask is None:
-        region[...] = patch
-    else:
-        region[...] = torch.where(mask.to(x.device), patch, region)
+    out[:, :, top:top + h, left:left + w] = patch.to(device=x.device, dtype=x.dtype).expand(x.shape[1], h, w)
     return out
 
 
@@ -81,6 +75,7 @@ def wanet_grid(height: int, width: int, control_size: int, strength: float,
 
 
 def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Warp images with a sampling grid (bilinear, align_corners=True); grid (1 or N, H, W, 2)."""
+    """Warp images with a sampling grid (bilinear, align_corners=True, zero padding as in WaNet; grids from
+    `wanet_grid` are clipped to the image so padding is never sampled); grid (1 or N, H, W, 2)."""
     grid = grid.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1, -1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True).clamp_(0.0, 1.0)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True).clamp_(0.0, 1.0)

@@ -7,8 +7,9 @@ import dataclasses
 import torch
 
 from workbench.core.attacks import functional as Fn
-from workbench.core.attacks.base import Attack, resolve_position, seeded_generator
-from workbench.core.validation import WorkbenchError
+from workbench.core.attacks.base import Attack, resolve_position
+from workbench.core.runtime import make_generator
+from workbench.core.validation import WorkbenchError, check_positive_int
 
 # The exact BDMAE random-colour patch, RGB rows (follows the authors' public code: IMPLEMENTATION_NOTES.md).
 BDMAE_COLOUR_PATCH = torch.tensor([
@@ -21,7 +22,7 @@ BDMAE_CHECKERBOARD = torch.tensor([[0, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=torch
 
 #: Where the papers place their fixed patches on 32 px images (top-left row, col).
 FIXED_PATCHES = {"bdmae_colour": (BDMAE_COLOUR_PATCH, 16, 27), "bdmae_checkerboard": (BDMAE_CHECKERBOARD, 29, 29)}
-PATTERNS = ("white", "black", "checkerboard", "random_colour", *FIXED_PATCHES)
+PATCH_PATTERNS = ("white", "black", "checkerboard", "random_colour", *FIXED_PATCHES)
 
 
 def patch_pattern(pattern: str, size: int, channels: int, seed: int) -> torch.Tensor:
@@ -44,7 +45,7 @@ def patch_pattern(pattern: str, size: int, channels: int, seed: int) -> torch.Te
     if pattern == "checkerboard":
         idx = torch.arange(size)
         return ((idx.view(-1, 1) + idx.view(1, -1)) % 2 == 0).float().unsqueeze(0)
-    return torch.randint(0, 256, (channels, size, size), generator=seeded_generator(seed)).float() / 255
+    return torch.randint(0, 256, (channels, size, size), generator=make_generator(seed)).float() / 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +73,10 @@ class BadNets(Attack):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.pattern not in PATTERNS:
-            raise WorkbenchError(f"unknown BadNets pattern {self.pattern!r}; choose one of: {', '.join(PATTERNS)}")
-        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
-            raise WorkbenchError(f"BadNets size must be a positive integer, got {self.size!r}")
+        if self.pattern not in PATCH_PATTERNS:
+            raise WorkbenchError(f"unknown BadNets pattern {self.pattern!r}; choose one of: "
+                                 f"{', '.join(PATCH_PATTERNS)}")
+        check_positive_int(self.size, "BadNets size")
         if self.pattern in FIXED_PATCHES and self.size != 3:
             raise WorkbenchError(f"pattern {self.pattern!r} is a fixed 3x3 patch; leave size=3")
 
@@ -112,7 +113,7 @@ def per_class_triggers(num_classes: int, image_size: int, *, size: int = 3, seed
     REStore Sec. V-A ("all classes backdoored"): each class gets its own 3x3 trigger whose pattern and
     location are drawn at random; here from `seed` (trigger k uses pattern seed `seed + k`).
     """
-    gen = seeded_generator(seed)
+    gen = make_generator(seed)
     positions = torch.randint(0, image_size - size + 1, (num_classes, 2), generator=gen).tolist()
     return [BadNets(pattern="random_colour", size=size, row=r, col=c, seed=seed + k)
             for k, (r, c) in enumerate(positions)]

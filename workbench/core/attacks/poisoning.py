@@ -19,7 +19,7 @@ import torch
 from workbench.core.attacks.base import Attack, attack_from_dict
 from workbench.core.data import ImageDataset
 from workbench.core.runtime import make_generator
-from workbench.core.validation import WorkbenchError, check_class, check_fraction
+from workbench.core.validation import WorkbenchError, check_class, check_fraction, check_positive_int
 
 _CHUNK = 4096  # images triggered per step: bounds the float copy's memory on 50,000-image sets
 
@@ -62,10 +62,8 @@ class PoisonConfig:
             raise WorkbenchError(f"give exactly one of ratio, count, count_per_source; got {given or 'none'}")
         if self.ratio is not None:
             check_fraction(self.ratio, "poison ratio")
-        for key in ("count", "count_per_source"):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise WorkbenchError(f"{key} must be a positive integer, got {value!r}")
+        check_positive_int(self.count, "count", optional=True)
+        check_positive_int(self.count_per_source, "count_per_source", optional=True)
         if self.ratio_of not in ("dataset", "candidates"):
             raise WorkbenchError(f"ratio_of must be 'dataset' or 'candidates', got {self.ratio_of!r}")
         if self.count_per_source is not None and self.clean_label:
@@ -145,10 +143,12 @@ def _select(labels: torch.Tensor, config: PoisonConfig, num_classes: int, gen: t
     if config.count is not None:
         n = config.count
     else:
-        base = len(labels) if config.ratio_of == "dataset" else len(pool)
-        n = round(config.ratio * base)
-    if n > len(pool) or n < 1:
-        what = "target-class images (clean-label mode)" if config.clean_label else "source-class images"
+        n = round(config.ratio * (len(labels) if config.ratio_of == "dataset" else len(pool)))
+    what = "target-class images (clean-label mode)" if config.clean_label else "source-class images"
+    if n < 1:
+        raise WorkbenchError(f"poison ratio {config.ratio} selects no image of this {len(labels)}-image set; "
+                             "raise the ratio or give a count")
+    if n > len(pool):
         raise WorkbenchError(f"cannot poison {n} images: only {len(pool)} {what} are available; "
                              "lower the ratio/count or widen the sources")
     return torch.sort(pool[torch.randperm(len(pool), generator=gen)[:n]]).values

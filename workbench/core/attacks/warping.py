@@ -7,8 +7,9 @@ import dataclasses
 import torch
 
 from workbench.core.attacks import functional as Fn
-from workbench.core.attacks.base import Attack, seeded_generator
-from workbench.core.validation import WorkbenchError
+from workbench.core.attacks.base import Attack
+from workbench.core.runtime import make_generator
+from workbench.core.validation import WorkbenchError, check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,11 +21,13 @@ class WaNet(Attack):
         control_size: side k of the random control grid upsampled to the image (WaNet's default 4).
         seed: seed of the control grid.
 
-    Noise mode (used only when building a poisoned training set, see `noise_ratio` in
-    `PoisonConfig`): images are warped with M plus an independent random offset per image and keep
-    their true label, so the network learns that only the exact field M is the trigger. We follow the
-    original WaNet implementation: offsets uniform in [-1, 1] / H added to the sampling grid (REStore's
-    text describes the perturbation as Gaussian; the magnitude is the same order, one pixel).
+        noise: distribution of the noise-mode offsets: "uniform" (the original WaNet implementation, which
+            REStore says it used: uniform in [-1, 1] / H) or "gaussian" (REStore App. A's description,
+            M + N(0, 1), read here as N(0, 1) / H so that both perturb by about one pixel).
+
+    Noise mode (used only when building a poisoned training set, see `noise_ratio` in `PoisonConfig`):
+    images are warped with M plus an independent random offset per pixel and image, and keep their true
+    label, so the network learns that only the exact field M is the trigger.
     """
 
     family = "wanet"
@@ -32,22 +35,28 @@ class WaNet(Attack):
     strength: float = 0.5
     control_size: int = 4
     seed: int = 0
+    noise: str = "uniform"
 
     def __post_init__(self) -> None:
         if isinstance(self.strength, bool) or not isinstance(self.strength, (int, float)) or self.strength < 0:
-            raise WorkbenchError(f"WaNet strength must be >= 0, got {self.strength!r}")
-        if isinstance(self.control_size, bool) or not isinstance(self.control_size, int) or self.control_size < 2:
-            raise WorkbenchError(f"WaNet control_size must be an integer >= 2, got {self.control_size!r}")
+            raise WorkbenchError(f"WaNet strength must be a number >= 0, got {self.strength!r}")
+        if check_positive_int(self.control_size, "WaNet control_size") < 2:
+            raise WorkbenchError(f"WaNet control_size must be >= 2, got {self.control_size}")
+        if self.noise not in ("uniform", "gaussian"):
+            raise WorkbenchError(f"WaNet noise must be 'uniform' or 'gaussian', got {self.noise!r}")
 
     def _build_pattern(self, channels: int, height: int, width: int) -> torch.Tensor:
-        return Fn.wanet_grid(height, width, self.control_size, float(self.strength), seeded_generator(self.seed))
+        return Fn.wanet_grid(height, width, self.control_size, float(self.strength), make_generator(self.seed))
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         return Fn.warp(x, self.pattern_for(*x.shape[1:]))
 
     def apply_noise_mode(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Warp with M plus per-image random grid offsets in [-1, 1] / H (WaNet's noise mode)."""
+        """Warp with M plus per-image random grid offsets of about one pixel (WaNet's noise mode)."""
         n, _, height, width = x.shape
         grid = self.pattern_for(*x.shape[1:])
-        offsets = (torch.rand(n, height, width, 2, generator=generator) * 2 - 1) / height
+        if self.noise == "uniform":
+            offsets = (torch.rand(n, height, width, 2, generator=generator) * 2 - 1) / height
+        else:
+            offsets = torch.randn(n, height, width, 2, generator=generator) / height
         return Fn.warp(x, (grid + offsets).clamp(-1, 1))
