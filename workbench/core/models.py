@@ -36,15 +36,17 @@ class StagedClassifier(nn.Module):
         stages: the named stages in order (`split_points` lists their names).
         default_split: the stage where the default classification head starts.
         input_shape: (C, H, W) of the images the model was built for (checked by `QueryModel`).
+        feature_split: the stage whose input is the last convolutional feature map (for CAM methods).
     """
 
     def __init__(self, normalize: Normalize, stages: OrderedDict[str, nn.Module], default_split: str,
-                 input_shape: tuple[int, int, int]) -> None:
+                 input_shape: tuple[int, int, int], feature_split: str) -> None:
         super().__init__()
         self.normalize = normalize
         self.stages = nn.Sequential(stages)
         self.default_split = default_split
         self.input_shape = input_shape
+        self.feature_split = feature_split
 
     @property
     def split_points(self) -> list[str]:
@@ -68,18 +70,18 @@ class StagedClassifier(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ LeNet-5
-def _lenet(in_channels: int, num_classes: int, image_size: int) -> tuple[OrderedDict, str]:
+def _lenet(in_channels: int, num_classes: int, image_size: int) -> tuple[OrderedDict, str, str]:
     side = ((image_size // 2) - 4) // 2  # conv5 pad 2 -> pool -> conv5 -> pool
     if side < 1:
         raise WorkbenchError(f"LeNet-5 needs images of at least 12 px, got {image_size}")
     stages = OrderedDict([
         ("conv1", nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))),
-        ("conv2", nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())),
-        ("fc1", nn.Sequential(nn.Linear(16 * side * side, 120), nn.ReLU())),
+        ("conv2", nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))),
+        ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU())),
         ("fc2", nn.Sequential(nn.Linear(120, 84), nn.ReLU())),
         ("fc", nn.Linear(84, num_classes)),
     ])
-    return stages, "fc1"
+    return stages, "fc1", "fc1"
 
 
 # ------------------------------------------------------------------------------------ small fast ResNet
@@ -99,7 +101,7 @@ class _DownResidual(nn.Module):
 
 
 def _resnet_small(in_channels: int, num_classes: int, image_size: int,
-                  widths: Sequence[int] = (24, 32, 64, 128)) -> tuple[OrderedDict, str]:
+                  widths: Sequence[int] = (24, 32, 64, 128)) -> tuple[OrderedDict, str, str]:
     """A ResNet-style net sized for CPU work (~0.3 M parameters at the default widths).
 
     Downsampling by max-pooling right after each stage's first conv keeps most FLOPs at low resolution,
@@ -115,7 +117,7 @@ def _resnet_small(in_channels: int, num_classes: int, image_size: int,
         ("pool", nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())),
         ("fc", nn.Linear(w3, num_classes)),
     ])
-    return stages, "stage3"
+    return stages, "stage3", "pool"
 
 
 # --------------------------------------------------------------------------------- ResNet-18, CIFAR stem
@@ -137,7 +139,7 @@ class _BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-def _resnet18(in_channels: int, num_classes: int, image_size: int) -> tuple[OrderedDict, str]:
+def _resnet18(in_channels: int, num_classes: int, image_size: int) -> tuple[OrderedDict, str, str]:
     """ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool)."""
     stages: OrderedDict[str, nn.Module] = OrderedDict(
         stem=nn.Sequential(nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()))
@@ -147,7 +149,7 @@ def _resnet18(in_channels: int, num_classes: int, image_size: int) -> tuple[Orde
         cin = width
     stages["pool"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     stages["fc"] = nn.Linear(512, num_classes)
-    return stages, "layer4"
+    return stages, "layer4", "pool"
 
 
 # -------------------------------------------------------------------------------------------- WRN-16-1
@@ -169,7 +171,7 @@ class _WideBlock(nn.Module):
         return out + (x if self.shortcut is None else self.shortcut(act))
 
 
-def _wrn16_1(in_channels: int, num_classes: int, image_size: int) -> tuple[OrderedDict, str]:
+def _wrn16_1(in_channels: int, num_classes: int, image_size: int) -> tuple[OrderedDict, str, str]:
     """WRN-16-1: channels 16/16/32/64, two blocks per group, strides 1/2/2.
 
     Default split (IMPLEMENTATION_NOTES.md, T&R): stem = conv1 + block1 (2) + block2 (2) + block3_0
@@ -183,10 +185,11 @@ def _wrn16_1(in_channels: int, num_classes: int, image_size: int) -> tuple[Order
             cin = width
     stages["final"] = nn.Sequential(nn.BatchNorm2d(64), nn.LeakyReLU(0.1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     stages["fc"] = nn.Linear(64, num_classes)
-    return stages, "block3_1"
+    return stages, "block3_1", "final"
 
 
-MODELS: dict[str, Callable[..., tuple[OrderedDict, str]]] = {
+#: name -> builder returning (stages, default stem/head split, split after the last conv feature map)
+MODELS: dict[str, Callable[..., tuple[OrderedDict, str, str]]] = {
     "lenet5": _lenet, "resnet_small": _resnet_small, "resnet18": _resnet18, "wrn16_1": _wrn16_1,
 }
 
@@ -213,7 +216,8 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
     if len(mean) not in (1, in_channels) or len(std) != len(mean):
         raise WorkbenchError(f"mean/std need 1 or {in_channels} values, got {len(mean)} and {len(std)}")
     try:
-        stages, default_split = MODELS[name](in_channels, num_classes, image_size, **options)
+        stages, default_split, feature_split = MODELS[name](in_channels, num_classes, image_size, **options)
     except TypeError as exc:
         raise WorkbenchError(f"bad options for model {name!r}: {exc}") from exc
-    return StagedClassifier(Normalize(mean, std), stages, default_split, (in_channels, image_size, image_size))
+    return StagedClassifier(Normalize(mean, std), stages, default_split, (in_channels, image_size, image_size),
+                            feature_split)

@@ -63,6 +63,34 @@ def _assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mae(args: argparse.Namespace) -> int:
+    from workbench.core.artefacts import ArtefactStore
+    from workbench.core.mae_training import MAETrainConfig, save_workbench_mae, train_mae
+    from workbench.core.runtime import assets_root
+
+    config = MAETrainConfig() if args.steps is None else MAETrainConfig(steps=args.steps)
+    mae, metrics = train_mae(config, device=args.device)
+    root = assets_root() if args.commit else None
+    store = ArtefactStore(root, read_only_roots=[]) if root is not None else ArtefactStore()
+    path = save_workbench_mae(mae, config, metrics, store)
+    print(f"tiny MAE: final masked-patch loss {metrics['final_loss']:.4f} -> {path}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from workbench.repro.bench import bench_bdmae
+
+    numbers = bench_bdmae(batch=args.batch, loop_images=args.loop_images, device=args.device)
+    print(f"BDMAE on {numbers['images']} triggered CIFAR-10 images ({numbers['device']}): "
+          f"{numbers['restorations']} MAE restorations, {numbers['queries']} label queries")
+    print(f"  batched (batch {args.batch}):   {numbers['batched_images_per_s']:8.2f} images/s")
+    print(f"  one image at a time:     {numbers['loop_images_per_s']:8.2f} images/s "
+          f"(batched is {numbers['speedup_over_loop']:.1f}x faster)")
+    print(f"  compute floor:           {numbers['floor_images_per_s']:8.2f} images/s "
+          f"(batched takes {numbers['batched_over_floor']:.2f}x the floor)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("assets", help="train the small models committed under data/assets (if missing)")
     p.add_argument("--force", action="store_true", help="retrain from scratch and overwrite even if committed")
     p.set_defaults(run=_assets)
+    p = sub.add_parser("mae", help="pretrain the workbench's tiny MAE (resumes after an interruption)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--commit", action="store_true", help="write into data/assets (committed) instead of the cache")
+    p.set_defaults(run=_mae)
+    p = sub.add_parser("bench", help="throughput of a defence: batched vs one-image loop vs compute floor")
+    p.add_argument("method", choices=("bdmae",))
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--loop-images", type=int, default=8, help="images timed in the one-at-a-time loop")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,1 @@
+"""Baseline defences the papers compare with, one module per family."""
