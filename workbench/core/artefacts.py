@@ -78,6 +78,17 @@ class ArtefactStore:
             return Artefact(key, tensors, config, metrics, folder)
         return None
 
+    def load_by_key(self, kind: str, key: str) -> Artefact | None:
+        """The artefact under `key` when only the key is known: its stored config must hash to the key."""
+        for folder in self._folders(kind, key):
+            try:
+                config = json.loads((folder / CONFIG).read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if config_key(config) == key:
+                return self.load(kind, key, config)
+        return None
+
     def save(self, kind: str, key: str, tensors: dict[str, torch.Tensor], config: dict[str, Any],
              metrics: dict[str, Any]) -> Artefact:
         """Write an artefact atomically into the writable root and return it."""

@@ -20,6 +20,14 @@ from tqdm.auto import tqdm
 
 from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.attacks import PoisonConfig, backdoor_test_set, poison_dataset
+from workbench.core.attacks.input_aware import (
+    InputAware,
+    InputAwareConfig,
+    make_mask,
+    make_pattern,
+    stamp,
+    train_generators_and_classifier,
+)
 from workbench.core.data import DataSplits, ImageDataset, dataset_spec, load_splits
 from workbench.core.metrics import attack_success_rate, clean_accuracy
 from workbench.core.models import MODELS, StagedClassifier, build_model
@@ -237,6 +245,18 @@ def artefact_identity(config: TrainConfig, splits: DataSplits) -> dict[str, Any]
     return {"train_config": config.to_dict(), "train_data_sha256": splits.train.fingerprint()}
 
 
+def artefact_address(config: TrainConfig | InputAwareConfig,
+                     splits: DataSplits | None = None) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of what `config` trains: "models" for a `TrainConfig`, "iab" for an
+    `InputAwareConfig` (classifier and trigger generators stored together)."""
+    if isinstance(config, InputAwareConfig):
+        splits = splits or config.train.splits()
+        identity = {"input_aware": config.to_dict(), "train_data_sha256": splits.train.fingerprint()}
+        return "iab", config_key(identity), identity
+    identity = artefact_identity(config, splits or config.splits())
+    return "models", config_key(identity), identity
+
+
 def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, device: str = "auto",
                  progress: bool = True, monitor_size: int = 1000) -> TrainedModel:
     """Load the model trained with `config` on this data, or train it now and store it.
@@ -268,7 +288,11 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
     monitor_bd = None
     poisoned_count = 0
     if config.poison is not None:
-        poisoned = poison_dataset(train, config.poison)
+        surrogate = None
+        if config.poison.adversarial is not None:  # label-consistent attack: PGD against a clean surrogate
+            surrogate = get_or_train(TrainConfig.from_dict(config.poison.adversarial.surrogate), store=store,
+                                     device=device, progress=progress).model
+        poisoned = poison_dataset(train, config.poison, surrogate=surrogate)
         train, poisoned_count = poisoned.dataset, len(poisoned.poisoned_indices)
         monitor_bd = (backdoor_test_set(monitor_set, config.poison.attack, config.poison.target,
                                         config.poison.sources)[0], config.poison.target)
@@ -287,3 +311,49 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     saved = store.save("models", key, state, identity, metrics)
     return TrainedModel(model.to(dev).eval(), config, key, metrics, str(saved.path), loaded=False)
+
+
+def get_or_train_input_aware(config: InputAwareConfig, *, store: ArtefactStore | None = None, device: str = "auto",
+                             progress: bool = True) -> tuple[TrainedModel, InputAware]:
+    """Load or train an IAB-backdoored classifier and its trigger generators (`workbench.core.attacks.input_aware`).
+
+    Returns:
+        The classifier (with CA / ASR on the full test split in its metrics) and the attack that applies its
+        sample-specific triggers.
+    """
+    store = store or ArtefactStore()
+    recipe = config.train
+    splits = recipe.splits()
+    kind, key, identity = artefact_address(config, splits)
+    spec = dataset_spec(recipe.dataset)
+    attack = InputAware(artefact_key=key, channels=spec.channels, generator_width=config.generator_width)
+    model = new_model(recipe)
+    dev = resolve_device(device)
+    found = store.load(kind, key, identity)
+    loaded = found is not None
+    if found is None:
+        fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
+        model.to(dev, memory_format=fmt)
+        opt = _optimizer(model, recipe)
+        start = time.time()
+        pattern_gen, mask_gen, history = train_generators_and_classifier(
+            config, model, splits.train.images, splits.train.labels,
+            augment=lambda x, gen: augment_batch(x, recipe.augment, gen), optimizer=opt,
+            lr_at=lambda p: recipe.lr * _lr_factor(recipe.schedule, recipe.warmup_fraction, p), device=dev,
+            progress=progress)
+        model.eval()
+        x_test = splits.test.float_images()
+        non_target = splits.test.labels != config.target
+        with torch.no_grad():
+            x_bd = torch.cat([stamp(xb.to(dev), make_pattern(pattern_gen, xb.to(dev)), make_mask(mask_gen, xb.to(dev)))
+                              for xb in x_test[non_target].split(512)]).cpu()
+        metrics = {"history": history, "train_seconds": time.time() - start, "train_images": len(splits.train),
+                   "device": str(dev), "torch": torch.__version__, "data_source": splits.train.source,
+                   "test_images": len(splits.test), "test_ca": clean_accuracy(model, x_test, splits.test.labels),
+                   "test_asr": attack_success_rate(model, x_bd.clamp(0, 1), config.target)}
+        tensors = {**{f"classifier.{k}": v.contiguous() for k, v in model.state_dict().items()},
+                   **{f"pattern.{k}": v for k, v in pattern_gen.state_dict().items()},
+                   **{f"mask.{k}": v for k, v in mask_gen.state_dict().items()}}
+        found = store.save(kind, key, tensors, identity, metrics)
+    model.load_state_dict({k[len("classifier."):]: v for k, v in found.tensors.items() if k.startswith("classifier.")})
+    return TrainedModel(model.to(dev).eval(), recipe, key, found.metrics, str(found.path), loaded=loaded), attack

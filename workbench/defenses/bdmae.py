@@ -271,6 +271,12 @@ class BDMAE:
         """Labels of the purified images, (N,)."""
         return self.purify(x, seed=seed).labels
 
+    def _labels(self, restored: torch.Tensor) -> torch.Tensor:
+        """Label queries on restorations. The MAE output is not clipped (authors' code) and the authors feed it
+        to the model as is; the workbench's query API takes images in [0, 1], so restorations are clipped at
+        this boundary only (a deviation of at most a few hundredths in a few pixels)."""
+        return self.classifier.labels(restored.clamp(0, 1))
+
     # -------------------------------------------------------------------------------------- the stages
     def _purify_batch(self, x: torch.Tensor, seed: int, first_index: int) -> BDMAEResult:
         cfg = self.config
@@ -289,7 +295,7 @@ class BDMAE:
                 s_lab, refinement["label"] = self.refine_scores(x, y0, s_lab, size, gens)
         score = cfg.alpha * s_img + (1 - cfg.alpha) * s_lab
         purified, taus, masks = self.adaptive_restore(x, score)
-        labels = self.classifier.labels(purified)
+        labels = self._labels(purified)
         return BDMAEResult(purified, labels.cpu(), y0.cpu(), s_img0, s_lab0, s_img, s_lab, score, taus, masks,
                            refinement, self.classifier.queries - queries0,
                            self.restorer.restorations - restorations0)
@@ -309,7 +315,7 @@ class BDMAE:
             flat = masks.view(n * cfg.inner_masks, num_tokens)
             x_rep = x.repeat_interleave(cfg.inner_masks, dim=0)
             restored, pixel = self.restorer.restore(x_rep, flat)
-            labels = self.classifier.labels(restored).view(n, cfg.inner_masks)
+            labels = self._labels(restored).view(n, cfg.inner_masks)
             changed = (labels != y0.view(-1, 1).to(labels.device)).cpu()
             flips += (masks.float() * changed.unsqueeze(-1).float()).sum(dim=1)
             # Eq. 2, accumulated over all restorations so far (authors' code)
@@ -342,7 +348,7 @@ class BDMAE:
                 masks[idx] = topology_masks(score[idx], region[idx], sizes, self.adjacency, cfg.neighbour_bonus,
                                             [gens[i] for i in idx.tolist()], cfg.random_seed_token)
                 restored, _ = self.restorer.restore(x[idx], masks[idx])
-                labels = self.classifier.labels(restored).cpu()
+                labels = self._labels(restored).cpu()
                 sign = torch.where(labels == y0[idx].cpu(), -1.0, 1.0).view(-1, 1)
                 rest = region[idx] & ~masks[idx]
                 score[idx] += sign * cfg.beta0 * (masks[idx].float() - rest.float())  # Alg. 2 lines 7-8
@@ -350,15 +356,17 @@ class BDMAE:
             trace["masks"][:, r], trace["regions"][:, r], trace["scores"][:, r] = masks, region, score
         return score, trace
 
-    def adaptive_restore(self, x: torch.Tensor,
-                         score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def adaptive_restore(self, x: torch.Tensor, score: torch.Tensor, fixed_threshold: float | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sec. 4.4: raise the thresholds until <= 25 % of tokens exceed the lowest, restore the K nested masks
-        and fuse them (Eq. 2) inside the lowest threshold's mask. Returns (rho(x), thresholds (N, K),
+        and fuse them (Eq. 2) inside the lowest threshold's mask. With a fixed threshold (argument, else the
+        config's), restore the single mask S >= threshold instead (Fig. 5d). Returns (rho(x), thresholds (N, K),
         masks (N, K, L))."""
         cfg = self.config
         n, num_tokens = score.shape
-        if cfg.fixed_threshold is not None:
-            taus = torch.full((n, 1), float(cfg.fixed_threshold))
+        fixed_threshold = cfg.fixed_threshold if fixed_threshold is None else fixed_threshold
+        if fixed_threshold is not None:
+            taus = torch.full((n, 1), float(fixed_threshold))
         else:
             taus = torch.tensor(cfg.thresholds).repeat(n, 1)
             for _ in range(cfg.max_threshold_rises):

@@ -35,26 +35,33 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _assets(args: argparse.Namespace) -> int:
-    from workbench.core.artefacts import ArtefactStore, config_key
+    from workbench.core.artefacts import ArtefactStore
+    from workbench.core.attacks import InputAwareConfig
     from workbench.core.runtime import assets_root
-    from workbench.core.training import artefact_identity, get_or_train
-    from workbench.repro.presets import COMMITTED_MODELS
+    from workbench.core.training import artefact_address, get_or_train, get_or_train_input_aware
+    from workbench.repro.assets import COMMITTED_MODELS
 
     target_root = assets_root()
     if target_root is None:
         raise WorkbenchError("assets live in a checkout's data/assets/: run this from the repository")
     wanted = {name: make_config() for name, make_config in COMMITTED_MODELS.items()}
-    keys = {name: config_key(artefact_identity(config, config.splits())) for name, config in wanted.items()}
-    for stale in sorted((target_root / "models").glob("*")):
-        if stale.name not in keys.values():
-            print(f"stale: {stale} is no longer listed in COMMITTED_MODELS; remove it with `git rm -r {stale}`")
+    addresses = {name: artefact_address(config)[:2] for name, config in wanted.items()}
+    for kind in ("models", "iab"):
+        for stale in sorted((target_root / kind).glob("*")):
+            if (kind, stale.name) not in addresses.values():
+                print(f"stale: {stale} is no longer listed in COMMITTED_MODELS; remove it with `git rm -r {stale}`")
     for name, config in wanted.items():
-        committed = target_root / "models" / keys[name]
+        kind, key = addresses[name]
+        committed = target_root / kind / key
         if committed.is_dir() and not args.force:
             print(f"{name}: committed at {committed}")
             continue
         with tempfile.TemporaryDirectory() as scratch:  # an empty store: train now, whatever is cached
-            trained = get_or_train(config, store=ArtefactStore(scratch, read_only_roots=[]), progress=True)
+            store = ArtefactStore(scratch, read_only_roots=[])
+            if isinstance(config, InputAwareConfig):
+                trained, _ = get_or_train_input_aware(config, store=store, progress=True)
+            else:
+                trained = get_or_train(config, store=store, progress=True)
             if committed.exists():
                 shutil.rmtree(committed)
             shutil.copytree(trained.path, committed)

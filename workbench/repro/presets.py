@@ -37,9 +37,3 @@ def quickstart_config(scale: str | None = None, *, seed: int = 0) -> TrainConfig
     return TrainConfig(dataset="cifar10", model=preset.model, poison=poison, train_size=preset.train_size,
                        epochs=preset.epochs, lr=preset.lr, seed=seed)
 
-
-#: Trained models committed under data/assets/models/ so notebooks and tests load instead of retraining.
-#: `python -m workbench assets` (or `make assets`) regenerates any whose config changed.
-COMMITTED_MODELS = {
-    "quickstart-cpu": lambda: quickstart_config("cpu"),
-}

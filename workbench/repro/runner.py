@@ -23,6 +23,7 @@ from workbench.repro.results import load_tables
 #: Notebooks run for each paper, in order. Later issues add their papers here.
 PAPERS: dict[str, tuple[str, ...]] = {
     "quickstart": ("00_quickstart.ipynb",),
+    "bdmae": ("10_bdmae_walkthrough.ipynb", "11_bdmae_tables.ipynb"),
 }
 
 

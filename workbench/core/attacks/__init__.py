@@ -15,8 +15,10 @@ from workbench.core.attacks.base import (
     make_attack,
 )
 from workbench.core.attacks.blending import SIG, Blended
+from workbench.core.attacks.input_aware import InputAware, InputAwareConfig
 from workbench.core.attacks.patches import BadNets, per_class_triggers
 from workbench.core.attacks.poisoning import (
+    AdversarialStep,
     PoisonConfig,
     PoisonedDataset,
     backdoor_test_set,
@@ -26,7 +28,25 @@ from workbench.core.attacks.poisoning import (
 from workbench.core.attacks.warping import WaNet
 
 __all__ = [
-    "ATTACK_FAMILIES", "ATTACK_PRESETS", "PATTERN_NOTES", "PRESET_NOTES", "SIG", "Additive", "Attack", "BadNets",
-    "Blended", "PoisonConfig", "PoisonedDataset", "WaNet", "attack_from_dict", "backdoor_test_set",
-    "make_attack", "per_class_triggers", "poison_all_classes", "poison_dataset",
+    "ATTACK_FAMILIES",
+    "ATTACK_PRESETS",
+    "PATTERN_NOTES",
+    "PRESET_NOTES",
+    "SIG",
+    "Additive",
+    "AdversarialStep",
+    "Attack",
+    "BadNets",
+    "Blended",
+    "InputAware",
+    "InputAwareConfig",
+    "PoisonConfig",
+    "PoisonedDataset",
+    "WaNet",
+    "attack_from_dict",
+    "backdoor_test_set",
+    "make_attack",
+    "per_class_triggers",
+    "poison_all_classes",
+    "poison_dataset",
 ]

@@ -16,12 +16,37 @@ from typing import Any
 
 import torch
 
+from workbench.core.attacks.adversarial import pgd_perturb
 from workbench.core.attacks.base import Attack, attack_from_dict
 from workbench.core.data import ImageDataset
 from workbench.core.runtime import make_generator
+from workbench.core.storage import canonical_json
 from workbench.core.validation import WorkbenchError, check_class, check_fraction, check_positive_int
 
 _CHUNK = 4096  # images triggered per step: bounds the float copy's memory on 50,000-image sets
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversarialStep:
+    """The label-consistent attack's extra step (Turner et al. 2019): before the trigger is added, each
+    poisoned image gets an untargeted L-inf PGD perturbation against a clean surrogate model.
+
+    Args:
+        surrogate: the surrogate's `TrainConfig.to_dict()` (the trainer loads or trains it).
+        epsilon: L-inf radius (16/255: our choice within Turner et al.'s 8-32/255; BDMAE and T&R do not say).
+        steps: PGD steps (step size 2.5 epsilon / steps).
+    """
+
+    surrogate: dict[str, Any]
+    epsilon: float = 16 / 255
+    steps: int = 10
+
+    def __post_init__(self) -> None:
+        check_fraction(self.epsilon, "epsilon")
+        check_positive_int(self.steps, "steps")
+
+    def __hash__(self) -> int:  # the surrogate config is a dict: hash its canonical JSON
+        return hash((canonical_json(self.surrogate), self.epsilon, self.steps))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +66,7 @@ class PoisonConfig:
             source images to the target.
         noise_ratio: WaNet noise-mode images as a multiple of the poisoned count (WaNet's cross ratio, 2).
         seed: seed of the image selection (and noise-mode offsets).
+        adversarial: the label-consistent attack's PGD step (needs `clean_label`).
     """
 
     attack: Attack
@@ -53,6 +79,7 @@ class PoisonConfig:
     clean_label: bool = False
     noise_ratio: float = 0.0
     seed: int = 0
+    adversarial: AdversarialStep | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.attack, Attack):
@@ -76,11 +103,18 @@ class PoisonConfig:
             raise WorkbenchError(f"noise_ratio must be >= 0, got {self.noise_ratio}")
         if self.noise_ratio > 0 and not self.attack.has_noise_mode:
             raise WorkbenchError(f"attack {self.attack.family!r} has no noise mode; set noise_ratio=0")
+        if self.adversarial is not None and not self.clean_label:
+            raise WorkbenchError("the adversarial (label-consistent) step perturbs target-class images: "
+                                 "set clean_label=True")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["attack"] = self.attack.to_dict()
         data["sources"] = list(self.sources) if self.sources is not None else None
+        if self.adversarial is None:
+            data.pop("adversarial")  # keeps the keys of configs made before this field existed
+        else:
+            data["adversarial"] = dataclasses.asdict(self.adversarial)
         return data
 
     @classmethod
@@ -89,6 +123,8 @@ class PoisonConfig:
         data["attack"] = attack_from_dict(data["attack"])
         if data.get("sources") is not None:
             data["sources"] = tuple(data["sources"])
+        if data.get("adversarial") is not None:
+            data["adversarial"] = AdversarialStep(**data["adversarial"])
         return cls(**data)
 
 
@@ -154,8 +190,14 @@ def _select(labels: torch.Tensor, config: PoisonConfig, num_classes: int, gen: t
     return torch.sort(pool[torch.randperm(len(pool), generator=gen)[:n]]).values
 
 
-def poison_dataset(dataset: ImageDataset, config: PoisonConfig) -> PoisonedDataset:
+def poison_dataset(dataset: ImageDataset, config: PoisonConfig, *,
+                   surrogate: torch.nn.Module | None = None) -> PoisonedDataset:
     """Build a poisoned copy of `dataset` (see the module docstring and `PoisonConfig`).
+
+    Args:
+        dataset: the clean training set.
+        config: how to poison it.
+        surrogate: the clean surrogate model of `config.adversarial` (required then, unused otherwise).
 
     Returns:
         The poisoned set with the indices that were triggered (and noise-mode images, for WaNet).
@@ -167,7 +209,14 @@ def poison_dataset(dataset: ImageDataset, config: PoisonConfig) -> PoisonedDatas
     chosen = _select(dataset.labels, config, dataset.num_classes, gen)
     images = dataset.images.clone()
     labels = dataset.labels.clone()
-    images[chosen] = apply_in_chunks(dataset.images[chosen], config.attack.apply)
+    originals = dataset.images[chosen]
+    if config.adversarial is not None:
+        if surrogate is None:
+            raise WorkbenchError("this poison config has an adversarial step: pass the surrogate model")
+        adv = config.adversarial
+        originals = _to_uint8(pgd_perturb(surrogate, originals.float() / 255, dataset.labels[chosen],
+                                          epsilon=adv.epsilon, steps=adv.steps, generator=gen))
+    images[chosen] = apply_in_chunks(originals, config.attack.apply)
     if not config.clean_label:
         labels[chosen] = config.target
     noise = torch.empty(0, dtype=torch.long)

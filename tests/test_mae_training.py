@@ -1,0 +1,37 @@
+"""Tiny-MAE pretraining resumes exactly where it stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import workbench.core.mae_training as mae_training
+from workbench.core.mae import MAEArchitecture
+from workbench.core.mae_training import MAETrainConfig, train_mae
+
+ARCH = MAEArchitecture(img_size=16, patch_size=4, in_chans=3, embed_dim=16, depth=1, num_heads=2,
+                       decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tiny_mirror: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    config = MAETrainConfig(arch=ARCH, datasets=("cifar10", "mnist"), steps=200, batch_size=8, warmup_steps=20)
+    straight, metrics = train_mae(config, checkpoint_dir=tmp_path / "straight", progress=False)
+    assert metrics["train_images"] == 190 + 228  # CIFAR-10 train split + MNIST pool, minus holdouts
+
+    real_checkpoint = mae_training._checkpoint
+
+    def checkpoint_then_crash(*args: object, **kwargs: object) -> None:
+        real_checkpoint(*args, **kwargs)
+        raise KeyboardInterrupt  # the machine stops right after the step-100 checkpoint
+
+    monkeypatch.setattr(mae_training, "_checkpoint", checkpoint_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_mae(config, checkpoint_dir=tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(mae_training, "_checkpoint", real_checkpoint)
+    resumed, resumed_metrics = train_mae(config, checkpoint_dir=tmp_path / "resumed", progress=False)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert resumed_metrics["loss_curve"] == metrics["loss_curve"]
