@@ -146,8 +146,7 @@ class MaskedAutoencoderViT(nn.Module):
 
         Args:
             imgs: ImageNet-normalised images (N, C, img_size, img_size).
-            mask: (N, L) token mask, 1/True = masked (hidden from the encoder); any count per image, but at
-                least one visible token.
+            mask: (N, L) token mask, 1/True = masked (hidden from the encoder); any count per image.
 
         Returns:
             (N, L, p*p*C) predicted normalised pixels for every patch.
@@ -155,9 +154,7 @@ class MaskedAutoencoderViT(nn.Module):
         mask = mask.to(device=imgs.device, dtype=torch.bool)
         if mask.shape != (imgs.shape[0], self.num_patches):
             raise WorkbenchError(f"token mask must have shape (N, {self.num_patches}), got {tuple(mask.shape)}")
-        visible_count = (~mask).sum(dim=1)
-        if bool((visible_count == 0).any()):
-            raise WorkbenchError("a token mask hides every token; keep at least one visible token per image")
+        visible_count = (~mask).sum(dim=1)  # 0 is allowed: the encoder then sees its class token only
         # visible tokens first (in raster order), then masked ones: stable sort of the mask
         ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
         ids_restore = torch.argsort(ids_shuffle, dim=1)

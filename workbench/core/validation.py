@@ -62,7 +62,7 @@ def check_images(x: torch.Tensor, *, channels: int | None = None, size: int | tu
             raise WorkbenchError(f"{name} contain NaN or infinite values; check the preprocessing that made them")
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
-            raise WorkbenchError(f"{name} must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]; "
+            raise WorkbenchError(f"{name} must lie in [0, 1], got values in [{lo:.9g}, {hi:.9g}]; "
                                  "inputs are un-normalised images (models normalise internally)")
     return x
 

@@ -42,13 +42,14 @@ class BDMAEPreset:
 
     main_images: int  # clean and triggered images for the main CIFAR-10 setting (acceptance)
     other_images: int  # clean and triggered images for every other setting
-    model_epochs: int  # epochs of the reduced models (trigger sizes of Tables A.3/A.4)
+    model_epochs: int  # epochs of the reduced models (Table 3, trigger sizes of Tables A.3/A.4)
     model_train_size: int | None  # training images of the reduced models (None = all)
+    datasets: tuple[str, ...] = ("cifar10", "gtsrb")  # datasets of every table
     bdmae: BDMAEConfig = field(default_factory=BDMAEConfig)
 
 
 BDMAE_PRESETS = {
-    "smoke": BDMAEPreset(8, 4, 1, 1000, BDMAEConfig(outer_rounds=2, inner_masks=3, refine_steps=2)),
+    "smoke": BDMAEPreset(8, 4, 1, 1000, ("cifar10",), BDMAEConfig(outer_rounds=2, inner_masks=3, refine_steps=2)),
     "cpu": BDMAEPreset(500, 200, 6, 15_000),
     "paper": BDMAEPreset(10_000, 10_000, 60, None),
 }
@@ -106,16 +107,18 @@ def challenging_settings(dataset: str, scale: str | None) -> dict[str, Setting]:
     """Table 3's attacks: IAB (sample-specific generated triggers), LC (PGD against the clean model + four-corner
     grid) and Blended (15 x 15 noise patch, alpha 0.2 for training, 0.1 at test time)."""
     target = TARGETS[dataset]
-    clean = bdmae_model(dataset, None, scale)
+    clean = bdmae_model(dataset, None, scale)  # LC's surrogate
+    recipe = bdmae_model(dataset, None, scale, reduced=True)  # Table 3's models use the reduced recipe
     lc = PoisonConfig(make_attack("lc_four_corners"), target=target, ratio=1.0, ratio_of="candidates",
                       clean_label=True, adversarial=AdversarialStep(surrogate=clean.to_dict()))
     blended = make_attack("bdmae_blended")
     return {
-        "IAB": Setting(InputAwareConfig(train=clean, target=target), None, target,
+        "IAB": Setting(InputAwareConfig(train=recipe, target=target, mask_epochs=max(1, recipe.epochs // 4)), None,
+                       target,
                        "generators trained with the classifier for the recipe's epochs (original: 1000)"),
-        "LC": Setting(bdmae_model(dataset, lc, scale), lc.attack, target,
+        "LC": Setting(bdmae_model(dataset, lc, scale, reduced=True), lc.attack, target,
                       "every target-class training image perturbed (PGD, eps 16/255) then triggered"),
-        "Blended": Setting(bdmae_model(dataset, PoisonConfig(blended, target=target, ratio=0.1), scale),
+        "Blended": Setting(bdmae_model(dataset, PoisonConfig(blended, target=target, ratio=0.1), scale, reduced=True),
                            blended.replace(alpha=0.1), target, "alpha 0.2 in training, 0.1 at test time"),
     }
 

@@ -64,7 +64,7 @@ def score_maps_figure(x: torch.Tensor, result: BDMAEResult, indices: Sequence[in
                 ax.set_title(title, fontsize=8)
         axes[row, 0].set_xlabel(f"pred {names[int(result.original_labels[i])]}", fontsize=8)
         axes[row, -1].set_xlabel(f"pred {names[int(result.labels[i])]}", fontsize=8)
-    fig.colorbar(im, ax=axes[:, 1:-1].ravel().tolist(), shrink=0.8, label="trigger score (clipped to [0, 1])")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="trigger score (clipped to [0, 1])")
     return fig
 
 

@@ -86,10 +86,6 @@ class Februus:
         cam = class_activation_map(self.model, x, self.method)
         grid = self.restorer.grid
         tokens = F.adaptive_max_pool2d((cam >= self.threshold).float().unsqueeze(1), (grid, grid)).flatten(1) > 0
-        everything = tokens.all(dim=1)  # the MAE needs one visible token: keep the least activated one
-        if bool(everything.any()):
-            coolest = F.adaptive_avg_pool2d(cam.unsqueeze(1), (grid, grid)).flatten(1).argmin(dim=1)
-            tokens[everything, coolest[everything]] = False
         restored, _ = self.restorer.restore(x, tokens)
         return restored
 

@@ -31,7 +31,8 @@ class Blur:
     def purify(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         """Blurred images (N, C, H, W); `seed` is unused (deterministic)."""
         check_images(x)
-        return gaussian_blur(x, [self.kernel, self.kernel], [self.sigma, self.sigma])
+        blurred = gaussian_blur(x, [self.kernel, self.kernel], [self.sigma, self.sigma])
+        return blurred.clamp_(0, 1)  # a convex combination of pixels, up to float rounding
 
     def predict(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         return self.classifier.labels(self.purify(x, seed=seed))
@@ -54,7 +55,7 @@ class ShrinkPad:
         n, _, h, w = x.shape
         if self.pad >= min(h, w):
             raise WorkbenchError(f"ShrinkPad pad {self.pad} leaves nothing of a {h}x{w} image")
-        small = F.interpolate(x, size=(h - self.pad, w - self.pad), mode="bilinear", align_corners=False)
+        small = F.interpolate(x, size=(h - self.pad, w - self.pad), mode="bilinear", align_corners=False).clamp_(0, 1)
         gen = torch.Generator().manual_seed(seed)
         tops = torch.randint(0, self.pad + 1, (n,), generator=gen).tolist()
         lefts = torch.randint(0, self.pad + 1, (n,), generator=gen).tolist()
