@@ -35,3 +35,19 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_mirror: Path, tmp
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
     assert resumed_metrics["loss_curve"] == metrics["loss_curve"]
+
+
+def test_a_later_stage_starts_from_the_previous_one(tiny_mirror: Path, tmp_path: Path) -> None:
+    from workbench.core.artefacts import ArtefactStore
+    from workbench.core.mae_training import load_workbench_mae, save_workbench_mae
+
+    first = MAETrainConfig(arch=ARCH, datasets=("cifar10",), steps=20, batch_size=8, warmup_steps=5)
+    mae, metrics = train_mae(first, checkpoint_dir=tmp_path / "first", progress=False)
+    save_workbench_mae(mae, first, metrics, ArtefactStore())  # the isolated cache of this test
+    second = MAETrainConfig(arch=ARCH, datasets=("cifar10",), steps=1, batch_size=8, warmup_steps=1, lr=1e-12,
+                            init=first)
+    assert second.stages() == [first, second]
+    continued, _ = train_mae(second, checkpoint_dir=tmp_path / "second", progress=False)
+    for (name, a), (_, b) in zip(load_workbench_mae(first).state_dict().items(), continued.state_dict().items(),
+                                 strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name

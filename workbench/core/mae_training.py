@@ -43,7 +43,8 @@ TINY_MAE = MAEArchitecture(img_size=56, patch_size=4, in_chans=3, embed_dim=128,
 
 @dataclass(frozen=True)
 class MAETrainConfig:
-    """Recipe of the tiny MAE (AdamW, linear warm-up then cosine decay, 75 % random masking)."""
+    """Recipe of one pretraining stage of the tiny MAE (AdamW, linear warm-up then cosine decay, 75 % random
+    masking). `init` continues from the MAE trained with another recipe (a later stage with a fresh schedule)."""
 
     arch: MAEArchitecture = TINY_MAE
     datasets: tuple[str, ...] = ("cifar10", "gtsrb", "mnist")
@@ -56,11 +57,25 @@ class MAETrainConfig:
     flip: bool = True
     split_seed: int = 0
     seed: int = 0
+    init: MAETrainConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["datasets"] = list(self.datasets)
+        data["init"] = self.init.to_dict() if self.init is not None else None
+        if self.init is None:
+            data.pop("init")  # keeps the key of the first stage as it was before `init` existed
         return data
+
+    def stages(self) -> list[MAETrainConfig]:
+        """This recipe's stages, first to last."""
+        return [*(self.init.stages() if self.init is not None else []), self]
+
+
+#: The default tiny MAE: one 3,000-step stage (about 4 passes over its 92,349 images). Its restorations at 75 %
+#: masking keep the CIFAR-10 quickstart model's label on 57 %, 65 %, 76 % of clean test images after 400, 700 and
+#: 3,000 steps: still rising, so a further stage (`init=`) is the way to a stronger MAE.
+DEFAULT_MAE = MAETrainConfig()
 
 
 def training_images(config: MAETrainConfig) -> torch.Tensor:
@@ -112,6 +127,8 @@ def train_mae(config: MAETrainConfig, *, device: str = "auto", checkpoint_dir: P
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         mae = MaskedAutoencoderViT(config.arch).to(dev)
+    if config.init is not None:  # a later stage starts from the previous stage's weights
+        mae.load_state_dict(load_workbench_mae(config.init, device=str(dev)).state_dict())
     decay = [p for n, p in mae.named_parameters() if p.requires_grad and p.ndim > 1 and "token" not in n]
     no_decay = [p for n, p in mae.named_parameters() if p.requires_grad and (p.ndim <= 1 or "token" in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -183,16 +200,17 @@ def _load_optimizer(opt: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -
 
 # ----------------------------------------------------------------------------------- committed weights
 def load_workbench_mae(config: MAETrainConfig | None = None, *, device: str = "auto") -> MaskedAutoencoderViT:
-    """The workbench's tiny MAE for `config` (default recipe), from the cache or the committed `data/assets/mae`.
+    """The workbench's tiny MAE for `config` (default: `DEFAULT_MAE`), from the cache or the committed
+    `data/assets/mae`.
 
     Raises:
         WorkbenchError: if it has not been trained; the message gives the command that trains it.
     """
-    config = config or MAETrainConfig()
+    config = config or DEFAULT_MAE
     found = ArtefactStore().load("mae", config_key(config.to_dict()), config.to_dict())
     if found is None:
         raise WorkbenchError("the workbench's tiny MAE for this recipe is not trained yet: run "
-                             "`python -m workbench mae` (about an hour on 2 CPU cores; resumable)")
+                             "`python -m workbench mae` (a few hours on 2 CPU cores; resumable)")
     mae = MaskedAutoencoderViT(config.arch)
     mae.load_state_dict({k: v.float() for k, v in found.tensors.items()}, strict=True)
     return mae.to(resolve_device(device)).eval()

@@ -71,16 +71,22 @@ def _assets(args: argparse.Namespace) -> int:
 
 
 def _mae(args: argparse.Namespace) -> int:
-    from workbench.core.artefacts import ArtefactStore
-    from workbench.core.mae_training import MAETrainConfig, save_workbench_mae, train_mae
+    from workbench.core.artefacts import ArtefactStore, config_key
+    from workbench.core.mae_training import DEFAULT_MAE, save_workbench_mae, train_mae
     from workbench.core.runtime import assets_root
 
-    config = MAETrainConfig() if args.steps is None else MAETrainConfig(steps=args.steps)
-    mae, metrics = train_mae(config, device=args.device)
     root = assets_root() if args.commit else None
     store = ArtefactStore(root, read_only_roots=[]) if root is not None else ArtefactStore()
-    path = save_workbench_mae(mae, config, metrics, store)
-    print(f"tiny MAE: final masked-patch loss {metrics['final_loss']:.4f} -> {path}")
+    if ArtefactStore().load("mae", config_key(DEFAULT_MAE.to_dict()), DEFAULT_MAE.to_dict()) is not None:
+        print("the tiny MAE is trained (earlier stages are only needed to retrain it)")
+        return 0
+    for stage in DEFAULT_MAE.stages():  # earlier stages stay in the cache; --commit writes the last one only
+        if ArtefactStore().load("mae", config_key(stage.to_dict()), stage.to_dict()) is not None:
+            print(f"tiny MAE stage ({stage.steps} steps): already trained")
+            continue
+        mae, metrics = train_mae(stage, device=args.device)
+        path = save_workbench_mae(mae, stage, metrics, store if stage is DEFAULT_MAE else ArtefactStore())
+        print(f"tiny MAE stage ({stage.steps} steps): final masked-patch loss {metrics['final_loss']:.4f} -> {path}")
     return 0
 
 
@@ -115,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="retrain from scratch and overwrite even if committed")
     p.set_defaults(run=_assets)
     p = sub.add_parser("mae", help="pretrain the workbench's tiny MAE (resumes after an interruption)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--device", default="auto")
     p.add_argument("--commit", action="store_true", help="write into data/assets (committed) instead of the cache")
     p.set_defaults(run=_mae)
