@@ -6,6 +6,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 from workbench.core.validation import WorkbenchError
 
@@ -56,15 +57,18 @@ def _assets(args: argparse.Namespace) -> int:
         if committed.is_dir() and not args.force:
             print(f"{name}: committed at {committed}")
             continue
-        with tempfile.TemporaryDirectory() as scratch:  # an empty store: train now, whatever is cached
-            store = ArtefactStore(scratch, read_only_roots=[])
+        with tempfile.TemporaryDirectory() as scratch:
+            # --force: an empty store, so everything (dependencies such as LC's surrogate too) is trained anew;
+            # otherwise the usual store, where dependencies are found in the cache or data/assets
+            store = ArtefactStore(scratch, read_only_roots=[]) if args.force else ArtefactStore()
             if isinstance(config, InputAwareConfig):
                 trained, _ = get_or_train_input_aware(config, store=store, progress=True)
             else:
                 trained = get_or_train(config, store=store, progress=True)
-            if committed.exists():
-                shutil.rmtree(committed)
-            shutil.copytree(trained.path, committed)
+            if Path(trained.path) != committed:
+                if committed.exists():
+                    shutil.rmtree(committed)
+                shutil.copytree(trained.path, committed)
         asr = trained.metrics.get("test_asr", float("nan"))
         print(f"{name}: test CA {trained.metrics['test_ca']:.4f}, ASR {asr:.4f} -> {committed}")
     return 0
