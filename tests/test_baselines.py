@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter, OrderedDict
+
 import torch
 
 from tests.test_bdmae import GRID14, TRIGGER, OracleRestorer, TriggerDetector, images
 from workbench.core.mae import MaskedAutoencoderViT
-from workbench.core.models import build_model
+from workbench.core.models import Normalize, StagedClassifier, build_model
 from workbench.core.query import QueryModel
 from workbench.defenses.baselines.februus import Februus, class_activation_map
 from workbench.defenses.baselines.patchcleanser import PatchCleanser, mask_set
@@ -55,3 +57,55 @@ def test_class_activation_maps_and_februus() -> None:
     februus = Februus(model, OracleRestorer(MaskedAutoencoderViT(GRID14)), "gradcam++", 0.7)
     purified = februus.purify(x)
     assert purified.shape == x.shape and februus.predict(x).shape == (2,)
+
+
+class GreyProbe(torch.nn.Module):
+    """Label 1 + [pixel A is PatchCleanser's grey] + 2 [pixel B is grey]: masks over A and masks over B disagree
+    with the majority, and no disagreer's second round is unanimous (masks over the other pixel change it)."""
+
+    def __init__(self, a: tuple[int, int], b: tuple[int, int]) -> None:
+        super().__init__()
+        self.a, self.b = a, b
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey_a = (x[:, :, self.a[0], self.a[1]] == 0.5).all(dim=1).long()
+        grey_b = (x[:, :, self.b[0], self.b[1]] == 0.5).all(dim=1).long()
+        return torch.nn.functional.one_hot(1 + grey_a + 2 * grey_b, 5).float()
+
+
+def test_patchcleanser_fallbacks_without_a_unanimous_disagreer() -> None:
+    a, b = (0, 0), (16, 16)  # a corner (few masks cover it) and the centre (overlapping masks cover it)
+    wrapper = QueryModel(GreyProbe(a, b), "label")
+    x = images(1)
+    masks = mask_set(32, 3, 6)
+    over_a, over_b = masks[:, a[0], a[1]], masks[:, b[0], b[1]]
+    assert not bool((over_a & over_b).any()) and int(over_a.sum()) != int(over_b.sum())
+    # every prediction the majority variant makes, counted independently of the implementation
+    first = 1 + over_a.long() + 2 * over_b.long()
+    votes = Counter(first.tolist())
+    for d in (over_a | over_b).nonzero().flatten().tolist():
+        votes.update((1 + (over_a | over_a[d]).long() + 2 * (over_b | over_b[d]).long()).tolist())
+    assert PatchCleanser(wrapper, patch_size=3, variant="vanilla").predict(x).tolist() == [1]
+    assert PatchCleanser(wrapper, patch_size=3, variant="majority").predict(x).tolist() == [votes.most_common(1)[0][0]]
+    assert votes.most_common(1)[0][0] != 1
+
+
+def test_class_activation_maps_find_the_evidence() -> None:
+    """Feature map = the image; head = global average pool + linear reading channel 0 for class 0. Every CAM method
+    must then light up exactly the bright square of channel 0 after min-max normalisation."""
+    head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        head[2].weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+        head[2].bias.zero_()
+    model = StagedClassifier(Normalize([0, 0, 0], [1, 1, 1]),
+                             OrderedDict([("features", torch.nn.Identity()), ("head", head)]),
+                             default_split="head", input_shape=(3, 32, 32), feature_split="head")
+    x = torch.full((2, 3, 32, 32), 0.2)
+    x[:, 0, 5:10, 20:26] = 1.0
+    square = torch.zeros(32, 32, dtype=torch.bool)
+    square[5:10, 20:26] = True
+    for method in ("gradcam", "xgradcam", "gradcam++"):
+        cam = class_activation_map(model, x, method, target=torch.zeros(2, dtype=torch.long))
+        assert torch.equal(cam >= 0.7, square.expand(2, -1, -1)), method
+        assert torch.allclose(cam[:, ~square], torch.zeros(1)), method

@@ -20,6 +20,7 @@ from workbench.defenses.bdmae import (
     BDMAEConfig,
     cut_permutation_masks,
     ssim_map,
+    tie_priorities,
     top_tokens,
     topology_masks,
 )
@@ -139,6 +140,68 @@ def test_adaptive_thresholds_follow_the_25_percent_rule(defence: BDMAE) -> None:
     assert masks[1].sum(dim=1).tolist() == [10] * 5
 
 
+def test_the_25_percent_boundary(defence: BDMAE) -> None:
+    score = torch.zeros(2, 196)
+    score[0, :49] = 0.9  # exactly 25 %: allowed
+    score[1, :50] = 0.9  # one token more: the thresholds rise past 0.9
+    _, taus, masks = defence.adaptive_restore(images(2), score)
+    assert torch.allclose(taus[0], torch.tensor(defence.config.thresholds)) and int(masks[0, -1].sum()) == 49
+    assert float(taus[1, -1]) > 0.9 and not bool(masks[1].any())
+
+
+class ZeroRestorer(MAERestorer):
+    """Restores every masked token to black."""
+
+    def predict(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        self.restorations += len(x)
+        return torch.zeros_like(x)
+
+
+class BlackPixelDetector(torch.nn.Module):
+    """Class 1 as soon as any pixel is exactly black, else 0: every restoration changes the label."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        black = (x.flatten(1).amin(dim=1) == 0).float()
+        return torch.stack([1 - black, black], dim=1)
+
+
+def test_label_score_normalisation_and_refine_region_size() -> None:
+    """If every restoration flips the label, S_l of a token is the fraction of the N_o N_i = 25 masks covering it:
+    a multiple of 1/25, at least 5 x 2 / 25 (cut permutations cover each token twice per round), summing to
+    the mean masked-token count (<= 147; slices across two permutations may repeat ids). Label refinement then works
+    on L = floor(sum S_l) tokens with masks of L // 2."""
+    defence = BDMAE(QueryModel(BlackPixelDetector(), "label"), ZeroRestorer(MaskedAutoencoderViT(GRID14)))
+    result = defence.purify(images(3), seed=0)
+    s_l = result.score_label_initial
+    assert torch.allclose(s_l * 25, (s_l * 25).round(), atol=1e-4) and float(s_l.min()) >= 10 / 25
+    totals = s_l.sum(dim=1)
+    assert bool((totals <= 147 + 1e-4).all()) and bool((totals >= 0.9 * 147).all())
+    top = result.refinement["label"]["top"]
+    assert top.tolist() == totals.floor().long().tolist()
+    assert torch.equal(result.refinement["label"]["masks"].sum(dim=2), (top // 2).view(-1, 1).expand(-1, 10))
+
+
+def test_batched_equals_looped_with_a_real_mae() -> None:
+    """With a real (random) MAE, images of one batch are restored with different masked-token counts (padding in
+    the encoder): each image's result must still equal its own one-image run."""
+    torch.manual_seed(0)
+    classifier = torch.nn.Sequential(torch.nn.AvgPool2d(8), torch.nn.Flatten(), torch.nn.Linear(48, 4))
+    defence = BDMAE(QueryModel(classifier, "label"), MAERestorer(MaskedAutoencoderViT(GRID14)),
+                    BDMAEConfig(outer_rounds=2, inner_masks=2, refine_steps=3))
+    x = torch.rand(4, 3, 32, 32)
+    batched = defence.purify(x, seed=2)
+    assert len(set(batched.restoration_masks[:, -1].sum(dim=1).tolist())) > 1  # the batch really mixes sizes
+    for i in range(len(x)):
+        single = defence.purify(x[i:i + 1], seed=2, first_index=i)
+        assert torch.equal(single.labels, batched.labels[i:i + 1])
+        assert torch.allclose(single.score, batched.score[i:i + 1], atol=1e-5)
+        assert torch.allclose(single.purified, batched.purified[i:i + 1], atol=1e-5)
+
+
 def test_black_box_only() -> None:
     with pytest.raises(WorkbenchError, match="pass a QueryModel"):
         BDMAE(TriggerDetector(), OracleRestorer(MaskedAutoencoderViT(GRID14)))  # type: ignore[arg-type]
@@ -157,7 +220,7 @@ def test_topology_mask_grows_a_connected_region_inside_the_refine_region() -> No
     gen = torch.Generator().manual_seed(0)
     rows, cols = torch.arange(196) // 14, torch.arange(196) % 14
     score = 1 / (1 + (rows - 6.0) ** 2 + (cols - 8.0) ** 2) + 0.01 * torch.rand(196, generator=gen)  # one blob
-    region = top_tokens(score.view(1, -1), torch.tensor([60]))[0]
+    region = top_tokens(score.view(1, -1), torch.tensor([60]), tie_priorities([gen], 196))[0]
     mask = topology_masks(score.view(1, -1), region.view(1, -1), torch.tensor([30]), adjacency, 100.0, [gen],
                           random_seed_token=False)[0]
     assert int(mask.sum()) == 30 and bool((mask & ~region).sum() == 0)
@@ -167,6 +230,30 @@ def test_topology_mask_grows_a_connected_region_inside_the_refine_region() -> No
     for _ in range(30):
         reached |= (adjacency[reached].any(dim=0) & mask)
     assert torch.equal(reached, mask)
+
+
+def test_ties_are_broken_at_random_not_by_token_index() -> None:
+    """S_l is a multiple of 1/25, so ties are common: neither the refine region nor the seed token may favour the
+    top-left corner of the grid."""
+    adjacency = neighbours4(14)
+    rows = torch.arange(196) // 14
+    flat = torch.zeros(1, 196)  # every token ties
+    region_rows, seed_rows = [], []
+    for seed in range(200):
+        gen = torch.Generator().manual_seed(seed)
+        region = top_tokens(flat, torch.tensor([20]), tie_priorities([gen], 196))
+        assert int(region.sum()) == 20
+        region_rows.append(rows[region[0]].float().mean())
+        mask = topology_masks(flat, torch.ones(1, 196, dtype=torch.bool), torch.tensor([1]), adjacency, 0.5, [gen],
+                              random_seed_token=False)
+        seed_rows.append(rows[mask[0]].float().mean())
+    # index order would give mean rows 0.4 (region) and 0 (seed); uniform choice gives 6.5 +- 0.3
+    assert abs(float(torch.stack(region_rows).mean()) - 6.5) < 1.0
+    assert abs(float(torch.stack(seed_rows).mean()) - 6.5) < 1.0
+    # a strict order is still respected: the 20 largest of distinct scores
+    distinct = torch.randperm(196, generator=torch.Generator().manual_seed(1)).float().view(1, -1)
+    picked = top_tokens(distinct, torch.tensor([20]), tie_priorities([torch.Generator()], 196))
+    assert torch.equal(picked[0], distinct[0] >= 176)
 
 
 def test_ssim_known_answers() -> None:

@@ -168,7 +168,11 @@ class MaskedAutoencoderViT(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         attend = torch.cat([valid.new_ones(x.shape[0], 1), valid], dim=1)  # keys that take part
-        attn_mask = None if bool(valid.all()) else attend.view(x.shape[0], 1, 1, -1)
+        # an additive float mask (0 / -inf): timm versions differ in how they treat boolean masks
+        attn_mask = None
+        if not bool(valid.all()):
+            bias = torch.zeros(attend.shape, dtype=x.dtype, device=x.device).masked_fill(~attend, float("-inf"))
+            attn_mask = bias.view(x.shape[0], 1, 1, -1)
         for block in self.blocks:
             x = block(x, attn_mask=attn_mask)
         x = self.decoder_embed(self.norm(x))
@@ -247,22 +251,31 @@ class MAERestorer:
         m = F.interpolate(m, size=(size, size), mode="nearest")  # token -> pixels of the MAE input
         return F.interpolate(m, size=(height, width), mode="nearest")
 
+    def _to_mae_size(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.mae.arch.img_size
+        return x if x.shape[-2:] == (size, size) else F.interpolate(x, size=(size, size), mode="bilinear",
+                                                                     align_corners=False)
+
+    def _to_data_size(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return x if x.shape[-2:] == (height, width) else F.interpolate(x, size=(height, width), mode="nearest")
+
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
+        """What a perfect MAE would give back: x through the resolution round trip of every restoration (bilinear
+        up-sampling to the MAE's input size, nearest down-sampling back). (N, C, H, W)."""
+        return self._to_data_size(self._to_mae_size(x), *x.shape[2:])
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """x_bar of Eq. 1: the MAE's full prediction (N, C, H, W) at the data resolution, unclipped."""
         n, c, h, w = x.shape
-        size = self.mae.arch.img_size
         outs = []
         for start in range(0, n, self.batch_size):
             xb = x[start:start + self.batch_size].to(self.device)
             mb = token_mask[start:start + self.batch_size].to(self.device)
-            rgb = xb.expand(-1, 3, -1, -1) if c == 1 else xb
-            inp = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False) if h != size else rgb
+            inp = self._to_mae_size(xb.expand(-1, 3, -1, -1) if c == 1 else xb)
             inp = (inp - self._mean.to(inp.device)) / self._std.to(inp.device)
             pred = self.mae.unpatchify(self.mae(inp, mb))
-            pred = pred * self._std.to(pred.device) + self._mean.to(pred.device)
-            if h != size or w != size:
-                pred = F.interpolate(pred, size=(h, w), mode="nearest")
+            pred = self._to_data_size(pred * self._std.to(pred.device) + self._mean.to(pred.device), h, w)
             outs.append((pred.mean(dim=1, keepdim=True) if c == 1 else pred).to(x.device))
         self.restorations += n
         return torch.cat(outs)

@@ -98,6 +98,8 @@ VARIANTS = {
     "base_l": BDMAEConfig(alpha=0.0),
     "no_refinement": BDMAEConfig(refine=False),
     "fixed_threshold": BDMAEConfig(fixed_threshold=0.5),
+    # not in the paper: the authors' code seeds topology-aware masks at argmax U(0,1) x S (IMPLEMENTATION_NOTES)
+    "authors_seed": BDMAEConfig(random_seed_token=True),
 }
 
 
@@ -175,6 +177,12 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float
     return ssim.mean(dim=1)
 
 
+def token_dissimilarity(x: torch.Tensor, y: torch.Tensor, grid: int) -> torch.Tensor:
+    """1 - SSIM(x, y) sampled on the token grid (nearest pixel), (N, grid * grid): one round's S_i (Alg. 1)."""
+    similarity = ssim_map(x, y).unsqueeze(1)
+    return 1 - F.interpolate(similarity, size=(grid, grid), mode="nearest").flatten(1)
+
+
 # ---------------------------------------------------------------------------------------------- masks
 def cut_permutation_masks(num_tokens: int, count: int, masks: int, gen: torch.Generator) -> torch.Tensor:
     """Alg. 1 line 4 as the authors sample it: concatenate `masks` random permutations of the token ids and cut
@@ -187,14 +195,29 @@ def cut_permutation_masks(num_tokens: int, count: int, masks: int, gen: torch.Ge
     return out
 
 
+def tie_priorities(gens: list[torch.Generator], num_tokens: int) -> torch.Tensor:
+    """(N, L) a random permutation of the token ids per image, drawn from the image's own generator. Used as the
+    secondary key wherever scores tie (S_l takes only N_o N_i + 1 values, so ties are the rule): breaking them by
+    token index would bias every selection towards the top-left corner. The paper is silent on ties."""
+    return torch.stack([torch.randperm(num_tokens, generator=g) for g in gens])
+
+
+def argmax_random_ties(values: torch.Tensor, allowed: torch.Tensor, priority: torch.Tensor) -> torch.Tensor:
+    """(N,) per row, the allowed position of the largest value; ties go to the highest `priority`."""
+    masked = torch.where(allowed, values, torch.full_like(values, -torch.inf))
+    best = masked == masked.amax(dim=1, keepdim=True)
+    return torch.argmax(torch.where(best & allowed, priority, -1), dim=1)
+
+
 def topology_masks(scores: torch.Tensor, regions: torch.Tensor, sizes: torch.Tensor, adjacency: torch.Tensor,
                    bonus: float, gens: list[torch.Generator], random_seed_token: bool) -> torch.Tensor:
     """Topology-aware token masks m_r (Sec. 4.3; App. F.1), one per image, grown in parallel.
 
     Image n starts at argmax S (or argmax U(0,1) S) and repeatedly adds argmax_k U(0,1) (S_k + bonus [k is a
     4-neighbour of the selection]) among the not yet selected tokens of its refine region m_rf, until it
-    holds sizes[n] tokens. Image n draws exactly sizes[n] x L uniforms from its own generator, so its mask
-    does not depend on the other images of the batch.
+    holds sizes[n] tokens; exact ties go to a random token (`tie_priorities`). Image n draws exactly
+    (sizes[n] + 1) x L numbers from its own generator, so its mask does not depend on the other images of the
+    batch.
 
     Args:
         scores: (N, L) current scores. regions: (N, L) bool m_rf. sizes: (N,) |T| (>= 1).
@@ -208,24 +231,29 @@ def topology_masks(scores: torch.Tensor, regions: torch.Tensor, sizes: torch.Ten
     draws = torch.zeros(n, longest, num_tokens)
     for i, gen in enumerate(gens):
         draws[i, : int(sizes[i])] = torch.rand(int(sizes[i]), num_tokens, generator=gen)
+    priority = tie_priorities(gens, num_tokens)
     rows = torch.arange(n)
-    first = torch.argmax(draws[:, 0] * scores if random_seed_token else scores, dim=1)
+    seed_values = draws[:, 0] * scores if random_seed_token else scores
+    first = argmax_random_ties(seed_values, torch.ones_like(regions), priority)
     selected = torch.zeros(n, num_tokens, dtype=torch.bool)
     selected[rows, first] = True
     near = adjacency[first].clone()
     for t in range(1, longest):
         candidates = regions & ~selected & (t < sizes).view(-1, 1)
         weights = draws[:, t] * (scores + bonus * near.to(scores.dtype))
-        pick = torch.argmax(torch.where(candidates, weights, torch.full_like(weights, -torch.inf)), dim=1)
+        pick = argmax_random_ties(weights, candidates, priority)
         grow = candidates.any(dim=1)
         selected[rows[grow], pick[grow]] = True
         near[grow] |= adjacency[pick[grow]]
     return selected
 
 
-def top_tokens(score: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """(N, L) bool: the `count[n]` highest-scoring tokens of each image (ties broken by token index)."""
-    order = torch.argsort(score, dim=1, descending=True, stable=True)
+def top_tokens(score: torch.Tensor, count: torch.Tensor, priority: torch.Tensor) -> torch.Tensor:
+    """(N, L) bool: the `count[n]` highest-scoring tokens of each image, ties broken by `priority` (highest
+    first)."""
+    by_priority = torch.argsort(priority, dim=1, descending=True)
+    within = torch.argsort(score.gather(1, by_priority), dim=1, descending=True, stable=True)
+    order = by_priority.gather(1, within)
     rank = torch.argsort(order, dim=1)
     return rank < count.view(-1, 1)
 
@@ -322,9 +350,7 @@ class BDMAE:
             fused_sum += (restored * pixel).view(n, cfg.inner_masks, *x.shape[1:]).sum(dim=1)
             fused_den += pixel.view(n, cfg.inner_masks, 1, *x.shape[2:]).sum(dim=1)
             fused = fused_sum / fused_den.clamp_min(1)
-            similarity = ssim_map(x, fused).unsqueeze(1)
-            token_ssim = F.interpolate(similarity, size=(grid, grid), mode="nearest").view(n, num_tokens)
-            s_img += (1 - token_ssim.cpu()) / cfg.outer_rounds
+            s_img += token_dissimilarity(x, fused, grid).cpu() / cfg.outer_rounds
         s_lab = flips / (cfg.outer_rounds * cfg.inner_masks)
         return s_img, s_lab
 
@@ -342,7 +368,7 @@ class BDMAE:
         idx = active.nonzero().flatten()
         sizes = (top[idx] // 2).clamp_min(1)  # |T| = L / 2
         for r in range(cfg.refine_steps):
-            region = top_tokens(score, top) & active.view(-1, 1)
+            region = top_tokens(score, top, tie_priorities(gens, num_tokens)) & active.view(-1, 1)
             masks = torch.zeros(n, num_tokens, dtype=torch.bool)
             if len(idx):
                 masks[idx] = topology_masks(score[idx], region[idx], sizes, self.adjacency, cfg.neighbour_bonus,

@@ -66,10 +66,11 @@ def stamp(x: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor) -> torch.T
 
 
 def diversity_loss(x: torch.Tensor, x_other: torch.Tensor, out: torch.Tensor, out_other: torch.Tensor) -> torch.Tensor:
-    """The original's L_div = mean ||x - x'|| / ||G(x) - G(x')|| (per-image L2 distances)."""
-    inputs = (x - x_other).flatten(1).norm(dim=1)
-    outputs = (out - out_other).flatten(1).norm(dim=1)
-    return (inputs / (outputs + 1e-6)).mean()
+    """The original's L_div = mean over images of RMS(x - x') / RMS(G(x) - G(x')) (root-mean-square distances,
+    as the original code computes them: the ratio is then independent of the number of channels)."""
+    inputs = (x - x_other).pow(2).flatten(1).mean(dim=1).sqrt()
+    outputs = (out - out_other).pow(2).flatten(1).mean(dim=1).sqrt()
+    return (inputs / (outputs + 1e-7)).mean()
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,11 @@ class InputAwareConfig:
         target: the target class.
         p_attack, p_cross: fractions of each batch in backdoor and cross-trigger mode (original: 0.1, 0.1).
         lambda_div: weight of the diversity losses (original: 1).
-        mask_density: target mean of m(x) (original: 0.032); lambda_norm: its penalty weight (original: 100).
-        mask_epochs: epochs of the mask generator's pre-training.
+        mask_density: the original's sparsity level: every mask value above it is penalised,
+            lambda_norm mean(relu(m(x) - mask_density)) (original: 0.032, lambda_norm 100).
+        mask_epochs: epochs of the mask generator's pre-training (original: 25; fewer at the workbench's scales).
+        recipe_version: bumped when the training code changes what a config trains (2: element-wise sparsity
+            penalty and RMS diversity, as the original code).
         generator_width: base width of both generators.
         generator_lr: Adam learning rate of the generators.
     """
@@ -97,6 +101,7 @@ class InputAwareConfig:
     mask_epochs: int = 2
     generator_width: int = 16
     generator_lr: float = 1e-3
+    recipe_version: int = 2
 
     def __post_init__(self) -> None:
         if self.train.poison is not None:
@@ -193,7 +198,7 @@ def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Mod
     for _ in range(config.mask_epochs):  # stage 1: sparse, input-dependent masks
         for x, _, other in batches():
             m, m_other = make_mask(mask_gen, x), make_mask(mask_gen, other)
-            loss = (config.lambda_norm * F.relu(m.mean() - config.mask_density)
+            loss = (config.lambda_norm * F.relu(m - config.mask_density).mean()
                     + config.lambda_div * diversity_loss(x, other, m, m_other))
             mask_opt.zero_grad(set_to_none=True)
             loss.backward()

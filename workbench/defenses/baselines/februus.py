@@ -30,7 +30,8 @@ def class_activation_map(model: StagedClassifier, x: torch.Tensor, method: str =
         target: classes to explain (default: the predicted ones).
 
     Returns:
-        (N, H, W) maps in [0, 1] (each normalised by its maximum), up-sampled bilinearly to the image size.
+        (N, H, W) maps in [0, 1], each min-max normalised (as pytorch-grad-cam's `scale_cam_image`, which the
+        Februus thresholds refer to), up-sampled bilinearly to the image size; a constant map becomes all zeros.
     """
     if method not in ("gradcam", "xgradcam", "gradcam++"):
         raise WorkbenchError(f"unknown CAM method {method!r}; choose gradcam, xgradcam or gradcam++")
@@ -58,7 +59,9 @@ def class_activation_map(model: StagedClassifier, x: torch.Tensor, method: str =
         weights = (alpha * F.relu(grads)).sum(dim=(2, 3))
     cam = F.relu((weights.view(*weights.shape, 1, 1) * feats).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False).squeeze(1)
-    return cam / cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    low = cam.flatten(1).amin(dim=1).view(-1, 1, 1)
+    high = cam.flatten(1).amax(dim=1).view(-1, 1, 1)
+    return (cam - low) / (high - low).clamp_min(1e-12)
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,14 @@ class Februus:
         check_fraction(self.threshold, "Februus threshold")
 
     def purify(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        """Images with the CAM region (threshold) inpainted; deterministic (`seed` unused)."""
+        """Images with the CAM region (threshold) inpainted, clipped to [0, 1] (the MAE's output is not bounded);
+        deterministic (`seed` unused)."""
         check_images(x)
         cam = class_activation_map(self.model, x, self.method)
         grid = self.restorer.grid
         tokens = F.adaptive_max_pool2d((cam >= self.threshold).float().unsqueeze(1), (grid, grid)).flatten(1) > 0
         restored, _ = self.restorer.restore(x, tokens)
-        return restored
+        return restored.clamp(0, 1)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
