@@ -57,6 +57,16 @@ def test_class_activation_maps_and_februus() -> None:
     februus = Februus(model, OracleRestorer(MaskedAutoencoderViT(GRID14)), "gradcam++", 0.7)
     purified = februus.purify(x)
     assert purified.shape == x.shape and februus.predict(x).shape == (2,)
+    # the MAE's output is unbounded: Februus hands the classifier images in [0, 1]
+    wild = Februus(model, ScaledRestorer(MaskedAutoencoderViT(GRID14)), "gradcam++", 1e-6).purify(x)
+    assert float(wild.min()) >= 0 and float(wild.max()) <= 1 and float(wild.max()) == 1.0
+
+
+class ScaledRestorer(OracleRestorer):
+    """Predicts 3x the background colour: values far above 1."""
+
+    def predict(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        return 3 * super().predict(x, token_mask)
 
 
 class GreyProbe(torch.nn.Module):

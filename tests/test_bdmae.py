@@ -149,6 +149,17 @@ def test_the_25_percent_boundary(defence: BDMAE) -> None:
     assert float(taus[1, -1]) > 0.9 and not bool(masks[1].any())
 
 
+def test_refinement_masks_stay_inside_the_refine_region_under_ties(defence: BDMAE) -> None:
+    """Typical S_l of a clean image: 2 of 25 restorations flipped, so ~100 tokens tie at 2/25 while L = 11."""
+    x = images(3)
+    score = torch.zeros(3, 196)
+    score[:, :100] = 2 / 25
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    _, trace = defence.refine_scores(x, defence.classifier.labels(x), score, torch.full((3,), 11), gens)
+    assert int(trace["masks"].sum()) == 3 * defence.config.refine_steps * 5
+    assert not bool((trace["masks"] & ~trace["regions"]).any())
+
+
 class ZeroRestorer(MAERestorer):
     """Restores every masked token to black."""
 
@@ -182,7 +193,9 @@ def test_label_score_normalisation_and_refine_region_size() -> None:
     assert bool((totals <= 147 + 1e-4).all()) and bool((totals >= 0.9 * 147).all())
     top = result.refinement["label"]["top"]
     assert top.tolist() == totals.floor().long().tolist()
-    assert torch.equal(result.refinement["label"]["masks"].sum(dim=2), (top // 2).view(-1, 1).expand(-1, 10))
+    trace = result.refinement["label"]
+    assert torch.equal(trace["masks"].sum(dim=2), (top // 2).view(-1, 1).expand(-1, 10))
+    assert not bool((trace["masks"] & ~trace["regions"]).any())  # S_l ties everywhere: m_r stays inside m_rf
 
 
 def test_batched_equals_looped_with_a_real_mae() -> None:
@@ -220,9 +233,10 @@ def test_topology_mask_grows_a_connected_region_inside_the_refine_region() -> No
     gen = torch.Generator().manual_seed(0)
     rows, cols = torch.arange(196) // 14, torch.arange(196) % 14
     score = 1 / (1 + (rows - 6.0) ** 2 + (cols - 8.0) ** 2) + 0.01 * torch.rand(196, generator=gen)  # one blob
-    region = top_tokens(score.view(1, -1), torch.tensor([60]), tie_priorities([gen], 196))[0]
+    priority = tie_priorities([gen], 196)
+    region = top_tokens(score.view(1, -1), torch.tensor([60]), priority)[0]
     mask = topology_masks(score.view(1, -1), region.view(1, -1), torch.tensor([30]), adjacency, 100.0, [gen],
-                          random_seed_token=False)[0]
+                          priority, random_seed_token=False)[0]
     assert int(mask.sum()) == 30 and bool((mask & ~region).sum() == 0)
     assert int(torch.argmax(score)) in mask.nonzero().flatten().tolist()
     reached = torch.zeros(196, dtype=torch.bool)  # flood fill from the first token
@@ -241,13 +255,15 @@ def test_ties_are_broken_at_random_not_by_token_index() -> None:
     region_rows, seed_rows = [], []
     for seed in range(200):
         gen = torch.Generator().manual_seed(seed)
-        region = top_tokens(flat, torch.tensor([20]), tie_priorities([gen], 196))
+        priority = tie_priorities([gen], 196)
+        region = top_tokens(flat, torch.tensor([20]), priority)
         assert int(region.sum()) == 20
         region_rows.append(rows[region[0]].float().mean())
-        mask = topology_masks(flat, torch.ones(1, 196, dtype=torch.bool), torch.tensor([1]), adjacency, 0.5, [gen],
+        mask = topology_masks(flat, region, torch.tensor([5]), adjacency, 0.5, [gen], priority,
                               random_seed_token=False)
+        assert not bool((mask & ~region).any())  # the seed lies in the region even when everything ties
         seed_rows.append(rows[mask[0]].float().mean())
-    # index order would give mean rows 0.4 (region) and 0 (seed); uniform choice gives 6.5 +- 0.3
+    # index order would give mean rows 0.4 (region) and about 0.5 (mask); uniform choice gives 6.5 +- 0.3
     assert abs(float(torch.stack(region_rows).mean()) - 6.5) < 1.0
     assert abs(float(torch.stack(seed_rows).mean()) - 6.5) < 1.0
     # a strict order is still respected: the 20 largest of distinct scores

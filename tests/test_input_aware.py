@@ -8,7 +8,7 @@ import torch
 
 from workbench.core.artefacts import ArtefactStore
 from workbench.core.attacks import InputAware, InputAwareConfig, attack_from_dict
-from workbench.core.attacks.input_aware import TriggerGenerator, diversity_loss, make_mask
+from workbench.core.attacks.input_aware import TriggerGenerator, diversity_loss, make_mask, sparsity_loss
 from workbench.core.training import TrainConfig, get_or_train_input_aware
 
 
@@ -24,6 +24,11 @@ def test_generators_and_losses() -> None:
     assert abs(float(diversity_loss(x, x.flip(0), 2 * x, 2 * x.flip(0))) - 0.5) < 1e-5
     a, b = torch.zeros(4, 3, 32, 32), torch.full((4, 3, 32, 32), 0.3)
     assert abs(float(diversity_loss(a, b, torch.zeros(4, 1, 32, 32), torch.full((4, 1, 32, 32), 0.6))) - 0.5) < 1e-5
+    # sparsity is element-wise: a mask whose mean is below the density still pays for its values above it
+    sparse = torch.zeros(1, 1, 10, 10)
+    sparse[0, 0, 0, 0] = 1.0  # mean 0.01 < 0.032
+    assert abs(float(sparsity_loss(sparse, 0.032)) - 0.968 / 100) < 1e-6
+    assert float(sparsity_loss(torch.full((1, 1, 4, 4), 0.03), 0.032)) == 0.0
     # identical triggers for different images are penalised without bound (up to the epsilon)
     assert float(diversity_loss(x, x.flip(0), m[:1].expand(4, -1, -1, -1), m[:1].expand(4, -1, -1, -1))) > 1e5
 

@@ -198,8 +198,15 @@ def cut_permutation_masks(num_tokens: int, count: int, masks: int, gen: torch.Ge
 def tie_priorities(gens: list[torch.Generator], num_tokens: int) -> torch.Tensor:
     """(N, L) a random permutation of the token ids per image, drawn from the image's own generator. Used as the
     secondary key wherever scores tie (S_l takes only N_o N_i + 1 values, so ties are the rule): breaking them by
-    token index would bias every selection towards the top-left corner. The paper is silent on ties."""
+    token index would bias every selection towards the top-left corner. The paper is silent on ties. One
+    refinement step uses one permutation for both its refine region and its seed token, so that the seed (the
+    top-scoring token) lies inside the region."""
     return torch.stack([torch.randperm(num_tokens, generator=g) for g in gens])
+
+
+def _tie_level(score: torch.Tensor) -> torch.Tensor:
+    """Scores rounded to 1e-6, so that float rounding of the +-beta0 updates does not split true ties."""
+    return torch.round(score, decimals=6)
 
 
 def argmax_random_ties(values: torch.Tensor, allowed: torch.Tensor, priority: torch.Tensor) -> torch.Tensor:
@@ -210,18 +217,19 @@ def argmax_random_ties(values: torch.Tensor, allowed: torch.Tensor, priority: to
 
 
 def topology_masks(scores: torch.Tensor, regions: torch.Tensor, sizes: torch.Tensor, adjacency: torch.Tensor,
-                   bonus: float, gens: list[torch.Generator], random_seed_token: bool) -> torch.Tensor:
+                   bonus: float, gens: list[torch.Generator], priority: torch.Tensor,
+                   random_seed_token: bool) -> torch.Tensor:
     """Topology-aware token masks m_r (Sec. 4.3; App. F.1), one per image, grown in parallel.
 
     Image n starts at argmax S (or argmax U(0,1) S) and repeatedly adds argmax_k U(0,1) (S_k + bonus [k is a
     4-neighbour of the selection]) among the not yet selected tokens of its refine region m_rf, until it
-    holds sizes[n] tokens; exact ties go to a random token (`tie_priorities`). Image n draws exactly
-    (sizes[n] + 1) x L numbers from its own generator, so its mask does not depend on the other images of the
-    batch.
+    holds sizes[n] tokens; exact ties go to the token of highest `priority`. Image n draws exactly sizes[n] x L
+    uniforms from its own generator, so its mask does not depend on the other images of the batch.
 
     Args:
         scores: (N, L) current scores. regions: (N, L) bool m_rf. sizes: (N,) |T| (>= 1).
         adjacency: (L, L) bool 4-neighbourhood. bonus: u. gens: one generator per image.
+        priority: (N, L) tie-break order (`tie_priorities`), the one that chose `regions`.
 
     Returns:
         (N, L) bool masks.
@@ -231,9 +239,8 @@ def topology_masks(scores: torch.Tensor, regions: torch.Tensor, sizes: torch.Ten
     draws = torch.zeros(n, longest, num_tokens)
     for i, gen in enumerate(gens):
         draws[i, : int(sizes[i])] = torch.rand(int(sizes[i]), num_tokens, generator=gen)
-    priority = tie_priorities(gens, num_tokens)
     rows = torch.arange(n)
-    seed_values = draws[:, 0] * scores if random_seed_token else scores
+    seed_values = draws[:, 0] * scores if random_seed_token else _tie_level(scores)
     first = argmax_random_ties(seed_values, torch.ones_like(regions), priority)
     selected = torch.zeros(n, num_tokens, dtype=torch.bool)
     selected[rows, first] = True
@@ -252,7 +259,7 @@ def top_tokens(score: torch.Tensor, count: torch.Tensor, priority: torch.Tensor)
     """(N, L) bool: the `count[n]` highest-scoring tokens of each image, ties broken by `priority` (highest
     first)."""
     by_priority = torch.argsort(priority, dim=1, descending=True)
-    within = torch.argsort(score.gather(1, by_priority), dim=1, descending=True, stable=True)
+    within = torch.argsort(_tie_level(score).gather(1, by_priority), dim=1, descending=True, stable=True)
     order = by_priority.gather(1, within)
     rank = torch.argsort(order, dim=1)
     return rank < count.view(-1, 1)
@@ -368,11 +375,12 @@ class BDMAE:
         idx = active.nonzero().flatten()
         sizes = (top[idx] // 2).clamp_min(1)  # |T| = L / 2
         for r in range(cfg.refine_steps):
-            region = top_tokens(score, top, tie_priorities(gens, num_tokens)) & active.view(-1, 1)
+            priority = tie_priorities(gens, num_tokens)
+            region = top_tokens(score, top, priority) & active.view(-1, 1)
             masks = torch.zeros(n, num_tokens, dtype=torch.bool)
             if len(idx):
                 masks[idx] = topology_masks(score[idx], region[idx], sizes, self.adjacency, cfg.neighbour_bonus,
-                                            [gens[i] for i in idx.tolist()], cfg.random_seed_token)
+                                            [gens[i] for i in idx.tolist()], priority[idx], cfg.random_seed_token)
                 restored, _ = self.restorer.restore(x[idx], masks[idx])
                 labels = self._labels(restored).cpu()
                 sign = torch.where(labels == y0[idx].cpu(), -1.0, 1.0).view(-1, 1)

@@ -5,7 +5,7 @@ sparse masks that differ between images) and a pattern generator g(x). The backd
 B(x) = (1 - m(x)) x + m(x) g(x). The classifier and the pattern generator are trained together: in each batch a
 fraction `p_attack` of images carries its own trigger and is relabelled to the target (backdoor mode), a fraction
 `p_cross` carries the trigger of another image and keeps its label (cross-trigger mode, so a trigger only works on
-the image it was made for), the rest are clean; diversity losses ||x - x'|| / ||g(x) - g(x')|| keep triggers of
+the image it was made for), the rest are clean; diversity losses RMS(x - x') / RMS(g(x) - g(x')) keep triggers of
 different images different (the original's L_div).
 
 Hyper-parameters follow the original paper where it states them (p_attack = p_cross = 0.1, lambda_div = 1, mask
@@ -71,6 +71,12 @@ def diversity_loss(x: torch.Tensor, x_other: torch.Tensor, out: torch.Tensor, ou
     inputs = (x - x_other).pow(2).flatten(1).mean(dim=1).sqrt()
     outputs = (out - out_other).pow(2).flatten(1).mean(dim=1).sqrt()
     return (inputs / (outputs + 1e-7)).mean()
+
+
+def sparsity_loss(mask: torch.Tensor, density: float) -> torch.Tensor:
+    """The original's mask-norm loss: mean(relu(m(x) - density)), element-wise, so every mask value above the
+    density costs (not just a mean above it)."""
+    return F.relu(mask - density).mean()
 
 
 @dataclass(frozen=True)
@@ -198,7 +204,7 @@ def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Mod
     for _ in range(config.mask_epochs):  # stage 1: sparse, input-dependent masks
         for x, _, other in batches():
             m, m_other = make_mask(mask_gen, x), make_mask(mask_gen, other)
-            loss = (config.lambda_norm * F.relu(m - config.mask_density).mean()
+            loss = (config.lambda_norm * sparsity_loss(m, config.mask_density)
                     + config.lambda_div * diversity_loss(x, other, m, m_other))
             mask_opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -34,6 +34,7 @@ def mask_set(size: int, patch_size: int, masks_per_side: int) -> torch.Tensor:
 
 
 def _majority(labels: torch.Tensor) -> int:
+    """The most frequent label; a tie goes to the lowest class index (neither paper specifies ties)."""
     values, counts = torch.unique(labels, return_counts=True)
     return int(values[torch.argmax(counts)])
 
