@@ -51,3 +51,18 @@ def test_a_later_stage_starts_from_the_previous_one(tiny_mirror: Path, tmp_path:
     for (name, a), (_, b) in zip(load_workbench_mae(first).state_dict().items(), continued.state_dict().items(),
                                  strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_held_out_evaluation_known_answers(tiny_mirror: Path) -> None:
+    from workbench.core.mae import MaskedAutoencoderViT
+    from workbench.core.mae_training import held_out_evaluation
+
+    torch.manual_seed(0)
+    mae = MaskedAutoencoderViT(ARCH)
+    errors, rows = held_out_evaluation(mae, ("cifar10", "mnist"), images=16, examples=2)
+    assert set(errors) == {"cifar10", "mnist"} and all(0 < e < 1 for e in errors.values())
+    assert [r.shape for r in rows] == [(4, 3, 32, 32)] * 3  # 2 examples per dataset, shown as RGB 32 px
+    assert not torch.equal(rows[0], rows[2])  # a random MAE restores badly
+    masked = rows[1] == 0.5
+    assert 0.5 < float(masked.float().mean()) < 0.95  # about 75 % of the pixels are masked (grey)
+    assert errors == held_out_evaluation(mae, ("cifar10", "mnist"), images=16, examples=2)[0]  # seeded
