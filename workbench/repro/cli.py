@@ -75,9 +75,10 @@ def _assets(args: argparse.Namespace) -> int:
 
 
 def _mae(args: argparse.Namespace) -> int:
-    from workbench.core.artefacts import ArtefactStore, config_key
+    from workbench.core.artefacts import Artefact, ArtefactStore, config_key
     from workbench.core.mae_training import (
         DEFAULT_MAE,
+        MAETrainConfig,
         held_out_evaluation,
         load_workbench_mae,
         save_workbench_mae,
@@ -89,31 +90,25 @@ def _mae(args: argparse.Namespace) -> int:
 
     root = assets_root() if args.commit else None
     store = ArtefactStore(root, read_only_roots=[]) if root is not None else ArtefactStore()
-    for stage in DEFAULT_MAE.stages():  # earlier stages stay in the cache; --commit writes the last one only
-        if ArtefactStore().load("mae", config_key(stage.to_dict()), stage.to_dict()) is not None:
-            print(f"tiny MAE stage ({stage.steps} steps): trained")
+    def trained(stage: MAETrainConfig) -> Artefact | None:
+        return ArtefactStore().load("mae", config_key(stage.to_dict()), stage.to_dict())
+
+    # earlier stages are only needed to train later ones; they stay in the cache, --commit writes the last one
+    for stage in [] if trained(DEFAULT_MAE) is not None else DEFAULT_MAE.stages():
+        if trained(stage) is not None:
             continue
         mae, metrics = train_mae(stage, device=args.device)
         path = save_workbench_mae(mae, stage, metrics, store if stage is DEFAULT_MAE else ArtefactStore())
         print(f"tiny MAE stage ({stage.steps} steps): final masked-patch loss {metrics['final_loss']:.4f} -> {path}")
-    found = ArtefactStore().load("mae", config_key(DEFAULT_MAE.to_dict()), DEFAULT_MAE.to_dict())
+    found = trained(DEFAULT_MAE)
     mae = load_workbench_mae(device=args.device)
     errors, rows = held_out_evaluation(mae, DEFAULT_MAE.datasets)
     for name, error in errors.items():
         print(f"held-out {name} test images, 75 % random masks: masked-pixel MSE {error:.4f}")
     if found.metrics.get("held_out_masked_mse") != errors:  # record it with the weights (same tensors, same key)
-        save_workbench_mae(mae, DEFAULT_MAE, {**found.metrics, "held_out_masked_mse": errors},
-                           store if args.commit else ArtefactStore())
+        save_workbench_mae(mae, DEFAULT_MAE, {**found.metrics, "held_out_masked_mse": errors}, store)
     fig = image_grid(rows, ["test image", "75 % masked", "restored"], scale=0.9)
     print(f"restorations: {save_figure(fig, notebook='tiny_mae', name='restorations', scale='default')}")
-    return 0
-    for stage in DEFAULT_MAE.stages():  # earlier stages stay in the cache; --commit writes the last one only
-        if ArtefactStore().load("mae", config_key(stage.to_dict()), stage.to_dict()) is not None:
-            print(f"tiny MAE stage ({stage.steps} steps): already trained")
-            continue
-        mae, metrics = train_mae(stage, device=args.device)
-        path = save_workbench_mae(mae, stage, metrics, store if stage is DEFAULT_MAE else ArtefactStore())
-        print(f"tiny MAE stage ({stage.steps} steps): final masked-patch loss {metrics['final_loss']:.4f} -> {path}")
     return 0
 
 
