@@ -12,6 +12,7 @@ from workbench.core.mae import (
     MAEArchitecture,
     MAERestorer,
     MaskedAutoencoderViT,
+    _length_chunks,
     load_official_mae,
     random_token_masks,
 )
@@ -67,6 +68,27 @@ def test_variable_mask_counts_keep_per_image_semantics() -> None:
         batched = mae(imgs, masks)
         single = torch.cat([mae(imgs[i:i + 1], masks[i:i + 1]) for i in range(4)])
     assert torch.allclose(batched, single, atol=1e-5)
+
+
+def test_restorer_sorts_by_visible_count_and_keeps_each_image_in_place() -> None:
+    restorer = MAERestorer(small_mae(), batch_size=3)
+    x = torch.rand(7, 3, 16, 16)
+    gen = torch.Generator().manual_seed(1)
+    masks = torch.stack([random_token_masks(1, 16, r, gen)[0] for r in (0.9, 0.1, 0.5, 0.25, 0.75, 0.1, 0.9)])
+    batched = restorer.predict(x, masks)
+    single = torch.cat([restorer.predict(x[i:i + 1], masks[i:i + 1]) for i in range(7)])
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert restorer.restorations == 14
+
+
+def test_length_chunks_cut_widely_spread_runs_only() -> None:
+    # equal lengths: plain runs of batch_size
+    assert _length_chunks(torch.full((5,), 10), 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    # two clusters: cutting after the short ones saves 4 x (100 - 10) of 8 x 100 padded tokens
+    lengths = torch.tensor([10, 10, 10, 10, 100, 100, 100, 100])
+    assert _length_chunks(lengths, 8) == [slice(0, 4), slice(4, 8)]
+    # a small spread is not worth a second pass
+    assert _length_chunks(torch.tensor([96, 97, 98, 100]), 8) == [slice(0, 4)]
 
 
 def test_patchify_round_trip_and_loss_on_masked_only() -> None:

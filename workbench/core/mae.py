@@ -266,19 +266,25 @@ class MAERestorer:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        """x_bar of Eq. 1: the MAE's full prediction (N, C, H, W) at the data resolution, unclipped."""
+        """x_bar of Eq. 1: the MAE's full prediction (N, C, H, W) at the data resolution, unclipped.
+
+        The images go through the MAE in order of their visible-token count, so that each forward pass pads
+        its images to nearly the same length (the encoder's cost grows with the longest image of the pass)."""
         n, c, h, w = x.shape
-        outs = []
-        for start in range(0, n, self.batch_size):
-            xb = x[start:start + self.batch_size].to(self.device)
-            mb = token_mask[start:start + self.batch_size].to(self.device)
+        visible = (~token_mask.bool()).sum(dim=1).cpu()
+        order = torch.argsort(visible, stable=True)
+        out = torch.empty_like(x)
+        for rows in _length_chunks(visible[order], self.batch_size):
+            rows = order[rows].to(x.device)
+            xb = x[rows].to(self.device)
+            mb = token_mask[rows.to(token_mask.device)].to(self.device)
             inp = self._to_mae_size(xb.expand(-1, 3, -1, -1) if c == 1 else xb)
             inp = (inp - self._mean.to(inp.device)) / self._std.to(inp.device)
             pred = self.mae.unpatchify(self.mae(inp, mb))
             pred = self._to_data_size(pred * self._std.to(pred.device) + self._mean.to(pred.device), h, w)
-            outs.append((pred.mean(dim=1, keepdim=True) if c == 1 else pred).to(x.device))
+            out[rows] = (pred.mean(dim=1, keepdim=True) if c == 1 else pred).to(x.device)
         self.restorations += n
-        return torch.cat(outs)
+        return out
 
     def restore(self, x: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """BDMAE Eq. 1: (x~, m~) for images x (N, C, H, W) in [0, 1] and token masks (N, L), 1 = restore.
@@ -292,6 +298,25 @@ class MAERestorer:
                                  f"{self.grid}x{self.grid}-token MAE, got {tuple(token_mask.shape)}")
         m = self.pixel_mask(token_mask, *x.shape[2:]).to(x.device)
         return x * (1 - m) + self.predict(x, token_mask) * m, m
+
+
+def _length_chunks(lengths: torch.Tensor, batch_size: int, min_saving: float = 0.08) -> list[slice]:
+    """Forward-pass chunks of ascending `lengths`: runs of at most `batch_size`, cut in two (recursively) where
+    that saves more than `min_saving` of a run's padded tokens (rows x longest). A pass costs about its rows
+    times its longest row plus a fixed overhead, so sorted runs whose lengths spread widely are cheaper split;
+    the threshold stands for the overhead (measured on the tiny MAE: ~1.4x faster refinement restorations)."""
+    def split(start: int, stop: int) -> list[slice]:
+        run = lengths[start:stop]
+        if len(run) < 2:
+            return [slice(start, stop)]
+        saving = torch.arange(1, len(run)) * (run[-1] - run[:-1])  # padded tokens saved by cutting after row i
+        cut = int(saving.argmax()) + 1
+        if saving[cut - 1] <= min_saving * len(run) * run[-1]:
+            return [slice(start, stop)]
+        return split(start, start + cut) + split(start + cut, stop)
+
+    return [part for start in range(0, len(lengths), batch_size)
+            for part in split(start, min(start + batch_size, len(lengths)))]
 
 
 def load_official_mae(path: str, arch: MAEArchitecture = MAE_BASE) -> MaskedAutoencoderViT:

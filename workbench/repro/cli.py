@@ -120,7 +120,7 @@ def _bench(args: argparse.Namespace) -> int:
           f"{numbers['restorations']} MAE restorations, {numbers['queries']} label queries")
     print(f"  batched (batch {args.batch}):   {numbers['batched_images_per_s']:8.2f} images/s")
     print(f"  one image at a time:     {numbers['loop_images_per_s']:8.2f} images/s "
-          f"(batched is {numbers['speedup_over_loop']:.1f}x faster)")
+          f"(batched is {numbers['speedup_over_loop']:.2f}x faster)")
     print(f"  compute floor:           {numbers['floor_images_per_s']:8.2f} images/s "
           f"(batched takes {numbers['batched_over_floor']:.2f}x the floor)")
     return 0
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="throughput of a defence: batched vs one-image loop vs compute floor")
     p.add_argument("method", choices=("bdmae",))
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--loop-images", type=int, default=8, help="images timed in the one-at-a-time loop")
+    p.add_argument("--loop-images", type=int, default=None,
+                   help="images timed in the one-at-a-time loop (default: all of the batch)")
     p.add_argument("--device", default="auto")
     p.set_defaults(run=_bench)
     args = parser.parse_args(argv)
