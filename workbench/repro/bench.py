@@ -61,7 +61,8 @@ def bench_bdmae(*, batch: int = 64, loop_images: int | None = None, device: str 
     result = BDMAE(classifier, recorder, batch_images=batch).purify(x, seed=0)
     batched_seconds = time.perf_counter() - start
 
-    looped = BDMAE(classifier, MAERestorer(mae, batch_size=batch), batch_images=1)
+    plain = MAERestorer(mae, batch_size=batch)  # the loop and the floor need no recording
+    looped = BDMAE(classifier, plain, batch_images=1)
     start = time.perf_counter()
     for i in range(loop_images):
         looped.purify(x[i:i + 1], seed=0, first_index=i)
@@ -70,9 +71,8 @@ def bench_bdmae(*, batch: int = 64, loop_images: int | None = None, device: str 
     # the floor: BDMAE's own restorations and as many label queries, as plain forward passes of `batch` images
     masks = torch.cat(recorder.recorded)
     images = x[torch.arange(len(masks), device=x.device) % batch]
-    floor_restorer = MAERestorer(mae, batch_size=batch)
     start = time.perf_counter()
-    floor_restorer.restore(images, masks)
+    plain.restore(images, masks)
     for chunk in range(0, result.queries, batch):
         classifier.labels(x[: min(batch, result.queries - chunk)])
     floor_seconds = time.perf_counter() - start
