@@ -93,10 +93,11 @@ def _mae(args: argparse.Namespace) -> int:
     def trained(stage: MAETrainConfig) -> Artefact | None:
         return ArtefactStore().load("mae", config_key(stage.to_dict()), stage.to_dict())
 
-    # earlier stages are only needed to train later ones; they stay in the cache, --commit writes the last one
-    for stage in [] if trained(DEFAULT_MAE) is not None else DEFAULT_MAE.stages():
-        if trained(stage) is not None:
-            continue
+    # earlier stages are only needed to train later ones; they stay in the cache, --commit writes the last one.
+    # Training resumes after the latest stage found (only the default stage is committed, not the earlier ones).
+    stages = DEFAULT_MAE.stages()
+    done = max((i for i, stage in enumerate(stages) if trained(stage) is not None), default=-1)
+    for stage in stages[done + 1:]:
         mae, metrics = train_mae(stage, device=args.device)
         path = save_workbench_mae(mae, stage, metrics, store if stage is DEFAULT_MAE else ArtefactStore())
         print(f"tiny MAE stage ({stage.steps} steps): final masked-patch loss {metrics['final_loss']:.4f} -> {path}")
