@@ -163,3 +163,40 @@ def test_detection_images_are_seeded_and_balanced():
     x2, y2 = detection_images(images, labels, 2, 3, seed=4)
     assert torch.equal(x1, x2) and torch.equal(y1, y2) and y1.tolist() == [0, 0, 1, 1, 2, 2]
     assert x1.dtype == torch.float32 and float(x1.max()) <= 1
+
+
+def test_snapshots_and_pattern_at():
+    x, y = margin_images()
+    targets, sources = estimation_problems("RED-A", 3)
+    result = estimate_patterns(margin_model(), x, y, targets, sources, CONFIG, snapshot_every=5)
+    assert result.snapshot_iterations.tolist()[:2] == [5, 10]
+    assert result.trace_patterns.shape[1:] == (3, 1, 2, 2)
+    assert torch.equal(result.pattern_at(2, 0), torch.zeros(1, 2, 2))
+    assert torch.equal(result.pattern_at(2, 7), result.trace_patterns[0, 2])
+    assert result.trace_patterns[0, 2].norm() == pytest.approx(float(result.trace_norm[4, 2]), rel=1e-5)
+    assert torch.equal(result.pattern_at(2, 10**6), result.patterns[2])
+    with pytest.raises(WorkbenchError, match="snapshot_every"):
+        estimate_patterns(margin_model(), x, y, targets, sources, CONFIG, snapshot_every=-1)
+
+
+def test_figures_and_widgets_draw_the_results():
+    import matplotlib.pyplot as plt
+
+    from workbench.viz.lred import annealing_figure, detection_figure, pattern_view
+    from workbench.widgets.lred import annealing_player, detection_view
+
+    x, y = margin_images(per_class=4)
+    result = detect(margin_model(), x, y, 3, "RED-P", CONFIG)
+    fig = detection_figure(result, ["a", "b", "c"], true_target=2, true_sources=[0])
+    assert "RED-P" in fig.axes[0].get_title() and fig.axes[0].get_ylabel().startswith("r = 1")
+    plt.close(fig)
+    fig = annealing_figure(result.estimation, 0, 1, ["a", "b", "c"])
+    assert fig.axes[1].get_xlabel() == "iteration"
+    plt.close(fig)
+    image, gain = pattern_view(torch.tensor([[[0.01, -0.02]]]))
+    assert image.shape == (1, 2, 3) and gain == pytest.approx(25.0) and image[0, 1, 0] == pytest.approx(0.0, abs=1e-6)
+    player = annealing_player({"m": result.estimation}, ["a", "b", "c"])
+    slider = player.children[1].children[1]
+    assert slider.max == int(result.estimation.iterations[0]) and len(player.children[2].outputs) == 1
+    view = detection_view({"m": result}, ["a", "b", "c"], {"m": "target c"})
+    assert "truth: target c" in view.children[1].value

@@ -102,6 +102,16 @@ class EstimationResult:
     trace_weights: torch.Tensor  # (iterations, P, K)
     trace_norm: torch.Tensor  # (iterations, P)
     seconds: float
+    snapshot_iterations: torch.Tensor  # (S,) the iterations at which `trace_patterns` were taken
+    trace_patterns: torch.Tensor  # (S, P, C, H, W) v^(i) every `snapshot_every` iterations (frozen once stopped)
+
+    def pattern_at(self, problem: int, iteration: int) -> torch.Tensor:
+        """v of one problem at the latest snapshot taken at or before `iteration` (v^(0) = 0 before the first);
+        the final pattern from the problem's last iteration on."""
+        if iteration >= int(self.iterations[problem]):
+            return self.patterns[problem]
+        taken = torch.nonzero(self.snapshot_iterations <= iteration).flatten()
+        return self.trace_patterns[taken[-1], problem] if len(taken) else torch.zeros_like(self.patterns[problem])
 
 
 def _class_sums(values: torch.Tensor, problem: torch.Tensor, labels: torch.Tensor, shape: tuple[int, int]
@@ -112,8 +122,8 @@ def _class_sums(values: torch.Tensor, problem: torch.Tensor, labels: torch.Tenso
 
 
 def estimate_patterns(model: nn.Module, x: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
-                      sources: torch.Tensor, config: LREDConfig | None = None, *, progress: bool = False
-                      ) -> EstimationResult:
+                      sources: torch.Tensor, config: LREDConfig | None = None, *, snapshot_every: int = 0,
+                      progress: bool = False) -> EstimationResult:
     """Alg. 1 for P estimation problems at once; problem p pushes the images of the classes in `sources[p]`
     towards `targets[p]`.
 
@@ -124,12 +134,15 @@ def estimate_patterns(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target
         targets: (P,) putative target classes.
         sources: (P, K) bool, the classes each problem uses (never its own target; at least one class with images).
         config: `LREDConfig`; its `weighting` chooses RED-A (anneal) or RED-U / RED-P (uniform).
+        snapshot_every: keep every problem's v every this many iterations (0: none), for the annealing player.
 
     Returns:
         An `EstimationResult` (tensors on the CPU).
     """
     config = config or LREDConfig()
     check_images(x, name="detection images")
+    if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 0:
+        raise WorkbenchError(f"snapshot_every must be an integer >= 0 (0: no snapshots), got {snapshot_every!r}")
     num_classes = sources.shape[1] if sources.ndim == 2 else -1
     if y.shape != (len(x),) or y.dtype != torch.long:
         raise WorkbenchError(f"labels must be a long tensor of shape ({len(x)},), got {tuple(y.shape)} {y.dtype}")
@@ -157,7 +170,8 @@ def estimate_patterns(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target
     running = torch.ones(problems, dtype=torch.bool, device=device)
     reached = torch.zeros(problems, dtype=torch.bool, device=device)
     iterations = torch.zeros(problems, dtype=torch.long, device=device)
-    trace: dict[str, list[torch.Tensor]] = {"q": [], "temperature": [], "weights": [], "norm": []}
+    trace: dict[str, list[torch.Tensor]] = {"q": [], "temperature": [], "weights": [], "norm": [], "patterns": []}
+    snapshot_iterations = []
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -190,6 +204,9 @@ def estimate_patterns(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target
                 trace["temperature"].append(torch.where(update, temperature, nan))
                 trace["weights"].append(torch.where(running.unsqueeze(1), weights, torch.nan))
                 trace["norm"].append(torch.where(running, norm, nan))
+                if snapshot_every and iteration % snapshot_every == 0:
+                    trace["patterns"].append(patterns.detach().cpu())
+                    snapshot_iterations.append(iteration)
                 bar.update(int(done.sum()))
                 running = update
                 if not bool(running.any()):
@@ -214,7 +231,8 @@ def estimate_patterns(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target
         norms=patterns.detach().flatten(1).norm(dim=1).cpu(), weights=weights.cpu(), iterations=iterations.cpu(),
         reached=reached.cpu(), trace_q=stacked("q", problems), trace_temperature=stacked("temperature", problems),
         trace_weights=stacked("weights", problems, k), trace_norm=stacked("norm", problems),
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start, snapshot_iterations=torch.tensor(snapshot_iterations, dtype=torch.long),
+        trace_patterns=stacked("patterns", problems, *x.shape[1:]))
 
 
 # ------------------------------------------------------------------------------------------------- detection

@@ -12,6 +12,7 @@ import torch
 
 from workbench.defenses.bdmae import BDMAE, BDMAEResult
 from workbench.viz.bdmae import refinement_step_plotly, score_maps_plotly
+from workbench.widgets.display import show
 
 
 def trigger_score_explorer(images: Mapping[str, torch.Tensor], defences: Mapping[str, BDMAE],
@@ -35,7 +36,7 @@ def trigger_score_explorer(images: Mapping[str, torch.Tensor], defences: Mapping
         x = images[set_box.value][index.value:index.value + 1]
         if key not in cache:
             cache[key] = defences[model_box.value].purify(x, seed=seed, first_index=index.value)
-        _show(out, score_maps_plotly(x, cache[key], 0, class_names))
+        show(out, score_maps_plotly(x, cache[key], 0, class_names))
 
     def new_set(_: object) -> None:
         index.max = len(images[set_box.value]) - 1
@@ -61,18 +62,9 @@ def refinement_player(result: BDMAEResult, index: int = 0) -> widgets.VBox:
     out = widgets.Output()
 
     def draw(_: object = None) -> None:
-        _show(out, refinement_step_plotly(result, index, kind.value, step.value))
+        show(out, refinement_step_plotly(result, index, kind.value, step.value))
 
     kind.observe(draw, names="value")
     step.observe(draw, names="value")
     draw()
     return widgets.VBox([widgets.HBox([kind, play, step]), out])
-
-
-
-def _show(out: widgets.Output, figure: object) -> None:
-    """Replace what `out` shows by `figure`. Setting the Output widget's state directly (rather than
-    `clear_output(wait=True)` + `display` inside `with out`, which deadlocks headless executors such as
-    papermill/nbclient, or `fig.show()`, which picks a browser renderer in a headless kernel) works everywhere."""
-    out.outputs = ()
-    out.append_display_data(figure)
