@@ -312,17 +312,19 @@ def estimation_problems(method: str, num_classes: int) -> tuple[torch.Tensor, to
 
 
 def detect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, method: str = "RED-A",
-           config: LREDConfig | None = None, *, progress: bool = False) -> DetectionResult:
+           config: LREDConfig | None = None, *, snapshot_every: int = 0, progress: bool = False) -> DetectionResult:
     """Run one detector (RED-A, RED-U or RED-P) on a classifier with clean detection images (x, y).
 
     RED-U is RED-A with w frozen uniform; RED-P's single-source problems make the weighting irrelevant. The
     config's `weighting` is set from the method. RED-A' is RED-A on 2 images per class (`detection_images`).
+    `snapshot_every` keeps the patterns along the way (see `estimate_patterns`).
     """
     config = config or LREDConfig()
     check_positive_int(num_classes, "num_classes")
     targets, sources = estimation_problems(method, num_classes)
     config = LREDConfig(**{**asdict(config), "weighting": "anneal" if method == "RED-A" else "uniform"})
-    estimation = estimate_patterns(model, x, y, targets, sources, config, progress=progress)
+    estimation = estimate_patterns(model, x, y, targets, sources, config, snapshot_every=snapshot_every,
+                                   progress=progress)
     statistics = 1.0 / estimation.norms.double().clamp(min=1e-12)
     p_value, gamma = order_statistic_test(statistics, free_location=config.free_location)
     top = int(statistics.argmax())
