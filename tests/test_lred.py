@@ -182,7 +182,7 @@ def test_snapshots_and_pattern_at():
 def test_figures_and_widgets_draw_the_results():
     import matplotlib.pyplot as plt
 
-    from workbench.viz.lred import annealing_figure, detection_figure, pattern_view
+    from workbench.viz.lred import annealing_figure, collateral_damage_figure, detection_figure, pattern_view
     from workbench.widgets.lred import annealing_player, detection_view
 
     x, y = margin_images(per_class=4)
@@ -192,6 +192,12 @@ def test_figures_and_widgets_draw_the_results():
     plt.close(fig)
     fig = annealing_figure(result.estimation, 0, 1, ["a", "b", "c"])
     assert fig.axes[1].get_xlabel() == "iteration"
+    plt.close(fig)
+    fig = collateral_damage_figure(np.array([0.9, 0.1, 0.0]), np.array([0.8, 0.2, 0.0]), 2, ["a", "b", "c"],
+                                   clean_misclassification=np.array([0.05, 0.02, 0.0]))
+    bars = fig.axes[0].patches
+    assert len(bars) == 4 and bars[0].get_height() == pytest.approx(0.9) and bars[2].get_height() == pytest.approx(0.05)
+    assert fig.axes[0].get_ylabel() == "fraction classified to the target"
     plt.close(fig)
     image, gain = pattern_view(torch.tensor([[[0.01, -0.02]]]))
     assert image.shape == (1, 2, 3) and gain == pytest.approx(25.0) and image[0, 1, 0] == pytest.approx(0.0, abs=1e-6)

@@ -144,7 +144,9 @@ LRED_PRESETS = {
                       amplitudes={"lred_global": 8 / 255, "local_square": 100 / 255}),
     # paper: ResNet-18, 100 epochs (App. A.4); lr and schedule are the workbench's (the paper: lr 1e-3, batch 32)
     "paper": LREDPreset(models_per_group=10, model="resnet18", model_options=(), train_size=None, epochs=100, lr=0.1,
-                        augment="crop_flip", other_recipes={d: Recipe(None, 60) for d in OTHER_DATASETS},
+                        augment="crop_flip",
+                        other_recipes={"mnist": Recipe(None, 60), "fashion-mnist": Recipe(None, 60),
+                                       "gtsrb": Recipe(None, 100)},
                         scale_counts=(), detection=LREDConfig()),
 }
 

@@ -188,16 +188,25 @@ def detection_plotly(result: DetectionResult, class_names: Sequence[str] | None 
 
 
 def collateral_damage_figure(misclassification: np.ndarray, weights: np.ndarray, target: int,
-                             class_names: Sequence[str] | None = None) -> Figure:
+                             class_names: Sequence[str] | None = None,
+                             clean_misclassification: np.ndarray | None = None) -> Figure:
     """App. A.5 Fig. 2: (a) the fraction of each non-target class's triggered test images classified to the
-    target (collateral damage), (b) RED-A's final weights for the true target, both averaged over classifiers."""
+    target (collateral damage), beside the same fraction without the pattern (Def. A.1's baseline) when given,
+    (b) RED-A's final weights for the true target, both averaged over classifiers."""
     names = _names(class_names, len(weights))
     others = [c for c in range(len(names)) if c != target]
+    positions = np.arange(len(others))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
-    for ax, values, label in ((axes[0], misclassification, "group misclassification to the target"),
-                              (axes[1], weights, "RED-A weight w_s")):
-        ax.bar(range(len(others)), np.asarray(values)[others])
-        ax.set_xticks(range(len(others)), [names[c] for c in others], rotation=45, ha="right", fontsize=7)
+    if clean_misclassification is None:
+        axes[0].bar(positions, np.asarray(misclassification)[others])
+    else:
+        axes[0].bar(positions - 0.2, np.asarray(misclassification)[others], width=0.4, label="with the pattern")
+        axes[0].bar(positions + 0.2, np.asarray(clean_misclassification)[others], width=0.4, color="0.6",
+                    label="clean")
+        axes[0].legend(fontsize=7)
+    axes[1].bar(positions, np.asarray(weights)[others])
+    for ax, label in ((axes[0], "fraction classified to the target"), (axes[1], "RED-A weight w_s")):
+        ax.set_xticks(positions, [names[c] for c in others], rotation=45, ha="right", fontsize=7)
         ax.set_ylim(0, 1)
         ax.set_ylabel(label)
         ax.set_xlabel("class s (non-target)")
