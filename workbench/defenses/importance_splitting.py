@@ -145,9 +145,12 @@ class SplittingResult:
     config: SplittingConfig
 
     def curve(self, problem: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tau -> log10 rho map of one problem: (levels (J,), log10 rho (J,))."""
+        """The tau -> log10 rho map of one problem: (levels (J,), log10 rho (J,)), without a last level at which
+        every particle tied (rho = 0 there: nothing scores above the top score)."""
         run = int(self.levels_run[problem])
-        return self.levels[:run, problem], self.log_rho[:run, problem] / math.log(10)
+        levels, log_rho = self.levels[:run, problem], self.log_rho[:run, problem]
+        finite = torch.isfinite(log_rho)
+        return levels[finite], log_rho[finite] / math.log(10)
 
     def realisations(self, problem: int) -> torch.Tensor:
         """The particles of one problem above its last level -> (K_J, *shape)."""

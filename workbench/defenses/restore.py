@@ -1,0 +1,443 @@
+"""REStore: backdoor diagnosis, trigger recovery and input purification by importance splitting (Le Roux, Kallas &
+Furon, SaTML 2024).
+
+Spec: `shared/papers/001_50232a1a7c9a07d0.txt` (Sec. III-IV, App. F-H) and the REStore section of
+IMPLEMENTATION_NOTES.md. The engine is `workbench.defenses.importance_splitting`; this module supplies what REStore
+plugs into it and what it does with the output:
+
+* Setups (Sec. IV-B, App. G-H): PI (sparse uniform pixel replacement, Eq. 17), FI (sparse Laplacian replacement of
+  DCT coefficients, the highest third of the frequencies excluded and the lowest 5 % frozen), PG (a Gaussian latent
+  blended in through Eq. 18); optionally a greyscale search space (Sec. IV-G4).
+* Scorer (Eq. 4): one perturbation is applied to a small clean set X_test^cl of images not classified as the class c
+  under test (one per other class, at most 9; Sec. III-D1) and scored by the mean logit or probit of c, or by the
+  number of labels flipped to c, through the black-box `QueryModel` at that access level.
+* alpha_def (App. G): the sparsity ratio (PI, FI) or blending amplitude (PG) at which random draws of the setup
+  halve the clean accuracy, found by bisection on clean images.
+* Diagnosis (Sec. III-D2, IV-D): importance splitting per class gives the tau -> rho map of each class; the class
+  whose map lies highest at the highest level every class reached is the suspect, and its lead over the runner-up
+  (in log10 rho) is the margin.
+* Recovery (Sec. IV-E): the k realisations above the last level are candidate triggers; their ASR is measured on
+  clean test images of the other classes.
+* Purification (Sec. III-D3, IV-F, IV-G5/6): subtract the SNR-weighted mean perturbation, mask pixels by the inverse
+  SNR, or remove the component along the weighted mean perturbation (Gram-Schmidt), optionally low-passing the SNR;
+  the strength is the largest that keeps the clean accuracy within a stated drop.
+
+Not published, so chosen here and named in each docstring: the SNR (per pixel, over the realisations' mean effect on
+the clean set: |mean| / std), the Laplace scales of FI (mean |coefficient| of the clean set), the frequency order
+of FI (u + v), the normalisation of the SNR into weights (divided by its maximum) and the strength grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workbench.core.query import QueryModel
+from workbench.core.runtime import make_generator
+from workbench.core.validation import (
+    WorkbenchError,
+    check_class,
+    check_fraction,
+    check_images,
+    check_name,
+    check_positive_int,
+)
+from workbench.defenses.importance_splitting import (
+    GaussianPrior,
+    SparseIIDPrior,
+    SplittingConfig,
+    SplittingResult,
+    decay_to_one_component,
+    importance_splitting,
+)
+
+SETUPS = ("PI", "FI", "PG")
+#: scorer outputs (Eq. 4) and the `QueryModel` access level each needs
+OUTPUTS = {"logits": "logits", "probits": "probs", "labels": "label"}
+TRANSFORMS = ("subtract", "mask", "gram_schmidt")
+#: FI search space (Sec. IV-B, App. G): the highest third of the frequencies is excluded, the lowest 5 % frozen
+FI_EXCLUDED_HIGH, FI_FROZEN_LOW = 1 / 3, 0.05
+
+
+# --- DCT (FI) -----------------------------------------------------------------------------------------------------
+
+def dct_matrix(n: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The orthonormal DCT-II matrix D (n, n): X = D x D^T is the 2-D DCT of an n x n block, x = D^T X D."""
+    k = torch.arange(n, device=device, dtype=torch.float64)[:, None]
+    i = torch.arange(n, device=device, dtype=torch.float64)[None, :]
+    d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2 / n)
+    d[0] /= math.sqrt(2)
+    return d.float()
+
+
+def dct2(x: torch.Tensor) -> torch.Tensor:
+    """2-D orthonormal DCT over the last two dimensions of x (..., H, W)."""
+    dh, dw = dct_matrix(x.shape[-2], x.device), dct_matrix(x.shape[-1], x.device)
+    return dh @ x @ dw.T
+
+
+def idct2(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of `dct2`."""
+    dh, dw = dct_matrix(x.shape[-2], x.device), dct_matrix(x.shape[-1], x.device)
+    return dh.T @ x @ dw
+
+
+def frequency_rank(height: int, width: int) -> torch.Tensor:
+    """(H, W) rank of each DCT coefficient from the lowest frequency (0) to the highest (1), ordered by u + v and then
+    by u (the zig-zag diagonals; the paper does not say which order it uses)."""
+    u = torch.arange(height)[:, None].expand(height, width)
+    v = torch.arange(width)[None, :].expand(height, width)
+    order = torch.argsort(((u + v) * height + u).flatten())
+    rank = torch.empty(height * width)
+    rank[order] = torch.arange(height * width, dtype=torch.float32)
+    return (rank / max(height * width - 1, 1)).reshape(height, width)
+
+
+# --- Setups (App. G-H) ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RestoreSetup:
+    """One importance-splitting setup of REStore: search distribution, kernel and perturbation function g.
+
+    Args:
+        name: "PI" (Eq. 17), "FI" (DCT replacement) or "PG" (Eq. 18).
+        alpha: alpha_def: the fraction of components replaced (PI, FI) or the amplitude lambda of Eq. 18 (PG);
+            see `calibrate_alpha` for the paper's choice.
+        greyscale: search one channel and apply it to every channel (Sec. IV-G4).
+    """
+
+    name: str
+    alpha: float
+    greyscale: bool = False
+
+    def __post_init__(self) -> None:
+        check_name("setup", self.name, SETUPS)
+        check_fraction(self.alpha, "alpha")
+
+    def search_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        channels, height, width = image_shape
+        return (1 if self.greyscale else channels, height, width)
+
+    def prior(self, clean: torch.Tensor) -> GaussianPrior | SparseIIDPrior:
+        """The search distribution L over perturbations for images like `clean` (N, C, H, W) (App. G)."""
+        shape = self.search_shape(tuple(clean.shape[1:]))
+        if self.name == "PG":
+            return GaussianPrior(shape, clean.device)
+        if self.name == "PI":
+            return SparseIIDPrior(torch.full(shape, self.alpha, device=clean.device), _uniform_values(clean.device))
+        searched = frequency_rank(*shape[1:]).to(clean.device)
+        searched = (searched >= FI_FROZEN_LOW) & (searched < 1 - FI_EXCLUDED_HIGH)
+        rate = (self.alpha * searched).expand(shape).contiguous()
+        coefficients = dct2(clean.mean(dim=1, keepdim=True) if self.greyscale else clean)
+        scale = coefficients.abs().mean(dim=0).clamp_min(1e-6)  # Laplace MLE scale per coefficient (location 0)
+        return SparseIIDPrior(rate, _laplace_values(scale))
+
+    def perturb(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """g(x, Delta): every image with every perturbation.
+
+        Args:
+            x: (..., M, C, H, W) images in [0, 1].
+            delta: (..., P, C', H, W) perturbations (C' = 1 for a greyscale search), the leading dimensions matching
+                x's.
+
+        Returns:
+            (..., P, M, C, H, W) perturbed images in [0, 1].
+        """
+        x = x.unsqueeze(-5)
+        delta = delta.unsqueeze(-4)
+        if self.name == "PI":  # Eq. 17: replace the pixels Delta draws
+            return torch.where(torch.isnan(delta), x, delta)
+        if self.name == "PG":  # Eq. 18
+            return (x + 2 * self.alpha * (torch.special.ndtr(delta) - 0.5)).clamp(0, 1)
+        coefficients = dct2(x)
+        return idct2(torch.where(torch.isnan(delta), coefficients, delta)).clamp(0, 1)
+
+
+def _uniform_values(device: torch.device):
+    def draw(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(shape, generator=generator, device=device)
+    return draw
+
+
+def _laplace_values(scale: torch.Tensor):
+    def draw(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        u = torch.rand(shape, generator=generator, device=scale.device) - 0.5
+        return -scale * torch.sign(u) * torch.log1p(-2 * u.abs().clamp(max=0.5 - 1e-7))
+    return draw
+
+
+def splitting_config(setup: RestoreSetup, image_shape: tuple[int, int, int], **settings: Any) -> SplittingConfig:
+    """The paper's IS settings (n = 500, k = 250, T = 30, J_max = 40, s = 1) for a setup, `settings` overriding any.
+
+    For the sparse setups the strength is a probability (at most 1) and the decay is the paper's: after T decays
+    the kernel redraws a single component (Sec. IV-B). PG has no such rule; it keeps the engine's default decay.
+    """
+    settings = {"particles": 500, "survivors": 250, "passes": 30, "max_levels": 40, "strength": 1.0, **settings}
+    if setup.name in ("PI", "FI"):
+        components = setup.alpha * math.prod(setup.search_shape(image_shape))
+        settings.setdefault("max_strength", 1.0)
+        if "decay" not in settings and settings["strength"] * components > 1:
+            settings["decay"] = decay_to_one_component(settings["passes"], settings["strength"], components)
+    return SplittingConfig(**settings)
+
+
+# --- Scorer (Eq. 4) and the clean sets it uses (Sec. III-D1) -------------------------------------------------------
+
+def clean_sets(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, classes: list[int], *, per_set: int = 9,
+               seed: int = 0) -> torch.Tensor:
+    """X_test^cl for each class c under test (Sec. III-D1): correctly classified clean images of the other classes,
+    one per class in a seeded order until `per_set` (the paper: min(K - 1, 9)).
+
+    Args:
+        query: the suspicious model (its labels are queried once per image).
+        images: (N, C, H, W) the defender's clean, labelled images; labels: (N,).
+        classes: the classes c to test.
+
+    Returns:
+        (len(classes), per_set, C, H, W).
+    """
+    check_images(images, name="clean images")
+    predicted = query.labels(images).to(labels.device)
+    correct = predicted == labels
+    gen = make_generator(seed)
+    order = torch.randperm(len(labels), generator=gen)
+    num_classes = int(labels.max()) + 1
+    sets = []
+    for c in classes:
+        pools = [order[(labels[order] == other) & correct[order]] for other in range(num_classes) if other != c]
+        chosen = [pool[rank] for rank in range(max(len(pool) for pool in pools))  # round robin over the classes
+                  for pool in pools if rank < len(pool)][:per_set]
+        if len(chosen) < per_set:
+            raise WorkbenchError(f"only {len(chosen)} correctly classified images of classes other than {c} for a "
+                                 f"clean set of {per_set}; pass more clean images")
+        sets.append(images[torch.stack(chosen)])
+    return torch.stack(sets)
+
+
+def class_scorer(query: QueryModel, setup: RestoreSetup, output: str, sets: torch.Tensor, classes: torch.Tensor):
+    """Eq. 4 for every problem b: the mean output of class classes[b] over sets[b] perturbed by Delta (logits,
+    probits), or the number of those images labelled classes[b] (labels)."""
+    check_name("scorer output", output, OUTPUTS)
+    read = {"logits": query.logits, "probits": query.probs, "labels": query.labels}[output]
+
+    def score(delta: torch.Tensor, problems: torch.Tensor) -> torch.Tensor:
+        images = setup.perturb(sets[problems], delta)  # (B, P, M, C, H, W)
+        b, p, m = images.shape[:3]
+        out = read(images.flatten(0, 2))
+        target = classes[problems].to(out.device)
+        if output == "labels":
+            return (out.reshape(b, p, m) == target[:, None, None]).sum(dim=2).float()
+        return out.reshape(b, p, m, -1).gather(3, target[:, None, None, None].expand(b, p, m, 1)).squeeze(3).mean(2)
+
+    return score
+
+
+# --- alpha_def (App. G) ---------------------------------------------------------------------------------------------
+
+def calibrate_alpha(query: QueryModel, setup_name: str, images: torch.Tensor, labels: torch.Tensor, *,
+                    greyscale: bool = False, steps: int = 12, seed: int = 0) -> tuple[float, list[tuple[float, float]]]:
+    """alpha_def: the ratio at which one random draw of the setup per image halves the clean accuracy (App. G).
+
+    Bisection on [0, 1] (PI, FI: sparsity of uniform / Laplacian replacements; PG: the amplitude of Eq. 18), each
+    accuracy measured with the same seeded draws. Returns alpha_def and every (alpha, accuracy) evaluated.
+    """
+    check_name("setup", setup_name, SETUPS)
+    baseline = _accuracy(query, images, labels)
+    probes = [(0.0, baseline)]
+
+    def accuracy(alpha: float) -> float:
+        setup = RestoreSetup(setup_name, alpha, greyscale)
+        gen = make_generator(seed, images.device)
+        delta = setup.prior(images).generate(1, len(images), gen)[0]  # one draw per image
+        perturbed = setup.perturb(images[:, None], delta[:, None])[:, 0, 0]
+        value = _accuracy(query, perturbed, labels)
+        probes.append((alpha, value))
+        return value
+
+    low, high = 0.0, 1.0
+    if accuracy(high) > baseline / 2:
+        raise WorkbenchError(f"{setup_name} at ratio 1 keeps accuracy {probes[-1][1]:.2f} above half the clean "
+                             f"accuracy {baseline:.2f}: no ratio halves it")
+    for _ in range(check_positive_int(steps, "steps")):
+        middle = (low + high) / 2
+        low, high = (middle, high) if accuracy(middle) > baseline / 2 else (low, middle)
+    return (low + high) / 2, sorted(probes)
+
+
+def _accuracy(query: QueryModel, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return (query.labels(images).to(labels.device) == labels).float().mean().item()
+
+
+# --- Diagnosis and recovery (Sec. III-D2, IV-D, IV-E) ----------------------------------------------------------------
+
+@dataclass
+class Diagnosis:
+    """Importance splitting run on every class of one model: the tau -> rho maps and the suspect class."""
+
+    setup: RestoreSetup
+    output: str
+    classes: list[int]
+    splitting: SplittingResult  # problem b is class classes[b]
+    comparison_level: float  # the highest level every class reached
+    log10_rho_at_level: list[float]  # per class, log10 rho at comparison_level
+    suspect: int  # the class whose map lies highest there
+    margin: float  # its lead over the runner-up, in log10 rho
+    queries: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def realisations(self, cls: int) -> torch.Tensor:
+        """The perturbations above class `cls`'s last level (its recovered trigger candidates)."""
+        return self.splitting.realisations(self.classes.index(cls))
+
+    def summary(self) -> dict[str, Any]:
+        return {"setup": asdict(self.setup), "output": self.output, "classes": self.classes,
+                "comparison_level": self.comparison_level, "log10_rho_at_level": self.log10_rho_at_level,
+                "suspect": self.suspect, "margin": self.margin, "queries": self.queries,
+                "splitting": self.splitting.summary(), **self.extra}
+
+
+def log10_rho_at(levels: torch.Tensor, log10_rho: torch.Tensor, tau: float) -> float:
+    """The tau -> log10 rho map interpolated linearly in tau at `tau` (held constant beyond its ends)."""
+    return float(np.interp(tau, levels.double().numpy(), log10_rho.double().numpy()))
+
+
+def diagnose(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, setup: RestoreSetup, *,
+             output: str = "probits", classes: list[int] | None = None, config: SplittingConfig | None = None,
+             per_set: int = 9, seed: int = 0, progress: bool = False) -> Diagnosis:
+    """Run importance splitting for every class (Sec. IV-D): one problem per class, all batched.
+
+    Args:
+        query: the suspicious model at the access level `output` needs.
+        images, labels: the defender's clean labelled images (D_test^cl), (N, C, H, W) and (N,).
+        setup: PI, FI or PG with its alpha_def.
+        output: "logits", "probits" or "labels" (Eq. 4).
+        classes: the classes to test (default all).
+        config: IS settings (default `splitting_config(setup, ...)`, the paper's).
+        per_set: |X_test^cl|.
+        seed: seeds the clean sets and the splitting.
+    """
+    check_name("scorer output", output, OUTPUTS)
+    num_classes = int(labels.max()) + 1
+    classes = list(range(num_classes)) if classes is None else [check_class(c, num_classes) for c in classes]
+    if len(classes) < 2:
+        raise WorkbenchError("diagnosis compares classes: test at least two")
+    before = query.queries
+    sets = clean_sets(query, images, labels, classes, per_set=per_set, seed=seed)
+    config = config or splitting_config(setup, tuple(images.shape[1:]))
+    prior = setup.prior(images)
+    targets = torch.tensor(classes)
+    result = importance_splitting(prior.generate, prior.kernel, class_scorer(query, setup, output, sets, targets),
+                                  num_problems=len(classes), config=config, seed=seed, device=images.device,
+                                  progress=progress)
+    curves = [result.curve(b) for b in range(len(classes))]
+    level = min(float(levels[-1]) for levels, _ in curves)
+    at_level = [log10_rho_at(levels, rho, level) for levels, rho in curves]
+    ranked = sorted(range(len(classes)), key=lambda b: at_level[b], reverse=True)
+    return Diagnosis(setup=setup, output=output, classes=classes, splitting=result, comparison_level=level,
+                     log10_rho_at_level=at_level, suspect=classes[ranked[0]],
+                     margin=at_level[ranked[0]] - at_level[ranked[1]], queries=query.queries - before)
+
+
+def recovered_asr(query: QueryModel, setup: RestoreSetup, realisations: torch.Tensor, images: torch.Tensor,
+                  labels: torch.Tensor, target: int, *, seed: int = 0) -> float:
+    """ASR of recovered perturbations (Sec. IV-E, Table II): each clean test image not of class `target` gets one
+    realisation drawn at random and g applied; the fraction then labelled `target`. This estimates the mean ASR of
+    a single recovered perturbation."""
+    if len(realisations) == 0:
+        raise WorkbenchError("no realisations to test: the splitting run ended without survivors")
+    keep = labels != target
+    x = images[keep]
+    gen = make_generator(seed)
+    pick = torch.randint(len(realisations), (len(x),), generator=gen)
+    perturbed = setup.perturb(x[:, None], realisations[pick][:, None].to(x.device))[:, 0, 0]
+    return (query.labels(perturbed) == target).float().mean().item()
+
+
+# --- Purification (Sec. III-D3, IV-F, IV-G5/6) -------------------------------------------------------------------
+
+@dataclass
+class TriggerEstimate:
+    """The recovered trigger as an additive effect on images: mean and SNR over the realisations.
+
+    effect_r = mean over the clean set of g(x, Delta_r) - x, per pixel; mean = mean_r effect_r; SNR = |mean| / std_r
+    (the workbench's definition; the paper does not give one). (C, H, W) each.
+    """
+
+    mean: torch.Tensor
+    snr: torch.Tensor
+
+    def weights(self, low_pass: bool = False) -> torch.Tensor:
+        """SNR scaled to [0, 1] by its maximum, optionally blurred first by a 3x3 Gaussian (Sec. IV-G6)."""
+        snr = self.snr
+        if low_pass:
+            kernel = torch.tensor([1.0, 2.0, 1.0], device=snr.device)
+            kernel = (kernel[:, None] * kernel[None, :] / 16).expand(snr.shape[0], 1, 3, 3)
+            snr = F.conv2d(snr[None], kernel, padding=1, groups=snr.shape[0])[0]
+        top = snr.max()
+        return snr / top if top > 0 else snr
+
+
+def estimate_trigger(setup: RestoreSetup, realisations: torch.Tensor, clean: torch.Tensor) -> TriggerEstimate:
+    """Mean and SNR of the realisations' effect on clean images (N, C, H, W) (see `TriggerEstimate`)."""
+    if len(realisations) < 2:
+        raise WorkbenchError(f"an SNR needs at least 2 realisations, got {len(realisations)}")
+    effects = (setup.perturb(clean[None], realisations[None].to(clean.device))[0] - clean[None]).mean(dim=1)
+    mean, std = effects.mean(dim=0), effects.std(dim=0)
+    return TriggerEstimate(mean=mean, snr=mean.abs() / std.clamp_min(1e-6))
+
+
+@dataclass(frozen=True)
+class Purifier:
+    """A REStore purification: an element-wise transform of the input, as cheap as the classifier's input pipeline.
+
+    subtract: x - strength * w * mean; mask: x * (1 - strength * w); gram_schmidt: x minus its component along
+    t = w * mean (Sec. IV-G5), scaled by strength. w = `TriggerEstimate.weights`. Results are clipped to [0, 1].
+    """
+
+    transform: str
+    strength: float
+    weights: torch.Tensor  # (C, H, W)
+    mean: torch.Tensor  # (C, H, W)
+
+    def __post_init__(self) -> None:
+        check_name("purification", self.transform, TRANSFORMS)
+        check_fraction(self.strength, "strength", allow_zero=True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        w, mean = self.weights.to(x.device), self.mean.to(x.device)
+        if self.transform == "subtract":
+            out = x - self.strength * w * mean
+        elif self.transform == "mask":
+            out = x * (1 - self.strength * w)
+        else:
+            t = (w * mean).flatten()
+            along = (x.flatten(1) @ t) / t.dot(t).clamp_min(1e-12)
+            out = x - self.strength * along[:, None, None, None] * (w * mean)
+        return out.clamp(0, 1)
+
+
+def select_purifier(query: QueryModel, estimate: TriggerEstimate, images: torch.Tensor, labels: torch.Tensor, *,
+                    transform: str = "subtract", low_pass: bool = False, max_accuracy_drop: float = 0.05,
+                    strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)) -> tuple[Purifier, list[dict[str, float]]]:
+    """The strongest purifier of one transform whose clean accuracy on `images` stays within `max_accuracy_drop` of
+    the unpurified accuracy (Sec. III-D3 step ii). Only clean data is used, as a defender would.
+
+    Returns the purifier (strength 0 if none qualifies) and every (strength, accuracy) tried.
+    """
+    check_fraction(max_accuracy_drop, "max_accuracy_drop", allow_zero=True)
+    weights = estimate.weights(low_pass)
+    baseline = _accuracy(query, images, labels)
+    tried = [{"strength": 0.0, "accuracy": baseline}]
+    chosen = Purifier(transform, 0.0, weights, estimate.mean)
+    for strength in sorted(strengths):
+        candidate = Purifier(transform, strength, weights, estimate.mean)
+        accuracy = _accuracy(query, candidate(images), labels)
+        tried.append({"strength": strength, "accuracy": accuracy})
+        if accuracy >= baseline - max_accuracy_drop:
+            chosen = candidate
+    return chosen, tried
