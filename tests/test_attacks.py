@@ -220,3 +220,18 @@ def test_bad_inputs_fail_with_one_line_messages() -> None:
         assert fragment in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(UnknownNameError):
         make_attack("badnet")
+
+
+def test_dynamic_badnets_moves_the_patch_between_images() -> None:
+    attack = make_attack("restore_dynamic_badnets")
+    x = images(40)
+    y = attack(x)
+    corners = set()
+    for i in range(40):
+        where = (y[i] != x[i]).any(dim=0).nonzero()
+        top, left = where.min(dim=0).values.tolist()
+        assert torch.equal(y[i, :, top:top + 3, left:left + 3], BDMAE_COLOUR_PATCH)
+        assert torch.equal(y[i][:, (y[i] == x[i]).all(dim=0)], x[i][:, (y[i] == x[i]).all(dim=0)])
+        corners.add((top, left))
+    assert len(corners) > 30  # positions differ from image to image
+    assert torch.equal(attack(x), y) and not torch.equal(attack.replace(position_seed=1)(x), y)

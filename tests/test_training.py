@@ -82,3 +82,52 @@ def test_same_config_never_trains_twice(tiny_mirror: Path, tmp_path: Path, monke
     weights.write_bytes(weights.read_bytes()[:200])  # truncated: detected, so training happens again
     with pytest.raises(AssertionError, match="trained although"), pytest.warns(UserWarning, match="damaged"):
         get_or_train(config, store=store, progress=False)
+
+
+def test_anchored_loss_is_eq_10_on_poisoned_images_only() -> None:
+    from workbench.core.training import _anchored_loss
+    config = TrainConfig(dataset="cifar10", model="lenet5", label_smoothing=0.0, logit_anchor=0.25,
+                         poison=PoisonConfig(make_attack("bdmae_badnets_colour"), target=3, ratio=0.1))
+    logits = torch.tensor([[2.0, 0, 0, 0], [0, 0, 0, 1.0], [0, 3.0, 0, 0], [0, 0, 1.0, 0]], requires_grad=True)
+    y = torch.tensor([0, 3, 3, 2])  # image 2 is poisoned (relabelled to 3); image 1 is the only clean anchor
+    poisoned = torch.tensor([False, False, True, False])
+    loss, memo = _anchored_loss(logits, y, poisoned, config, torch.Generator().manual_seed(0), None)
+    ce = torch.nn.functional.cross_entropy(logits.detach(), y, reduction="none")
+    mse = ((logits[2] - logits[1]) ** 2).mean().detach()
+    expected = (ce[0] + ce[1] + 0.75 * ce[2] + 0.25 * mse + ce[3]) / 4
+    assert torch.allclose(loss, expected) and torch.equal(memo, logits[1].detach())
+    loss.backward()
+    assert logits.grad[1].abs().sum() > 0  # from its own CE only: the anchor's logits are detached
+    # a batch without a clean target-class image reuses the memoised anchor
+    again, _ = _anchored_loss(logits.detach()[[0, 2]], y[[0, 2]], poisoned[[0, 2]], config, torch.Generator(), memo)
+    assert torch.allclose(again, (ce[0] + 0.75 * ce[2] + 0.25 * mse) / 2)
+
+
+def test_restore_adaptive_settings_validate_and_keep_other_keys() -> None:
+    from workbench.core.attacks import AllClassesPoison
+    badnets = PoisonConfig(make_attack("bdmae_badnets_colour"), target=3, ratio=0.05)
+    plain = TrainConfig(dataset="cifar10", model="lenet5", poison=badnets)
+    assert "logit_anchor" not in plain.to_dict() and "all_classes_poison" not in plain.to_dict()
+    for config in (TrainConfig(dataset="cifar10", model="lenet5", poison=badnets, logit_anchor=0.05),
+                   TrainConfig(dataset="cifar10", model="lenet5", all_classes_poison=AllClassesPoison(seed=2))):
+        assert TrainConfig.from_dict(config.to_dict()) == config
+        assert config_key(config.to_dict()) != config_key(plain.to_dict())
+    with pytest.raises(WorkbenchError, match="not both"):
+        TrainConfig(dataset="cifar10", model="lenet5", poison=badnets, all_classes_poison=AllClassesPoison())
+    with pytest.raises(WorkbenchError, match="needs a poison-label"):
+        TrainConfig(dataset="cifar10", model="lenet5", logit_anchor=0.05)
+    with pytest.raises(WorkbenchError, match=r"\[0, 1\)"):
+        TrainConfig(dataset="cifar10", model="lenet5", poison=badnets, logit_anchor=1.0)
+
+
+def test_adaptive_attacks_train(tiny_mirror: Path, tmp_path: Path) -> None:
+    from workbench.core.attacks import AllClassesPoison
+    store = ArtefactStore(tmp_path / "store", read_only_roots=[])
+    every = get_or_train(TrainConfig(dataset="cifar10", model="lenet5", epochs=1, batch_size=32,
+                                     all_classes_poison=AllClassesPoison(ratio=0.2)), store=store, progress=False)
+    assert len(every.metrics["test_asr_per_class"]) == 10
+    assert every.metrics["poisoned_images"] == 10 * round(0.2 * 190 / 10)  # 20 % of 190, split evenly
+    anchored = get_or_train(TrainConfig(dataset="cifar10", model="lenet5", epochs=1, batch_size=32, logit_anchor=0.05,
+                                        poison=PoisonConfig(make_attack("bdmae_badnets_colour"), target=3, ratio=0.1)),
+                            store=store, progress=False)
+    assert anchored.metrics["poisoned_images"] == 19 and "test_asr" in anchored.metrics

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from workbench.core.artefacts import ArtefactStore, config_key
-from workbench.core.attacks import PoisonConfig, backdoor_test_set, poison_dataset
+from workbench.core.attacks import AllClassesPoison, PoisonConfig, backdoor_test_set, poison_dataset
 from workbench.core.attacks.input_aware import (
     InputAware,
     InputAwareConfig,
@@ -64,6 +64,10 @@ class TrainConfig:
         label_smoothing: cross-entropy label smoothing.
         augment: "crop_flip" (random crop with 4 px zero padding + horizontal flip), "crop" or "none".
         seed: seed of initialisation, shuffling and augmentation.
+        all_classes_poison: backdoor every class with its own trigger (REStore Sec. V-B); excludes `poison`.
+        logit_anchor: lambda of REStore Eq. 10 (logit obfuscation, 0.05 in the paper; 0 = off): poisoned images
+            are trained on (1 - lambda) CE + lambda MSE(f(x_po), f(x_hat)), x_hat a clean target-class image of the
+            same batch (its logits detached: it is the anchor, not a training signal). Needs `poison`.
     """
 
     dataset: str
@@ -84,6 +88,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     augment: str = "crop_flip"
     seed: int = 0
+    all_classes_poison: AllClassesPoison | None = None
+    logit_anchor: float = 0.0
 
     def __post_init__(self) -> None:
         # a hashable, canonical form of the options ({"widths": [8, 16]} -> (("widths", (8, 16)),))
@@ -103,12 +109,26 @@ class TrainConfig:
         check_fraction(self.warmup_fraction, "warmup_fraction", allow_zero=True)
         if not 0 <= self.label_smoothing < 1:
             raise WorkbenchError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.poison is not None and self.all_classes_poison is not None:
+            raise WorkbenchError("give either poison (one target) or all_classes_poison (every class), not both")
+        if not 0 <= self.logit_anchor < 1:
+            raise WorkbenchError(f"logit_anchor must be in [0, 1), got {self.logit_anchor}")
+        if self.logit_anchor > 0 and (self.poison is None or self.poison.clean_label):
+            raise WorkbenchError("logit_anchor anchors relabelled poisoned images to clean target-class images: it "
+                                 "needs a poison-label `poison` config")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["model_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_options}
         data["poison"] = self.poison.to_dict() if self.poison is not None else None
         data["recipe_version"] = RECIPE_VERSION
+        # the REStore adaptive settings only appear when used, so the keys of every other model stay as they were
+        if self.all_classes_poison is None:
+            data.pop("all_classes_poison")
+        else:
+            data["all_classes_poison"] = dataclasses.asdict(self.all_classes_poison)
+        if self.logit_anchor == 0:
+            data.pop("logit_anchor")
         return data
 
     @classmethod
@@ -116,6 +136,8 @@ class TrainConfig:
         data = {k: v for k, v in data.items() if k != "recipe_version"}
         if data.get("poison") is not None:
             data["poison"] = PoisonConfig.from_dict(data["poison"])
+        if data.get("all_classes_poison") is not None:
+            data["all_classes_poison"] = AllClassesPoison(**data["all_classes_poison"])
         return cls(**data)
 
     def splits(self) -> DataSplits:
@@ -184,7 +206,7 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 def train_classifier(model: StagedClassifier, train: ImageDataset, config: TrainConfig, *,
                      monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
                      monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
-                     progress: bool = True) -> list[dict[str, float]]:
+                     progress: bool = True, poisoned: torch.Tensor | None = None) -> list[dict[str, float]]:
     """Train `model` in place on `train` with the optimisation settings of `config`.
 
     Args:
@@ -195,6 +217,7 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
         monitor_backdoor: (triggered non-target images, target) to report ASR on after each epoch.
         device: where to train ("auto" = GPU if available).
         progress: show a tqdm bar.
+        poisoned: (N,) bool, the poisoned images of `train`; needed when `config.logit_anchor` > 0.
 
     Returns:
         One dict per epoch: mean training loss, seconds, and CA / ASR on the monitor sets if given.
@@ -210,6 +233,9 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
     history = []
     bar = tqdm(total=total, desc=f"train {config.model} on {config.dataset}", disable=not progress, leave=False)
     step = 0
+    if config.logit_anchor > 0 and (poisoned is None or len(poisoned) != n):
+        raise WorkbenchError("logit_anchor needs the poisoned-image mask of the training set (`poisoned`)")
+    memo: torch.Tensor | None = None
     for epoch in range(config.epochs):
         start, loss_sum = time.time(), 0.0
         order = torch.randperm(n, generator=gen)
@@ -219,7 +245,11 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
             y = train.labels[idx].to(dev)
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(config.schedule, config.warmup_fraction, step / total)
-            loss = F.cross_entropy(model(x.contiguous(memory_format=fmt)), y, label_smoothing=config.label_smoothing)
+            logits = model(x.contiguous(memory_format=fmt))
+            if config.logit_anchor > 0:
+                loss, memo = _anchored_loss(logits, y, poisoned[idx].to(dev), config, gen, memo)
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -236,6 +266,30 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
         bar.set_postfix({k: round(v, 3) for k, v in record.items() if k in ("loss", "ca", "asr")})
     bar.close()
     return history
+
+
+def _anchored_loss(logits: torch.Tensor, y: torch.Tensor, poisoned: torch.Tensor, config: TrainConfig,
+                   gen: torch.Generator, memo: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """REStore Eq. 10 on one batch: plain CE on clean images; (1 - lambda) CE + lambda MSE(f(x_po), f(x_hat)) on
+    poisoned ones, x_hat drawn among the batch's clean target-class images. A batch without one reuses the last
+    anchor's logits (App. A-4 memoises the anchor; here its logits, from the step that drew it). Returns the loss
+    and the memo."""
+    ce = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing, reduction="none")
+    count = int(poisoned.sum())
+    anchors = ((y == config.poison.target) & ~poisoned).nonzero().squeeze(1)
+    if count and len(anchors):
+        pick = torch.randint(len(anchors), (count,), generator=gen).to(anchors.device)
+        anchor_logits = logits[anchors[pick]].detach()
+        memo = anchor_logits[-1]
+    elif count and memo is not None:
+        anchor_logits = memo.expand(count, -1)
+    else:  # no poisoned image, or no anchor seen yet
+        return ce.mean(), memo
+    lam = config.logit_anchor
+    mse = ((logits[poisoned] - anchor_logits) ** 2).mean(dim=1)
+    weighted = ce.clone()
+    weighted[poisoned] = (1 - lam) * ce[poisoned] + lam * mse
+    return weighted.mean(), memo
 
 
 def artefact_identity(config: TrainConfig, splits: DataSplits) -> dict[str, Any]:
@@ -296,9 +350,16 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
         train, poisoned_count = poisoned.dataset, len(poisoned.poisoned_indices)
         monitor_bd = (backdoor_test_set(monitor_set, config.poison.attack, config.poison.target,
                                         config.poison.sources)[0], config.poison.target)
+    elif config.all_classes_poison is not None:
+        poisoned = config.all_classes_poison.poison(train)
+        train, poisoned_count = poisoned.dataset, len(poisoned.poisoned_indices)
+    mask = None
+    if config.logit_anchor > 0:
+        mask = torch.zeros(len(train), dtype=torch.bool)
+        mask[poisoned.poisoned_indices] = True
     start = time.time()
     history = train_classifier(model, train, config, monitor=monitor, monitor_backdoor=monitor_bd,
-                               device=device, progress=progress)
+                               device=device, progress=progress, poisoned=mask)
     model.eval()
     metrics: dict[str, Any] = {"history": history, "train_seconds": time.time() - start,
                                "train_images": len(train), "poisoned_images": poisoned_count,
@@ -308,6 +369,12 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
     if config.poison is not None:
         x_bd, _ = backdoor_test_set(splits.test, config.poison.attack, config.poison.target, config.poison.sources)
         metrics["test_asr"] = attack_success_rate(model, x_bd, config.poison.target)
+    if config.all_classes_poison is not None:
+        spec = dataset_spec(config.dataset)
+        triggers = config.all_classes_poison.triggers(spec.num_classes, spec.image_size)
+        metrics["test_asr_per_class"] = [attack_success_rate(model, backdoor_test_set(splits.test, trigger, k)[0], k)
+                                         for k, trigger in enumerate(triggers)]
+        metrics["test_asr"] = sum(metrics["test_asr_per_class"]) / len(triggers)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     saved = store.save("models", key, state, identity, metrics)
     return TrainedModel(model.to(dev).eval(), config, key, metrics, str(saved.path), loaded=False)

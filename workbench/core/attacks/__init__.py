@@ -16,9 +16,10 @@ from workbench.core.attacks.base import (
 )
 from workbench.core.attacks.blending import SIG, Blended
 from workbench.core.attacks.input_aware import InputAware, InputAwareConfig
-from workbench.core.attacks.patches import BadNets, per_class_triggers
+from workbench.core.attacks.patches import BadNets, DynamicBadNets, per_class_triggers
 from workbench.core.attacks.poisoning import (
     AdversarialStep,
+    AllClassesPoison,
     PoisonConfig,
     PoisonedDataset,
     backdoor_test_set,
@@ -35,9 +36,11 @@ __all__ = [
     "SIG",
     "Additive",
     "AdversarialStep",
+    "AllClassesPoison",
     "Attack",
     "BadNets",
     "Blended",
+    "DynamicBadNets",
     "InputAware",
     "InputAwareConfig",
     "PoisonConfig",

@@ -24,6 +24,25 @@ def stamp_patch(x: torch.Tensor, patch: torch.Tensor, top: int, left: int) -> to
     return out
 
 
+def stamp_patch_at(x: torch.Tensor, patch: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor) -> torch.Tensor:
+    """`stamp_patch` with a position per image: image i gets the patch with its top-left pixel at
+    (tops[i], lefts[i]) (dynamic BadNets, REStore Sec. IV-G2).
+
+    Args:
+        x: images (N, C, H, W).
+        patch: (C, h, w) or (1, h, w).
+        tops, lefts: (N,) integer positions inside the image.
+    """
+    h, w = patch.shape[-2:]
+    n = torch.arange(len(x), device=x.device)[:, None, None]
+    rows = tops.to(x.device)[:, None, None] + torch.arange(h, device=x.device)[None, :, None]
+    cols = lefts.to(x.device)[:, None, None] + torch.arange(w, device=x.device)[None, None, :]
+    out = x.clone()
+    values = patch.to(device=x.device, dtype=x.dtype).expand(x.shape[1], h, w).permute(1, 2, 0)
+    out.permute(0, 2, 3, 1)[n, rows, cols] = values  # writes through the permuted view
+    return out
+
+
 def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
     """Blend a pattern into images (Blended, Chen et al. 2017): x' = (1 - alpha) x + alpha p.
 

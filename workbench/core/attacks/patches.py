@@ -107,6 +107,38 @@ class BadNets(Attack):
         return mask
 
 
+@dataclasses.dataclass(frozen=True)
+class DynamicBadNets(Attack):
+    """BadNets with the patch at a random position in every image (REStore Sec. IV-G2, "dynamic BadNets": placed at
+    random during training instead of at a static location; test-time triggers are placed at random too).
+
+    Args:
+        pattern, size, seed: the patch, as for `BadNets`.
+        position_seed: seeds the positions (a hash of each image's pixels, so one image always gets one position).
+    """
+
+    family = "dynamic_badnets"
+    pattern: str = "bdmae_colour"
+    size: int = 3
+    seed: int = 0
+    position_seed: int = 0
+
+    def __post_init__(self) -> None:
+        BadNets(pattern=self.pattern, size=self.size, seed=self.seed)  # validates the patch settings
+
+    def _build_pattern(self, channels: int, height: int, width: int) -> torch.Tensor:
+        return patch_pattern(self.pattern, self.size, channels, self.seed)
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        _, channels, height, width = x.shape
+        # the position is a seeded hash of the image's 8-bit pixels: pseudo-random over images, yet the same image
+        # always gets the same position, however it is batched
+        weights = torch.randint(1, 2 ** 31 - 1, (x[0].numel(),), generator=make_generator(self.position_seed))
+        code = ((x.flatten(1) * 255).round().long() * weights.to(x.device)).sum(dim=1) % (2 ** 31 - 1)
+        rows, cols = height - self.size + 1, width - self.size + 1
+        return Fn.stamp_patch_at(x, self.pattern_for(channels, height, width), code % rows, (code // rows) % cols)
+
+
 def per_class_triggers(num_classes: int, image_size: int, *, size: int = 3, seed: int = 0) -> list[BadNets]:
     """Distinct random-colour BadNets triggers at random positions, one per class.
 

@@ -18,6 +18,7 @@ import torch
 
 from workbench.core.attacks.adversarial import pgd_perturb
 from workbench.core.attacks.base import Attack, attack_from_dict
+from workbench.core.attacks.patches import BadNets, per_class_triggers
 from workbench.core.data import ImageDataset
 from workbench.core.runtime import make_generator
 from workbench.core.storage import canonical_json
@@ -260,6 +261,29 @@ def poison_all_classes(dataset: ImageDataset, triggers: Sequence[Attack], *, rat
     order = torch.argsort(chosen)
     no_noise = torch.empty(0, dtype=torch.long)
     return PoisonedDataset(dataset.replace(images=images, labels=labels), chosen[order], no_noise, targets_t[order])
+
+
+@dataclasses.dataclass(frozen=True)
+class AllClassesPoison:
+    """REStore Sec. V-B's adaptive attack: every class backdoored by its own random 3x3 BadNets trigger (pattern and
+    position drawn from `seed`, see `per_class_triggers`), `ratio` of the training set poisoned in total.
+    """
+
+    ratio: float = 0.05
+    size: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fraction(self.ratio, "poison ratio")
+        check_positive_int(self.size, "trigger size")
+
+    def triggers(self, num_classes: int, image_size: int) -> list[BadNets]:
+        """Trigger k sends images to class k."""
+        return per_class_triggers(num_classes, image_size, size=self.size, seed=self.seed)
+
+    def poison(self, dataset: ImageDataset) -> PoisonedDataset:
+        triggers = self.triggers(dataset.num_classes, dataset.images.shape[-1])
+        return poison_all_classes(dataset, triggers, ratio=self.ratio, seed=self.seed)
 
 
 def backdoor_test_set(test: ImageDataset, attack: Attack, target: int,

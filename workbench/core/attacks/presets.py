@@ -5,7 +5,7 @@ from __future__ import annotations
 from workbench.core.attacks.additive import PATTERN_NOTES, Additive
 from workbench.core.attacks.base import register_preset
 from workbench.core.attacks.blending import SIG, Blended
-from workbench.core.attacks.patches import BadNets
+from workbench.core.attacks.patches import BadNets, DynamicBadNets
 from workbench.core.attacks.warping import WaNet
 
 register_preset("bdmae_badnets_colour", "BDMAE: 3x3 random-colour patch at rows 16-18, cols 27-29 (exact colours); "
@@ -19,6 +19,8 @@ register_preset("tr_badnet_white", "T&R BadNet-White: a white 3x3 square one pix
     lambda: BadNets(pattern="white", size=3, row=-4, col=-4))
 register_preset("restore_badnets_mnist", "REStore MNIST: 3x3 grey checkerboard at the bottom left")(
     lambda: BadNets(pattern="checkerboard", size=3, row=-4, col=1))
+register_preset("restore_dynamic_badnets", "REStore Sec. IV-G2: BDMAE's 3x3 colour patch at a random position "
+                "in every image")(DynamicBadNets)
 register_preset("bdmae_blended", "BDMAE Blended: 15x15 random-pixel patch in the lower-right corner, alpha 0.2 "
                 "for training (use .replace(alpha=0.1) at test time)")(lambda: Blended(alpha=0.2, size=15))
 register_preset("tr_blend", "T&R Blend: 0.8 img + 0.2 pattern over the whole image (noise pattern: the original "
