@@ -204,3 +204,38 @@ def test_bad_inputs_are_named():
         recovered_asr(query, RestoreSetup("PI", 0.3), torch.zeros(0, 1, 8, 8), images, labels, 1)
     with pytest.raises(WorkbenchError, match="at least 2 realisations"):
         estimate_trigger(RestoreSetup("PI", 0.3), torch.zeros(1, 1, 8, 8), images)
+
+
+def test_figures_and_widgets_draw_the_results():
+    import matplotlib.pyplot as plt
+
+    from workbench.defenses.restore import Purifier
+    from workbench.viz.restore import recovered_asr_figure, tau_rho_figure, tau_rho_plotly, trigger_figure
+    from workbench.widgets.restore import purification_view, tau_rho_explorer, trigger_gallery
+
+    query, setup, found = toy_diagnosis(backdoor=True)
+    names = ["q0", "q1", "q2", "q3"]
+    fig = tau_rho_figure(found, names, backdoored=TARGET)
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("score threshold") and ax.get_ylabel().startswith("log10 rho")
+    assert len(ax.lines) == 5 and ax.lines[TARGET].get_linewidth() > ax.lines[0].get_linewidth()  # 4 maps + level
+    plt.close(fig)
+    assert len(tau_rho_plotly(found, names, TARGET).data) == 4
+    images, _ = quadrant_images(4, 0)
+    estimate = estimate_trigger(setup, found.realisations(TARGET), images)
+    stamped = setup.perturb(images[:1], found.realisations(TARGET)[:1])[0, 0]
+    fig = trigger_figure(estimate, images[0], stamped, "class q2")
+    assert len(fig.axes) == 5 and fig.axes[1].get_title() == "with a recovered perturbation"  # 4 panels + colour bar
+    plt.close(fig)
+    fig = recovered_asr_figure([0.1, 0.2, 0.9, 0.1], names, backdoored=TARGET)
+    assert fig.axes[0].patches[TARGET].get_height() == 90 and fig.axes[0].get_ylabel().endswith("(%)")
+    plt.close(fig)
+
+    explorer = tau_rho_explorer({("PI", "probits"): found}, names, TARGET)
+    assert len(explorer.children[2].outputs) == 1
+    gallery = trigger_gallery({"class q2": (estimate, images[0], stamped)})
+    assert len(gallery.children[1].outputs) == 1
+    purifier = Purifier("subtract", 0.5, estimate.weights(), estimate.mean)
+    view = purification_view(purifier, {"clean": images}, query.labels, names)
+    view.children[0].children[0].value = 1.0  # moving the strength redraws
+    assert len(view.children[1].outputs) == 1
