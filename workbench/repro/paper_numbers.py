@@ -159,3 +159,90 @@ LRED_TABLE6 = {"mnist": {"ASR": 96.3, "CTA": 98.9, "clean CTA": 99.1},
                "fashion-mnist": {"ASR": 91.7, "CTA": 91.0, "clean CTA": 90.8},
                "gtsrb": {"ASR": 87.8, "CTA": 98.1, "clean CTA": 98.7},
                "cifar100": {"ASR": 98.0, "CTA": 72.4, "clean CTA": 72.8}}
+
+
+# --- REStore (001_50232a1a7c9a07d0.txt); MNIST and CIFAR-10 rows (CASIA-Webface is not obtainable here) ---------
+
+#: REStore Table I: CDA / ASR (%) of the paper's models; target class 3, poisoning ratio 5 %.
+RESTORE_TABLE1 = {
+    ("mnist", "lenet5"): {"benign": (99.1, None), "badnets": (99.1, 100.0), "sig": (99.1, 100.0),
+                          "wanet": (98.9, 90.4)},
+    ("mnist", "resnet18"): {"benign": (99.5, None), "badnets": (99.5, 100.0), "sig": (99.4, 100.0),
+                            "wanet": (99.3, 96.9)},
+    ("cifar10", "resnet18"): {"benign": (93.3, None), "badnets": (92.7, 100.0), "sig": (93.0, 100.0),
+                              "wanet": (94.0, 94.3)},
+}
+
+#: REStore Tables II (probits), VIII (logits) and IX (hard labels): recovered triggers' ASR (%) on the backdoored
+#: class, setups PI / FI.
+RESTORE_RECOVERED_ASR = {
+    "probits": {
+        ("mnist", "lenet5"): {"badnets": (99.9, 74.5), "sig": (100.0, 97.9), "wanet": (11.2, 34.0)},
+        ("mnist", "resnet18"): {"badnets": (100.0, 3.19), "sig": (100.0, 100.0), "wanet": (66.1, 9.5)},
+        ("cifar10", "resnet18"): {"badnets": (65.7, 4.4), "sig": (51.5, 3.8), "wanet": (14.1, 19.5)},
+    },
+    "logits": {
+        ("mnist", "lenet5"): {"badnets": (100.0, 98.85), "sig": (100.0, 99.81), "wanet": (5.7, 30.9)},
+        ("mnist", "resnet18"): {"badnets": (100.0, 3.4), "sig": (100.0, 100.0), "wanet": (62.1, 18.4)},
+        ("cifar10", "resnet18"): {"badnets": (72.8, 4.9), "sig": (55.7, 3.2), "wanet": (13.3, 21.4)},
+    },
+    "labels": {
+        ("mnist", "lenet5"): {"badnets": (97.0, 1.1), "sig": (97.5, 89.8), "wanet": (0.0, 24.5)},
+        ("mnist", "resnet18"): {"badnets": (94.8, 0.0), "sig": (100.0, 100.0), "wanet": (65.7, 1.7)},
+        ("cifar10", "resnet18"): {"badnets": (63.0, 3.0), "sig": (41.0, 2.2), "wanet": (11.2, 15.0)},
+    },
+}
+
+#: REStore Table III: (CDA, SDA, ASR) in % per defence; Februus at mask 0.8, REStore per scorer output.
+RESTORE_TABLE3 = {
+    ("mnist", "lenet5", "badnets"): {
+        "Februus XGradCAM": (95.0, 1.5, 98.5), "Februus GradCAM++": (96.0, 52.0, 47.4),
+        "BDMAE base": (98.1, 98.3, 0.2), "BDMAE large": (98.4, 97.9, 0.2),
+        "REStore logits": (99.1, 90.3, 9.1), "REStore probits": (98.9, 84.9, 14.5),
+        "REStore labels": (98.6, 70.8, 28.7)},
+    ("mnist", "lenet5", "sig"): {
+        "Februus XGradCAM": (90.6, 0.0, 100.0), "Februus GradCAM++": (93.2, 0.0, 100.0),
+        "BDMAE base": (98.3, 0.0, 100.0), "BDMAE large": (98.5, 0.0, 100.0),
+        "REStore logits": (98.9, 95.2, 2.7), "REStore probits": (98.6, 96.5, 0.8), "REStore labels": (98.4, 94.9, 2.4)},
+    ("mnist", "lenet5", "wanet"): {
+        "Februus XGradCAM": (83.1, 7.3, 92.0), "Februus GradCAM++": (89.0, 9.3, 90.3),
+        "BDMAE base": (77.8, 8.9, 91.0), "BDMAE large": (92.3, 11.6, 88.2),
+        "REStore logits": (98.6, 50.9, 47.9), "REStore probits": (98.9, 64.7, 34.3),
+        "REStore labels": (97.9, 97.3, 0.2)},
+    ("cifar10", "resnet18", "badnets"): {
+        "Februus XGradCAM": (89.9, 0.1, 99.9), "Februus GradCAM++": (90.0, 42.6, 56.3),
+        "BDMAE base": (92.2, 92.6, 1.3), "BDMAE large": (92.8, 93.1, 1.4),
+        "REStore logits": (92.7, 90.9, 4.2), "REStore probits": (93.2, 79.4, 17.8),
+        "REStore labels": (78.9, 42.0, 55.1)},
+    ("cifar10", "resnet18", "sig"): {
+        "Februus XGradCAM": (90.5, 1.8, 98.1), "Februus GradCAM++": (91.8, 1.4, 98.5),
+        "BDMAE base": (92.5, 1.1, 98.9), "BDMAE large": (92.6, 1.1, 98.9),
+        "REStore logits": (89.4, 1.0, 98.9), "REStore probits": (81.9, 1.8, 98.0), "REStore labels": (91.7, 1.0, 98.9)},
+    ("cifar10", "resnet18", "wanet"): {
+        "Februus XGradCAM": (92.4, 20.4, 78.5), "Februus GradCAM++": (89.2, 27.2, 71.5),
+        "BDMAE base": (94.1, 78.2, 18.2), "BDMAE large": (94.0, 79.7, 16.0),
+        "REStore logits": (89.4, 86.3, 4.4), "REStore probits": (91.1, 89.1, 3.9), "REStore labels": (88.0, 85.5, 4.5)},
+}
+
+#: REStore Table IV: seconds per image of each defence (V100 GPU).
+RESTORE_TABLE4 = {
+    ("mnist", "lenet5"): {"Februus": 0.03, "BDMAE base": 0.16, "BDMAE large": 0.38, "REStore": 0.00003},
+    ("mnist", "resnet18"): {"Februus": 0.04, "BDMAE base": 0.16, "BDMAE large": 0.39, "REStore": 0.00008},
+    ("cifar10", "resnet18"): {"Februus": 0.04, "BDMAE base": 0.17, "BDMAE large": 0.39, "REStore": 0.0002},
+}
+
+#: REStore Tables XIV-XVI (CIFAR-10 ResNet-18, adaptive attacks): model CDA / ASR, the recovered triggers' ASR (PI,
+#: logits scorer; mean over classes when every class is backdoored) and (CDA, SDA, ASR) after each defence.
+RESTORE_ADAPTIVE = {
+    "all_classes": {"model": (93.9, 99.9), "recovered ASR": 93.7,
+                    "defences": {"Februus XGradCAM": (92.0, 20.5, 8.3), "Februus GradCAM++": (79.8, 19.0, 8.7),
+                                 "BDMAE base": (93.4, 91.2, 1.3), "BDMAE large": (93.3, 92.0, 1.0),
+                                 "REStore logits": (73.4, 64.8, 12.0)}},
+    "logit_obfuscation": {"model": (93.5, 91.2), "recovered ASR": 82.5,
+                          "defences": {"Februus XGradCAM": (89.3, 52.9, 43.7), "Februus GradCAM++": (88.6, 76.6, 19.5),
+                                       "BDMAE base": (92.5, 85.5, 7.4), "BDMAE large": (92.6, 85.2, 6.6),
+                                       "REStore logits": (82.6, 77.7, 17.7)}},
+}
+
+#: REStore App. G: the alpha_def (sparsity ratio halving CDA) the paper found.
+RESTORE_ALPHA_DEF = {("mnist", "lenet5"): 0.28, ("mnist", "resnet18"): 0.27, ("cifar10", "resnet18"): 0.07}
