@@ -10,6 +10,7 @@ from workbench.core.query import AccessError, QueryModel
 from workbench.core.validation import WorkbenchError
 from workbench.defenses.restore import (
     TRANSFORMS,
+    Diagnosis,
     RestoreSetup,
     calibrate_alpha,
     class_scorer,
@@ -163,7 +164,11 @@ def test_diagnosis_finds_the_backdoored_class_and_recovers_its_trigger():
     assert estimate.mean[0, 0, 0] > 0.3 and estimate.mean[0, 0, 1] < -0.1  # the checker's bright / dark pixels
     assert estimate.snr[0, :2, :2].min() > estimate.snr[0, 4:, 4:].max()
     assert found.queries > 0 and found.splitting.evaluations.sum() * 3 <= found.queries
-    json.dumps(found.summary(), allow_nan=False)
+    summary = json.loads(json.dumps(found.summary(), allow_nan=False))
+    rebuilt = Diagnosis.from_stored(found.splitting.tensors(), summary)
+    assert rebuilt.suspect == found.suspect and rebuilt.setup == found.setup
+    assert torch.equal(rebuilt.realisations(TARGET).nan_to_num(-1), realisations.nan_to_num(-1))
+    assert rebuilt.splitting.config == found.splitting.config
 
 
 def test_purification_removes_the_toy_trigger_and_keeps_clean_accuracy():

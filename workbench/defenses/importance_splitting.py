@@ -156,6 +156,19 @@ class SplittingResult:
         """The particles of one problem above its last level -> (K_J, *shape)."""
         return self.particles[problem][self.survivors[problem]]
 
+    TENSORS = ("levels", "log_rho", "survivor_counts", "acceptance", "strength", "levels_run", "target_log_rho",
+               "particles", "scores", "survivors", "evaluations")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors of this result (to store as safetensors; `from_tensors` rebuilds it)."""
+        return {name: getattr(self, name) for name in self.TENSORS}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], summary: dict[str, Any]) -> SplittingResult:
+        """Rebuild a result from `tensors()` and `summary()`."""
+        return cls(**{name: tensors[name] for name in cls.TENSORS}, stop_reason=list(summary["stop_reason"]),
+                   seconds=float(summary["seconds"]), config=SplittingConfig(**summary["config"]))
+
     def summary(self) -> dict[str, Any]:
         """Everything but the particles, as JSON-ready lists (NaN -> None)."""
         def finite(values: list[float]) -> list[float | None]:

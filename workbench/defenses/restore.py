@@ -295,10 +295,20 @@ class Diagnosis:
         return self.splitting.realisations(self.classes.index(cls))
 
     def summary(self) -> dict[str, Any]:
+        """Everything but the particles, JSON-ready; with `splitting.tensors()` it rebuilds the diagnosis."""
         return {"setup": asdict(self.setup), "output": self.output, "classes": self.classes,
                 "comparison_level": self.comparison_level, "log10_rho_at_level": self.log10_rho_at_level,
                 "suspect": self.suspect, "margin": self.margin, "queries": self.queries,
-                "splitting": self.splitting.summary(), **self.extra}
+                "splitting": self.splitting.summary(), "extra": self.extra}
+
+    @classmethod
+    def from_stored(cls, tensors: dict[str, torch.Tensor], summary: dict[str, Any]) -> Diagnosis:
+        """Rebuild a diagnosis from `splitting.tensors()` and `summary()`."""
+        return cls(setup=RestoreSetup(**summary["setup"]), output=summary["output"], classes=list(summary["classes"]),
+                   splitting=SplittingResult.from_tensors(tensors, summary["splitting"]),
+                   comparison_level=summary["comparison_level"], log10_rho_at_level=summary["log10_rho_at_level"],
+                   suspect=summary["suspect"], margin=summary["margin"], queries=summary["queries"],
+                   extra=dict(summary["extra"]))
 
 
 def log10_rho_at(levels: torch.Tensor, log10_rho: torch.Tensor, tau: float) -> float:
