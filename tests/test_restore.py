@@ -15,6 +15,7 @@ from workbench.defenses.restore import (
     calibrate_alpha,
     class_scorer,
     clean_sets,
+    compare_maps,
     dct2,
     dct_matrix,
     diagnose,
@@ -46,7 +47,7 @@ class QuadrantModel(nn.Module):
                                 dim=1)
         logits = 20 * (quadrants - 0.5)
         if self.backdoor:
-            logits[:, TARGET] += 30 * torch.exp(-8 * ((x[:, 0, :2, :2] - PATTERN) ** 2).sum((1, 2)))
+            logits[:, TARGET] += 12 * torch.exp(-8 * ((x[:, 0, :2, :2] - PATTERN) ** 2).sum((1, 2)))
         return logits
 
 
@@ -244,3 +245,14 @@ def test_figures_and_widgets_draw_the_results():
     view = purification_view(purifier, {"clean": images}, query.labels, names)
     view.children[0].children[0].value = 1.0  # moving the strength redraws
     assert len(view.children[1].outputs) == 1
+
+
+def test_the_map_reaching_furthest_at_equal_rarity_is_the_suspect():
+    low = (torch.tensor([0.1, 0.2, 0.3]), torch.tensor([-0.3, -0.6, -0.9]))
+    high = (torch.tensor([0.1, 0.5, 0.9]), torch.tensor([-0.3, -0.6, -0.9]))
+    short = (torch.tensor([0.1, 0.2]), torch.tensor([-0.3, -0.6]))  # stopped early: rho* = -0.6
+    level, at_level, ranked = compare_maps([low, high])
+    assert ranked == [1, 0] and level == pytest.approx(0.3)
+    assert at_level == pytest.approx([-0.9, -0.45])  # the suspect's map read at the runner-up's top level
+    level, _, ranked = compare_maps([low, high, short])
+    assert ranked[0] == 1 and level == pytest.approx(0.2)  # both other maps reach rho* = -0.6 at tau 0.2

@@ -14,8 +14,8 @@ plugs into it and what it does with the output:
 * alpha_def (App. G): the sparsity ratio (PI, FI) or blending amplitude (PG) at which random draws of the setup
   halve the clean accuracy, found by bisection on clean images.
 * Diagnosis (Sec. III-D2, IV-D): importance splitting per class gives the tau -> rho map of each class; the class
-  whose map lies highest at the highest level every class reached is the suspect, and its lead over the runner-up
-  (in log10 rho) is the margin.
+  whose map lies highest at high tau is the suspect, and its lead over the runner-up (in log10 rho, read at the
+  runner-up's highest common level) is the margin (`compare_maps`).
 * Recovery (Sec. IV-E): the k realisations above the last level are candidate triggers; their ASR is measured on
   clean test images of the other classes.
 * Purification (Sec. III-D3, IV-F, IV-G5/6): subtract the SNR-weighted mean perturbation, mask pixels by the inverse
@@ -283,7 +283,7 @@ class Diagnosis:
     output: str
     classes: list[int]
     splitting: SplittingResult  # problem b is class classes[b]
-    comparison_level: float  # the highest level every class reached
+    comparison_level: float  # the runner-up's level at the smallest probability every map reached (`compare_maps`)
     log10_rho_at_level: list[float]  # per class, log10 rho at comparison_level
     suspect: int  # the class whose map lies highest there
     margin: float  # its lead over the runner-up, in log10 rho
@@ -297,7 +297,8 @@ class Diagnosis:
     def summary(self) -> dict[str, Any]:
         """Everything but the particles, JSON-ready; with `splitting.tensors()` it rebuilds the diagnosis."""
         return {"setup": asdict(self.setup), "output": self.output, "classes": self.classes,
-                "comparison_level": self.comparison_level, "log10_rho_at_level": self.log10_rho_at_level,
+                "comparison_level": self.comparison_level,
+                "log10_rho_at_level": [v if math.isfinite(v) else None for v in self.log10_rho_at_level],
                 "suspect": self.suspect, "margin": self.margin, "queries": self.queries,
                 "splitting": self.splitting.summary(), "extra": self.extra}
 
@@ -306,14 +307,10 @@ class Diagnosis:
         """Rebuild a diagnosis from `splitting.tensors()` and `summary()`."""
         return cls(setup=RestoreSetup(**summary["setup"]), output=summary["output"], classes=list(summary["classes"]),
                    splitting=SplittingResult.from_tensors(tensors, summary["splitting"]),
-                   comparison_level=summary["comparison_level"], log10_rho_at_level=summary["log10_rho_at_level"],
+                   comparison_level=summary["comparison_level"],
+                   log10_rho_at_level=[-math.inf if v is None else v for v in summary["log10_rho_at_level"]],
                    suspect=summary["suspect"], margin=summary["margin"], queries=summary["queries"],
                    extra=dict(summary["extra"]))
-
-
-def log10_rho_at(levels: torch.Tensor, log10_rho: torch.Tensor, tau: float) -> float:
-    """The tau -> log10 rho map interpolated linearly in tau at `tau` (held constant beyond its ends)."""
-    return float(np.interp(tau, levels.double().numpy(), log10_rho.double().numpy()))
 
 
 def diagnose(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, setup: RestoreSetup, *,
@@ -335,7 +332,8 @@ def diagnose(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, setu
     num_classes = int(labels.max()) + 1
     classes = list(range(num_classes)) if classes is None else [check_class(c, num_classes) for c in classes]
     if len(classes) < 2:
-        raise WorkbenchError("diagnosis compares classes: test at least two")
+        raise WorkbenchError(f"diagnosis compares classes: test at least two (the labels given hold classes "
+                             f"{sorted(set(labels.tolist()))}; pass clean images of every class)")
     before = query.queries
     sets = clean_sets(query, images, labels, classes, per_set=per_set, seed=seed)
     config = config or splitting_config(setup, tuple(images.shape[1:]))
@@ -344,13 +342,30 @@ def diagnose(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, setu
     result = importance_splitting(prior.generate, prior.kernel, class_scorer(query, setup, output, sets, targets),
                                   num_problems=len(classes), config=config, seed=seed, device=images.device,
                                   progress=progress)
-    curves = [result.curve(b) for b in range(len(classes))]
-    level = min(float(levels[-1]) for levels, _ in curves)
-    at_level = [log10_rho_at(levels, rho, level) for levels, rho in curves]
-    ranked = sorted(range(len(classes)), key=lambda b: at_level[b], reverse=True)
+    level, at_level, ranked = compare_maps([result.curve(b) for b in range(len(classes))])
     return Diagnosis(setup=setup, output=output, classes=classes, splitting=result, comparison_level=level,
                      log10_rho_at_level=at_level, suspect=classes[ranked[0]],
                      margin=at_level[ranked[0]] - at_level[ranked[1]], queries=query.queries - before)
+
+
+def compare_maps(curves: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, list[float], list[int]]:
+    """Which tau -> log10 rho map lies highest at high tau (Sec. III-D2, Fig. 3), and by how much.
+
+    Every map is followed down to the smallest probability all of them reached (rho*); the map that gets there at
+    the highest level tau is the suspect (a map further right at equal rho lies above the others). The comparison
+    level is the runner-up's tau at rho*, where the suspect's map still has estimates; each map is read there (maps
+    that end below it are held at their last value, an upper bound).
+
+    Returns:
+        (comparison level, log10 rho of every map at it, map indices from the suspect down).
+    """
+    finite = [(levels.double().numpy(), rho.double().numpy()) for levels, rho in curves]
+    rarity = max((rho[-1] for _, rho in finite if len(rho)), default=0.0)
+    reached = [np.interp(rarity, rho[::-1], levels[::-1]) if len(rho) else -np.inf for levels, rho in finite]
+    ranked = sorted(range(len(curves)), key=lambda b: reached[b], reverse=True)
+    level = float(reached[ranked[1]])
+    at_level = [float(np.interp(level, levels, rho)) if len(rho) else -math.inf for levels, rho in finite]
+    return level, at_level, ranked
 
 
 def recovered_asr(query: QueryModel, setup: RestoreSetup, realisations: torch.Tensor, images: torch.Tensor,
