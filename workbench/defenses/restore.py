@@ -24,7 +24,7 @@ plugs into it and what it does with the output:
 
 Not published, so chosen here and named in each docstring: the SNR (per pixel, over the realisations' mean effect on
 the clean set: |mean| / std), the Laplace scales of FI (mean |coefficient| of the clean set), the frequency order
-of FI (u + v), the normalisation of the SNR into weights (divided by its maximum) and the strength grid.
+of FI (u + v), the SNR into weights (the Wiener gain SNR^2 / (1 + SNR^2)) and the strength grid.
 """
 
 from __future__ import annotations
@@ -397,14 +397,16 @@ class TriggerEstimate:
     snr: torch.Tensor
 
     def weights(self, low_pass: bool = False) -> torch.Tensor:
-        """SNR scaled to [0, 1] by its maximum, optionally blurred first by a 3x3 Gaussian (Sec. IV-G6)."""
+        """Per-pixel weights in [0, 1): the Wiener gain SNR^2 / (1 + SNR^2) of the SNR, optionally blurred first by a
+        3x3 Gaussian (Sec. IV-G6). Components where the realisations agree (a trigger: SNR >> 1) get weight ~1,
+        the random replacements elsewhere (SNR ~ 0.3-1) little. (Scaling by the maximum SNR, the first choice here,
+        let one near-constant component with SNR ~ 1e5 push every other trigger component to ~0.)"""
         snr = self.snr
         if low_pass:
             kernel = torch.tensor([1.0, 2.0, 1.0], device=snr.device)
             kernel = (kernel[:, None] * kernel[None, :] / 16).expand(snr.shape[0], 1, 3, 3)
             snr = F.conv2d(snr[None], kernel, padding=1, groups=snr.shape[0])[0]
-        top = snr.max()
-        return snr / top if top > 0 else snr
+        return snr.square() / (1 + snr.square())
 
 
 def estimate_trigger(setup: RestoreSetup, realisations: torch.Tensor, clean: torch.Tensor) -> TriggerEstimate:
