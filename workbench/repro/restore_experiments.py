@@ -11,28 +11,38 @@ the scorer and the settings, so the walkthrough and the tables notebook share ru
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pandas as pd
 import torch
 
 from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.attacks import AllClassesPoison, Attack, PoisonConfig, make_attack
-from workbench.core.data import ImageDataset
+from workbench.core.data import ImageDataset, dataset_spec
+from workbench.core.mae import MAERestorer
 from workbench.core.query import QueryModel
 from workbench.core.runtime import make_generator
 from workbench.core.scales import pick
 from workbench.core.training import TrainConfig, TrainedModel
-from workbench.core.validation import WorkbenchError, check_name
+from workbench.core.validation import WorkbenchError, check_name, check_positive_int
+from workbench.defenses.baselines.februus import Februus
+from workbench.defenses.bdmae import BDMAE, BDMAEConfig
 from workbench.defenses.restore import (
     OUTPUTS,
     Diagnosis,
+    Purifier,
     RestoreSetup,
     calibrate_alpha,
     diagnose,
+    estimate_trigger,
+    select_purifier,
     splitting_config,
 )
+from workbench.repro.bdmae_experiments import evaluate
 
 TARGET = 3  # "the 4th one (e.g. digit 3 for MNIST)", Sec. IV-A
 POISON_RATIO = 0.05  # beta, Sec. IV-A
@@ -54,11 +64,14 @@ TRIGGERS = {
 
 
 def trigger(dataset: str, attack: str) -> Attack | None:
-    """The trigger of an attack (None for the benign model and the all-classes attack, whose triggers differ per
-    class: `AllClassesPoison.triggers`)."""
+    """The trigger of an attack that sends inputs to `TARGET` (None for the benign model; for the all-classes attack,
+    whose triggers differ per class, the target class's one of `AllClassesPoison.triggers`)."""
     check_name("attack", attack, ATTACKS)
-    if attack in ("benign", "all_classes"):
+    if attack == "benign":
         return None
+    if attack == "all_classes":
+        spec = dataset_spec(dataset)
+        return AllClassesPoison(ratio=POISON_RATIO).triggers(len(spec.class_names), spec.image_size)[TARGET]
     base = {"badnets_clean_label": "badnets", "sig_clean_label": "sig", "logit_obfuscation": "badnets"}.get(attack,
                                                                                                             attack)
     if (dataset, base) not in TRIGGERS:
@@ -80,12 +93,17 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Run:
-    """One importance-splitting diagnosis: a model (dataset, attack), a setup and a scorer output."""
+    """One importance-splitting run: a model (dataset, attack), a setup, a scorer output and the classes searched.
+
+    `classes` None searches every class (a diagnosis: the tau -> rho maps of Figs. 5-6); `(TARGET,)` only recovers
+    the backdoored class's trigger, all Tables II and VIII-IX need, at a tenth of the cost.
+    """
 
     dataset: str
     attack: str
     setup: str = "PI"
     output: str = "probits"
+    classes: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -118,16 +136,21 @@ class RestorePreset:
     runs: tuple[Run, ...] = ()
 
 
-def _runs(datasets: tuple[str, ...], attacks: tuple[str, ...], setups: tuple[str, ...], outputs: tuple[str, ...]
-          ) -> tuple[Run, ...]:
-    return tuple(Run(d, a, s, o) for d in datasets for a in attacks for s in setups for o in outputs)
+def _runs(datasets: tuple[str, ...], attacks: tuple[str, ...], setups: tuple[str, ...], outputs: tuple[str, ...],
+          classes: tuple[int, ...] | None = None) -> tuple[Run, ...]:
+    return tuple(Run(d, a, s, o, classes) for d in datasets for a in attacks for s in setups for o in outputs)
 
 
+#: classes whose triggers are recovered on the all-classes model (Table XIV averages over classes)
+ALL_CLASSES_SAMPLE = (0, TARGET, 6)
+_BACKDOORED = ("badnets", "sig", "wanet")
 _CPU_RUNS = (
-    _runs(("mnist", "cifar10"), MAIN_ATTACKS, ("PI", "FI"), ("probits",))  # Figs. 5-6, Table II
-    + _runs(("mnist", "cifar10"), ("badnets",), ("PI",), ("logits", "labels"))  # Tables VIII, IX (BadNets)
-    + _runs(("cifar10",), ("badnets_clean_label", "sig_clean_label", "dynamic_badnets"), ("PI",), ("probits",))
-    + _runs(("cifar10",), ("all_classes", "logit_obfuscation"), ("PI",), ("logits",))  # Sec. V: logits scorer
+    _runs(("mnist", "cifar10"), ("benign", "badnets"), ("PI",), ("probits",))  # maps of Fig. 5 (diagnosis)
+    + _runs(("mnist", "cifar10"), _BACKDOORED, ("PI",), tuple(OUTPUTS), (TARGET,))  # Tables II, VIII, IX, III
+    + _runs(("mnist", "cifar10"), _BACKDOORED, ("FI",), ("probits",), (TARGET,))  # Table II, FI column
+    + _runs(("cifar10",), ("badnets_clean_label", "sig_clean_label", "dynamic_badnets", "logit_obfuscation"), ("PI",),
+            ("logits",), (TARGET,))  # Sec. IV-G, V-C: logits scorer
+    + _runs(("cifar10",), ("all_classes",), ("PI",), ("logits",), ALL_CLASSES_SAMPLE)  # Sec. V-B
 )
 
 RESTORE_PRESETS: dict[str, RestorePreset] = {
@@ -142,9 +165,10 @@ RESTORE_PRESETS: dict[str, RestorePreset] = {
         recipes={"mnist": Recipe("lenet5", epochs=30, lr=0.05),
                  "cifar10": Recipe("resnet_small", (("widths", (16, 32, 32, 64)),), train_size=20000, epochs=12)},
         # deep and narrow: J_max and T as the paper's reach matter more than n (pilots: MNIST BadNets separates
-        # clearly within 40 levels in ~1 min for 10 classes; CIFAR-10 BadNets only overtakes the natural classes
-        # 6 and 9 beyond 1e-14, i.e. after ~45 levels: 60 levels take ~9 min for 10 classes)
-        splitting={"particles": 40, "survivors": 20, "passes": 10, "max_levels": 60},
+        # clearly within 40 levels in ~1 min for 10 classes; CIFAR-10 BadNets overtakes the naturally fragile
+        # classes 6 and 9 only beyond ~1e-14 (~45 levels) and was still level with frog at 60 levels; at 80 levels
+        # (1e-24) it led both; 80 levels take ~12 min for 10 classes)
+        splitting={"particles": 40, "survivors": 20, "passes": 10, "max_levels": 80},
         clean_images=500, eval_images=1000, comparable_images=100,
         attacks={"mnist": MAIN_ATTACKS, "cifar10": ATTACKS}, runs=_CPU_RUNS),
     "paper": RestorePreset(
@@ -210,8 +234,9 @@ def get_or_diagnose(trained: TrainedModel, images: Images, run: Run, preset: Res
     store = store or ArtefactStore()
     identity = {"model": trained.key, "setup": run.setup, "output": run.output, "splitting": preset.splitting,
                 "clean_images": preset.clean_images, "seed": seed}
-    # the paper's |X_test^cl| and a calibrated alpha_def are the defaults; only other values enter the identity
-    identity.update({k: v for k, v in (("per_set", preset.per_set), ("alpha", preset.alpha)) if v not in (9, None)})
+    # every class, the paper's |X_test^cl| and a calibrated alpha_def are the defaults; only others enter the identity
+    identity.update({k: v for k, v in (("per_set", preset.per_set), ("alpha", preset.alpha),
+                                       ("classes", list(run.classes or ()))) if v not in (9, None, [])})
     key = config_key(identity)
     found = store.load("restore", key, identity)
     if found is not None:
@@ -222,7 +247,8 @@ def get_or_diagnose(trained: TrainedModel, images: Images, run: Run, preset: Res
         query, run.setup, images.clean, images.clean_labels, seed=seed)
     setup = RestoreSetup(run.setup, alpha)
     config = splitting_config(setup, tuple(images.clean.shape[1:]), **preset.splitting)
-    found = diagnose(query, images.clean, images.clean_labels, setup, output=run.output, config=config,
+    found = diagnose(query, images.clean, images.clean_labels, setup, output=run.output,
+                     classes=None if run.classes is None else list(run.classes), config=config,
                      per_set=preset.per_set, seed=seed, progress=progress)
     found.extra.update({"alpha_probes": probes, "seconds_with_calibration": time.time() - start,
                         "run": asdict(run)})
@@ -237,3 +263,61 @@ def triggered_test_images(images: Images, dataset: str, attack: str) -> tuple[to
         raise WorkbenchError(f"{attack!r} has no single trigger")
     keep = images.test_labels != TARGET
     return attack_trigger.apply(images.test[keep]), images.test_labels[keep]
+
+
+def restore_purifier(trained: TrainedModel, images: Images, found: Diagnosis, preset: RestorePreset, *,
+                     transform: str = "subtract", low_pass: bool = False) -> tuple[Purifier, list[dict[str, float]]]:
+    """REStore's purifier for `TARGET` from a run (Sec. III-D3): the trigger estimate of the target's realisations on
+    the first clean set's worth of the defender's images, the strength chosen on their clean images only."""
+    estimate = estimate_trigger(found.setup, found.realisations(TARGET), images.clean[:preset.per_set])
+    return select_purifier(QueryModel(trained.model, "label"), estimate, images.clean, images.clean_labels,
+                           transform=transform, low_pass=low_pass, max_accuracy_drop=preset.max_cda_drop)
+
+
+def seconds_per_image(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int = 5) -> float:
+    """Seconds per image of `predict` on `x`: the fastest of `repeats` passes, the one least disturbed by other work
+    on the machine (Table IV compares costs measured back to back in one run)."""
+    fastest = math.inf
+    for _ in range(check_positive_int(repeats, "repeats")):
+        start = time.perf_counter()
+        predict(x)
+        fastest = min(fastest, time.perf_counter() - start)
+    return fastest / len(x)
+
+
+def compare_defences(trained: TrainedModel, images: Images, dataset: str, attack: str,
+                     purifiers: dict[str, Purifier], restorer: MAERestorer, bdmae_config: BDMAEConfig,
+                     preset: RestorePreset, *, seed: int = 0) -> pd.DataFrame:
+    """Table III and IV for one model: CDA, SDA and ASR (%) and seconds per image of no defence, Februus (XGradCAM
+    and GradCAM++ at the paper's CAM threshold 0.8, inpainted by the workbench MAE), BDMAE (tiny MAE) and each
+    REStore purifier in `purifiers`.
+
+    The slow per-image defences see `preset.comparable_images` clean and as many triggered test images; no defence
+    and REStore, which cost one forward pass, see every evaluation image (the `images` column). Seconds per image
+    are measured on those comparable images for every defence, back to back (the fast ones as the fastest of
+    repeated passes, their cost being too small for one pass to time reliably).
+    """
+    x_bd, y_bd = triggered_test_images(images, dataset, attack)
+    count = preset.comparable_images
+    x_small = torch.cat([images.test[:count], x_bd[:count]])
+    labels = QueryModel(trained.model, "label")
+    bdmae = BDMAE(QueryModel(trained.model, "label"), restorer, bdmae_config)
+    defences: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], bool]] = {  # name -> (predict, is slow)
+        "no defence": (labels.labels, False),
+        **{f"Februus {name} (0.8)": (Februus(trained.model, restorer, method, 0.8).predict, True)
+           for method, name in (("xgradcam", "XGradCAM"), ("gradcam++", "GradCAM++"))},
+        "BDMAE (tiny MAE)": (lambda x: bdmae.predict(x, seed=seed), True),
+        **{f"REStore {name}": (lambda x, p=purifier: labels.labels(p(x)), False)
+           for name, purifier in purifiers.items()},
+    }
+    rows = []
+    for name, (predict, slow) in defences.items():
+        x_clean, y_clean = (images.test[:count], images.test_labels[:count]) if slow else (images.test,
+                                                                                             images.test_labels)
+        bd, y = (x_bd[:count], y_bd[:count]) if slow else (x_bd, y_bd)
+        measured = evaluate(predict, x_clean, y_clean, bd, y, TARGET)
+        rows.append({"defence": name, "CDA": measured["CA"], "SDA": measured["BA"], "ASR": measured["ASR"],
+                     "images": len(x_clean) + len(bd),
+                     # slow defences were timed on exactly these images by `evaluate`; one pass is enough there
+                     "s/image": measured["s/image"] if slow else seconds_per_image(predict, x_small)})
+    return pd.DataFrame(rows)
