@@ -1,6 +1,7 @@
 """REStore's setups, scorer, calibration, diagnosis, recovery and purification on a toy model with a known backdoor."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -172,6 +173,20 @@ def test_diagnosis_finds_the_backdoored_class_and_recovers_its_trigger():
     assert rebuilt.splitting.config == found.splitting.config
 
 
+def test_one_class_run_recovers_its_trigger_without_a_comparison():
+    query = QueryModel(QuadrantModel(True), "probs")
+    images, labels = quadrant_images(200, 0)
+    setup = RestoreSetup("PI", 0.5)
+    config = splitting_config(setup, (1, 8, 8), particles=100, survivors=50, passes=10, max_levels=25)
+    found = diagnose(query, images, labels, setup, classes=[TARGET], config=config, per_set=3)
+    assert found.suspect is None and math.isnan(found.margin) and found.log10_rho_at_level == []
+    test_images, test_labels = quadrant_images(200, 5)
+    assert recovered_asr(query, setup, found.realisations(TARGET), test_images, test_labels, TARGET) > 0.9
+    summary = json.loads(json.dumps(found.summary(), allow_nan=False))
+    rebuilt = Diagnosis.from_stored(found.splitting.tensors(), summary)
+    assert rebuilt.suspect is None and math.isnan(rebuilt.margin) and rebuilt.classes == [TARGET]
+
+
 def test_purification_removes_the_toy_trigger_and_keeps_clean_accuracy():
     query, setup, found = toy_diagnosis(backdoor=True)
     clean_images, clean_labels = quadrant_images(200, 0)
@@ -204,8 +219,8 @@ def test_bad_inputs_are_named():
         RestoreSetup("PI", 1.5)
     query = QueryModel(QuadrantModel(False), "probs")
     images, labels = quadrant_images(40, 0)
-    with pytest.raises(WorkbenchError, match="at least two"):
-        diagnose(query, images, labels, RestoreSetup("PI", 0.3), classes=[1])
+    with pytest.raises(WorkbenchError, match="no classes"):
+        diagnose(query, images, labels, RestoreSetup("PI", 0.3), classes=[])
     with pytest.raises(WorkbenchError, match="realisations"):
         recovered_asr(query, RestoreSetup("PI", 0.3), torch.zeros(0, 1, 8, 8), images, labels, 1)
     with pytest.raises(WorkbenchError, match="at least 2 realisations"):

@@ -73,3 +73,38 @@ def test_runs_are_cached_and_reloaded(tmp_path, monkeypatch):
     with pytest.raises(WorkbenchError, match="needs 200"):
         rx.split_images(test, rx.RestorePreset(recipes={}, splitting={}, clean_images=100, eval_images=100,
                                                comparable_images=1))
+
+
+def test_all_classes_attack_is_evaluated_with_the_target_class_trigger():
+    from workbench.core.attacks import AllClassesPoison
+
+    triggers = AllClassesPoison(ratio=rx.POISON_RATIO).triggers(10, 32)
+    assert rx.trigger("cifar10", "all_classes") == triggers[rx.TARGET] != triggers[0]
+    assert rx.trigger("cifar10", "benign") is None
+
+
+def test_searched_classes_are_part_of_a_runs_identity(tmp_path):
+    x, y = _quadrant_test_set(80)
+    from workbench.core.data import ImageDataset
+
+    test = ImageDataset("mnist", (x * 255).round().to(torch.uint8), y, ("a", "b", "c", "d"))
+    preset = rx.RestorePreset(recipes={}, splitting={"particles": 10, "survivors": 5, "passes": 2, "max_levels": 3},
+                              clean_images=40, eval_images=40, comparable_images=4, per_set=3)
+    images = rx.split_images(test, preset)
+    trained = TrainedModel(_Quadrants(), None, "toy-model", {}, "", loaded=True)
+    store = ArtefactStore(tmp_path / "store", read_only_roots=[])
+    every = rx.get_or_diagnose(trained, images, rx.Run("mnist", "benign"), preset, store=store)
+    one = rx.get_or_diagnose(trained, images, rx.Run("mnist", "benign", classes=(1,)), preset, store=store)
+    assert every.classes == [0, 1, 2, 3] and one.classes == [1] and one.suspect is None
+    assert "loaded_from_cache" not in one.extra
+    assert rx.get_or_diagnose(trained, images, rx.Run("mnist", "benign", classes=(1,)), preset,
+                              store=store).extra["loaded_from_cache"]
+
+
+def test_costs_are_timed_per_function():
+    calls = []
+    seconds = rx.seconds_per_image({"a": lambda x: calls.append("a"), "b": lambda x: calls.append("b")},
+                                   torch.zeros(4, 1, 2, 2), repeats=3)
+    assert calls == ["a", "b"] * 3 and set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+    with pytest.raises(WorkbenchError, match="repeats"):
+        rx.seconds_per_image({}, torch.zeros(1, 1, 2, 2), repeats=0)

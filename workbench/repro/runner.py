@@ -24,7 +24,7 @@ from workbench.repro.results import load_tables
 PAPERS: dict[str, tuple[str, ...]] = {
     "quickstart": ("00_quickstart.ipynb",),
     "bdmae": ("10_bdmae_walkthrough.ipynb", "11_bdmae_tables.ipynb"),
-    "restore": ("20_restore_walkthrough.ipynb",),  # 21_restore_tables.ipynb joins with issue 5's tables
+    "restore": ("20_restore_walkthrough.ipynb", "21_restore_tables.ipynb"),
     "lred": ("30_lred_walkthrough.ipynb", "31_lred_tables.ipynb"),
 }
 

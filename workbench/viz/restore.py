@@ -98,10 +98,10 @@ def trigger_figure(estimate: TriggerEstimate, clean: torch.Tensor, stamped: torc
 
 
 def recovered_asr_figure(asr: Sequence[float], class_names: Sequence[str], backdoored: int | None = None,
-                         title: str = "") -> Figure:
+                         title: str = "", ax: plt.Axes | None = None) -> Figure:
     """Fig. 8: the ASR of the perturbations recovered for each class (applied to clean images of the other
     classes); the backdoored class (when known) in red."""
-    fig, ax = plt.subplots(figsize=(5.5, 3), layout="constrained")
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5.5, 3), layout="constrained")
     colours = ["tab:red" if c == backdoored else "tab:blue" for c in range(len(asr))]
     ax.bar(range(len(asr)), 100 * np.asarray(asr), color=colours)
     ax.set_xticks(range(len(asr)), class_names[: len(asr)], rotation=45, ha="right", fontsize=7)
