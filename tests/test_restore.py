@@ -153,6 +153,21 @@ def test_alpha_halves_the_clean_accuracy():
     assert above - below <= 1 / 2 ** 8 + 1e-9 and accuracy[0.0] == 1.0
 
 
+def test_alpha_is_one_when_no_ratio_halves_the_accuracy():
+    class Constant(nn.Module):  # noise cannot move its accuracy (the share of class 0)
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Parameter(torch.zeros(1))  # QueryModel reads the device from the parameters
+
+        def forward(self, x):
+            return torch.eye(4)[torch.zeros(len(x), dtype=torch.long)]
+
+    images, labels = quadrant_images(40, 3)
+    with pytest.warns(UserWarning, match="no ratio halves it"):
+        alpha, probes = calibrate_alpha(QueryModel(Constant(), "label"), "PI", images, labels)
+    assert alpha == 1.0 and dict(probes)[1.0] == dict(probes)[0.0] == 0.25
+
+
 def test_diagnosis_finds_the_backdoored_class_and_recovers_its_trigger():
     query, setup, found = toy_diagnosis(backdoor=True)
     assert found.suspect == TARGET and found.margin > 2
