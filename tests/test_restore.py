@@ -13,6 +13,7 @@ from workbench.defenses.restore import (
     TRANSFORMS,
     Diagnosis,
     RestoreSetup,
+    any_class_scorer,
     calibrate_alpha,
     class_scorer,
     clean_sets,
@@ -23,6 +24,7 @@ from workbench.defenses.restore import (
     estimate_trigger,
     frequency_rank,
     idct2,
+    recover_any_class,
     recovered_asr,
     select_purifier,
     splitting_config,
@@ -200,6 +202,22 @@ def test_one_class_run_recovers_its_trigger_without_a_comparison():
     summary = json.loads(json.dumps(found.summary(), allow_nan=False))
     rebuilt = Diagnosis.from_stored(found.splitting.tensors(), summary)
     assert rebuilt.suspect is None and math.isnan(rebuilt.margin) and rebuilt.classes == [TARGET]
+
+
+def test_one_run_over_all_classes_recovers_the_backdoor():
+    query = QueryModel(QuadrantModel(True), "probs")
+    images, labels = quadrant_images(200, 0)
+    setup = RestoreSetup("PI", 0.5)
+    config = splitting_config(setup, (1, 8, 8), particles=100, survivors=50, passes=10, max_levels=25)
+    result, recovered_class = recover_any_class(query, images, labels, setup, num_classes=4, config=config,
+                                                 per_class=3)
+    assert result.particles.shape[0] == 1 and recovered_class == TARGET
+    test_images, test_labels = quadrant_images(200, 5)
+    assert recovered_asr(query, setup, result.realisations(0), test_images, test_labels, TARGET) > 0.9
+    label_scorer = any_class_scorer(QueryModel(QuadrantModel(True), "label"), setup, "labels", images[:8], labels[:8],
+                                    num_classes=4)
+    unchanged = torch.full((1, 1, 1, 8, 8), float("nan"))  # UNCHANGED components: the clean images themselves
+    assert label_scorer(unchanged, torch.zeros(1, dtype=torch.long)).item() == 0  # none misclassified
 
 
 def test_purification_removes_the_toy_trigger_and_keeps_clean_accuracy():

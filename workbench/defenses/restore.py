@@ -203,22 +203,30 @@ def clean_sets(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, cl
     Returns:
         (len(classes), per_set, C, H, W).
     """
+    pick = _round_robin(query, images, labels, seed)
+    return torch.stack([images[pick(per_set, exclude=c)] for c in classes])
+
+
+def _round_robin(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, seed: int):
+    """pick(count, exclude) -> indices of `count` correctly classified images, one per class (but `exclude`) in turn,
+    in a seeded order."""
     check_images(images, name="clean images")
     predicted = query.labels(images).to(labels.device)
     correct = predicted == labels
-    gen = make_generator(seed)
-    order = torch.randperm(len(labels), generator=gen)
+    order = torch.randperm(len(labels), generator=make_generator(seed))
     num_classes = int(labels.max()) + 1
-    sets = []
-    for c in classes:
-        pools = [order[(labels[order] == other) & correct[order]] for other in range(num_classes) if other != c]
+
+    def pick(count: int, exclude: int | None = None) -> torch.Tensor:
+        pools = [order[(labels[order] == other) & correct[order]] for other in range(num_classes) if other != exclude]
         chosen = [pool[rank] for rank in range(max(len(pool) for pool in pools))  # round robin over the classes
-                  for pool in pools if rank < len(pool)][:per_set]
-        if len(chosen) < per_set:
-            raise WorkbenchError(f"only {len(chosen)} correctly classified images of classes other than {c} for a "
-                                 f"clean set of {per_set}; pass more clean images")
-        sets.append(images[torch.stack(chosen)])
-    return torch.stack(sets)
+                  for pool in pools if rank < len(pool)][:count]
+        if len(chosen) < count:
+            others = "" if exclude is None else f" other than {exclude}"
+            raise WorkbenchError(f"only {len(chosen)} correctly classified images of classes{others} for a clean set "
+                                 f"of {count}; pass more clean images")
+        return torch.stack(chosen)
+
+    return pick
 
 
 def class_scorer(query: QueryModel, setup: RestoreSetup, output: str, sets: torch.Tensor, classes: torch.Tensor):
@@ -237,6 +245,54 @@ def class_scorer(query: QueryModel, setup: RestoreSetup, output: str, sets: torc
         return out.reshape(b, p, m, -1).gather(3, target[:, None, None, None].expand(b, p, m, 1)).squeeze(3).mean(2)
 
     return score
+
+
+def any_class_scorer(query: QueryModel, setup: RestoreSetup, output: str, images: torch.Tensor,
+                     labels: torch.Tensor, num_classes: int):
+    """The scorer "maximizing a score over all classes at once" (Sec. VI, App. J Fig. 12b), one problem: for each
+    class c, Eq. 4's score of c over the images not of class c, and the largest of them. A trigger of any class
+    scores high; one run replaces the K per-class runs. `images` (M, C, H, W) with `labels` (M,); `num_classes` is
+    the model's output count (the images need not cover every class)."""
+    check_name("scorer output", output, OUTPUTS)
+    check_class(int(labels.max()), num_classes, "largest label")
+    read = {"logits": query.logits, "probits": query.probs, "labels": query.labels}[output]
+    others = (labels[:, None] != torch.arange(num_classes, device=labels.device)).float()  # (M, K): y_i != c
+    weights = others if output == "labels" else others / others.sum(dim=0)  # counts, or means over the others
+
+    def score(delta: torch.Tensor, problems: torch.Tensor) -> torch.Tensor:
+        perturbed = setup.perturb(images[None].expand(len(problems), *images.shape), delta)  # (B, P, M, C, H, W)
+        b, p, m = perturbed.shape[:3]
+        out = read(perturbed.flatten(0, 2))
+        if output == "labels":
+            out = F.one_hot(out.long(), num_classes).float()
+        per_class = torch.einsum("bpmk,mk->bpk", out.reshape(b, p, m, -1).float(), weights.to(out.device))
+        return per_class.amax(dim=2)
+
+    return score
+
+
+def recover_any_class(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, setup: RestoreSetup, *,
+                      num_classes: int, output: str = "probits", config: SplittingConfig | None = None,
+                      per_class: int = 1, seed: int = 0, progress: bool = False) -> tuple[SplittingResult, int]:
+    """Importance splitting with `any_class_scorer` on `per_class` correctly classified clean images of every class
+    (Fig. 12b): one run for all classes. Returns the run and the class its surviving perturbations send most of the
+    clean images to (the class whose trigger was recovered)."""
+    check_positive_int(per_class, "per_class")
+    present = len(labels.unique())
+    index = _round_robin(query, images, labels, seed)(per_class * present)
+    chosen, chosen_labels = images[index], labels[index]
+    config = config or splitting_config(setup, tuple(images.shape[1:]))
+    prior = setup.prior(images)
+    result = importance_splitting(prior.generate, prior.kernel,
+                                  any_class_scorer(query, setup, output, chosen, chosen_labels, num_classes),
+                                  num_problems=1,
+                                  config=config, seed=seed, device=images.device, progress=progress)
+    survivors = result.realisations(0)
+    if len(survivors) == 0:
+        raise WorkbenchError("the splitting run ended without survivors: no perturbation to attribute to a class")
+    perturbed = setup.perturb(chosen[None], survivors[None].to(chosen.device))[0]  # (P, M, C, H, W)
+    votes = torch.bincount(query.labels(perturbed.flatten(0, 1)).cpu(), minlength=num_classes)
+    return result, int(votes.argmax())
 
 
 # --- alpha_def (App. G) ---------------------------------------------------------------------------------------------
