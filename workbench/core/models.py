@@ -2,7 +2,9 @@
 
 Every model takes images in [0, 1] and normalises them internally (mean/std buffers saved with the weights),
 and is a `StagedClassifier`: an ordered list of named stages, so any model can be split into a stem and a
-head at a named point (`split`), as Trap and Replace needs.
+head at a named point (`split`), as Trap and Replace needs. Each model carries dropout layers at p = 0 (identity,
+no weights) where a classification head would use them (before the last linear layer, and inside WRN blocks), so
+`set_dropout` can switch them on when a head is retrained (T&R stage 2).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def _lenet(in_channels: int, num_classes: int, image_size: int) -> tuple[Ordered
         ("conv1", nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))),
         ("conv2", nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))),
         ("fc1", nn.Sequential(nn.Flatten(), nn.Linear(16 * side * side, 120), nn.ReLU())),
-        ("fc2", nn.Sequential(nn.Linear(120, 84), nn.ReLU())),
+        ("fc2", nn.Sequential(nn.Linear(120, 84), nn.ReLU(), nn.Dropout(0.0))),
         ("fc", nn.Linear(84, num_classes)),
     ])
     return stages, "fc1", "fc1"
@@ -114,7 +116,7 @@ def _resnet_small(in_channels: int, num_classes: int, image_size: int,
         ("stage1", _DownResidual(w0, w1)),
         ("stage2", _DownResidual(w1, w2)),
         ("stage3", _DownResidual(w2, w3)),
-        ("pool", nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten())),
+        ("pool", nn.Sequential(nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Dropout(0.0))),
         ("fc", nn.Linear(w3, num_classes)),
     ])
     return stages, "stage3", "pool"
@@ -147,7 +149,7 @@ def _resnet18(in_channels: int, num_classes: int, image_size: int) -> tuple[Orde
     for i, (width, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2)), start=1):
         stages[f"layer{i}"] = nn.Sequential(_BasicBlock(cin, width, stride), _BasicBlock(width, width, 1))
         cin = width
-    stages["pool"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    stages["pool"] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.0))
     stages["fc"] = nn.Linear(512, num_classes)
     return stages, "layer4", "pool"
 
@@ -155,19 +157,21 @@ def _resnet18(in_channels: int, num_classes: int, image_size: int) -> tuple[Orde
 # -------------------------------------------------------------------------------------------- WRN-16-1
 class _WideBlock(nn.Module):
     """Pre-activation wide-ResNet block with LeakyReLU(0.1) (follows the T&R public code's WRN, per
-    IMPLEMENTATION_NOTES.md); 1x1 conv shortcut on the activated input when the width changes."""
+    IMPLEMENTATION_NOTES.md); 1x1 conv shortcut on the activated input when the width changes; dropout between
+    the two convolutions (p = 0 unless `set_dropout` raises it), as in the original WRN."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
+        self.dropout = nn.Dropout(0.0)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.shortcut = None if cin == cout and stride == 1 else nn.Conv2d(cin, cout, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = F.leaky_relu(self.bn1(x), 0.1)
-        out = self.conv2(F.leaky_relu(self.bn2(self.conv1(act)), 0.1))
+        out = self.conv2(self.dropout(F.leaky_relu(self.bn2(self.conv1(act)), 0.1)))
         return out + (x if self.shortcut is None else self.shortcut(act))
 
 
@@ -183,9 +187,20 @@ def _wrn16_1(in_channels: int, num_classes: int, image_size: int) -> tuple[Order
         for i in range(2):
             stages[f"block{group}_{i}"] = _WideBlock(cin, width, stride if i == 0 else 1)
             cin = width
-    stages["final"] = nn.Sequential(nn.BatchNorm2d(64), nn.LeakyReLU(0.1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    stages["final"] = nn.Sequential(nn.BatchNorm2d(64), nn.LeakyReLU(0.1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                    nn.Dropout(0.0))
     stages["fc"] = nn.Linear(64, num_classes)
     return stages, "block3_1", "final"
+
+
+def set_dropout(module: nn.Module, p: float) -> nn.Module:
+    """Set the probability of every dropout layer in `module` (e.g. a head from `StagedClassifier.split`)."""
+    if not 0 <= p < 1:
+        raise WorkbenchError(f"dropout probability must be in [0, 1), got {p}")
+    for layer in module.modules():
+        if isinstance(layer, nn.Dropout):
+            layer.p = float(p)
+    return module
 
 
 #: name -> builder returning (stages, default stem/head split, split after the last conv feature map)

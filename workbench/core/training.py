@@ -11,6 +11,7 @@ import dataclasses
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,9 @@ from workbench.core.validation import (
     check_positive,
     check_positive_int,
 )
+
+#: loss of one augmented batch: (model, images, labels, generator) -> scalar
+BatchLoss = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 #: Bump when the training code changes in a way that changes trained weights, so old artefacts stop matching.
 RECIPE_VERSION = 1
@@ -195,8 +199,9 @@ def _lr_factor(schedule: str, warmup: float, progress: float) -> float:
 
 
 def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]  # biases and BatchNorm affine parameters
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen parts (a T&R stem) stay out
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]  # biases and BatchNorm affine parameters
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr)
@@ -206,7 +211,8 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 def train_classifier(model: StagedClassifier, train: ImageDataset, config: TrainConfig, *,
                      monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
                      monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
-                     progress: bool = True, poisoned: torch.Tensor | None = None) -> list[dict[str, float]]:
+                     progress: bool = True, poisoned: torch.Tensor | None = None,
+                     batch_loss: BatchLoss | None = None) -> list[dict[str, float]]:
     """Train `model` in place on `train` with the optimisation settings of `config`.
 
     Args:
@@ -218,11 +224,22 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
         device: where to train ("auto" = GPU if available).
         progress: show a tqdm bar.
         poisoned: (N,) bool, the poisoned images of `train`; needed when `config.logit_anchor` > 0.
+        batch_loss: the loss of one augmented batch, `batch_loss(model, x, y, generator)`; None = cross-entropy
+            with `config.label_smoothing` (T&R passes its joint loss, Eq. 1, and the CutMix loss of stage 2).
 
     Returns:
         One dict per epoch: mean training loss, seconds, and CA / ASR on the monitor sets if given.
     """
     dev = resolve_device(device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(config.seed + 3)  # draws from the global RNG (dropout) repeat too; the caller's state is kept
+        return _train_loop(model, train, config, monitor, monitor_backdoor, dev, progress, poisoned, batch_loss)
+
+
+def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig,
+                monitor: tuple[torch.Tensor, torch.Tensor] | None, monitor_backdoor: tuple[torch.Tensor, int] | None,
+                dev: torch.device, progress: bool, poisoned: torch.Tensor | None,
+                batch_loss: BatchLoss | None) -> list[dict[str, float]]:
     fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format  # faster convolutions on CPU
     model.to(dev, memory_format=fmt).train()
     gen = make_generator(config.seed + 1)  # +1: keep the data order independent of the initialisation draws
@@ -245,11 +262,13 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
             y = train.labels[idx].to(dev)
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(config.schedule, config.warmup_fraction, step / total)
-            logits = model(x.contiguous(memory_format=fmt))
-            if config.logit_anchor > 0:
-                loss, memo = _anchored_loss(logits, y, poisoned[idx].to(dev), config, gen, memo)
+            x = x.contiguous(memory_format=fmt)
+            if batch_loss is not None:
+                loss = batch_loss(model, x, y, gen)
+            elif config.logit_anchor > 0:
+                loss, memo = _anchored_loss(model(x), y, poisoned[idx].to(dev), config, gen, memo)
             else:
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -311,6 +330,68 @@ def artefact_address(config: TrainConfig | InputAwareConfig,
     return "models", config_key(identity), identity
 
 
+@dataclass
+class TrainingData:
+    """What a training run of a `TrainConfig` sees: the (poisoned) training set and the monitor sets."""
+
+    splits: DataSplits
+    train: ImageDataset  # the training split, poisoned as the config says
+    poisoned_indices: torch.Tensor  # (P,) indices of `train` that carry a trigger
+    monitor: tuple[torch.Tensor, torch.Tensor]  # (clean test images, labels) for per-epoch CA
+    monitor_backdoor: tuple[torch.Tensor, int] | None  # (triggered non-target test images, target) for ASR
+
+    def poisoned_mask(self) -> torch.Tensor:
+        """(N,) bool over `train`: True where the image is poisoned."""
+        mask = torch.zeros(len(self.train), dtype=torch.bool)
+        mask[self.poisoned_indices] = True
+        return mask
+
+    def describe(self, history: list[dict[str, float]], seconds: float, device: torch.device) -> dict[str, Any]:
+        """The metrics every trained artefact records about its run."""
+        return {"history": history, "train_seconds": seconds, "train_images": len(self.train),
+                "poisoned_images": len(self.poisoned_indices), "device": str(device), "torch": torch.__version__,
+                "data_source": self.splits.train.source, "split_note": self.splits.note,
+                "test_images": len(self.splits.test)}
+
+
+def prepare_training_data(config: TrainConfig, splits: DataSplits | None = None, *, store: ArtefactStore | None = None,
+                          device: str = "auto", progress: bool = True, monitor_size: int = 1000) -> TrainingData:
+    """Poison the training split as `config` says (training the clean surrogate of a label-consistent attack
+    first if needed) and draw the seeded monitor subset of the test split."""
+    splits = splits or config.splits()
+    monitor_idx = torch.randperm(len(splits.test), generator=make_generator(config.seed))[:monitor_size]
+    monitor_set = splits.test.subset(monitor_idx)
+    train, poisoned_indices, monitor_bd = splits.train, torch.zeros(0, dtype=torch.long), None
+    if config.poison is not None:
+        surrogate = None
+        if config.poison.adversarial is not None:  # label-consistent attack: PGD against a clean surrogate
+            surrogate = get_or_train(TrainConfig.from_dict(config.poison.adversarial.surrogate), store=store,
+                                     device=device, progress=progress).model
+        poisoned = poison_dataset(train, config.poison, surrogate=surrogate)
+        train, poisoned_indices = poisoned.dataset, torch.as_tensor(poisoned.poisoned_indices, dtype=torch.long)
+        monitor_bd = (backdoor_test_set(monitor_set, config.poison.attack, config.poison.target,
+                                        config.poison.sources)[0], config.poison.target)
+    elif config.all_classes_poison is not None:
+        poisoned = config.all_classes_poison.poison(train)
+        train, poisoned_indices = poisoned.dataset, torch.as_tensor(poisoned.poisoned_indices, dtype=torch.long)
+    return TrainingData(splits, train, poisoned_indices, (monitor_set.float_images(), monitor_set.labels), monitor_bd)
+
+
+def test_metrics(model: torch.nn.Module, config: TrainConfig, splits: DataSplits) -> dict[str, Any]:
+    """CA on the full test split and, for a poisoned config, ASR on its triggered non-target images."""
+    metrics: dict[str, Any] = {"test_ca": clean_accuracy(model, splits.test.float_images(), splits.test.labels)}
+    if config.poison is not None:
+        x_bd, _ = backdoor_test_set(splits.test, config.poison.attack, config.poison.target, config.poison.sources)
+        metrics["test_asr"] = attack_success_rate(model, x_bd, config.poison.target)
+    if config.all_classes_poison is not None:
+        spec = dataset_spec(config.dataset)
+        triggers = config.all_classes_poison.triggers(spec.num_classes, spec.image_size)
+        metrics["test_asr_per_class"] = [attack_success_rate(model, backdoor_test_set(splits.test, trigger, k)[0], k)
+                                         for k, trigger in enumerate(triggers)]
+        metrics["test_asr"] = sum(metrics["test_asr_per_class"]) / len(triggers)
+    return metrics
+
+
 def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, device: str = "auto",
                  progress: bool = True, monitor_size: int = 1000) -> TrainedModel:
     """Load the model trained with `config` on this data, or train it now and store it.
@@ -335,46 +416,13 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
                           "(bump RECIPE_VERSION when an architecture changes); retraining", stacklevel=2)
             model = new_model(config)
 
-    train = splits.train
-    monitor_idx = torch.randperm(len(splits.test), generator=make_generator(config.seed))[:monitor_size]
-    monitor_set = splits.test.subset(monitor_idx)
-    monitor = (monitor_set.float_images(), monitor_set.labels)
-    monitor_bd = None
-    poisoned_count = 0
-    if config.poison is not None:
-        surrogate = None
-        if config.poison.adversarial is not None:  # label-consistent attack: PGD against a clean surrogate
-            surrogate = get_or_train(TrainConfig.from_dict(config.poison.adversarial.surrogate), store=store,
-                                     device=device, progress=progress).model
-        poisoned = poison_dataset(train, config.poison, surrogate=surrogate)
-        train, poisoned_count = poisoned.dataset, len(poisoned.poisoned_indices)
-        monitor_bd = (backdoor_test_set(monitor_set, config.poison.attack, config.poison.target,
-                                        config.poison.sources)[0], config.poison.target)
-    elif config.all_classes_poison is not None:
-        poisoned = config.all_classes_poison.poison(train)
-        train, poisoned_count = poisoned.dataset, len(poisoned.poisoned_indices)
-    mask = None
-    if config.logit_anchor > 0:
-        mask = torch.zeros(len(train), dtype=torch.bool)
-        mask[poisoned.poisoned_indices] = True
+    data = prepare_training_data(config, splits, store=store, device=device, progress=progress,
+                                 monitor_size=monitor_size)
     start = time.time()
-    history = train_classifier(model, train, config, monitor=monitor, monitor_backdoor=monitor_bd,
-                               device=device, progress=progress, poisoned=mask)
+    history = train_classifier(model, data.train, config, monitor=data.monitor, monitor_backdoor=data.monitor_backdoor,
+                               device=device, progress=progress, poisoned=data.poisoned_mask())
     model.eval()
-    metrics: dict[str, Any] = {"history": history, "train_seconds": time.time() - start,
-                               "train_images": len(train), "poisoned_images": poisoned_count,
-                               "device": str(dev), "torch": torch.__version__, "data_source": splits.train.source,
-                               "split_note": splits.note, "test_images": len(splits.test),
-                               "test_ca": clean_accuracy(model, splits.test.float_images(), splits.test.labels)}
-    if config.poison is not None:
-        x_bd, _ = backdoor_test_set(splits.test, config.poison.attack, config.poison.target, config.poison.sources)
-        metrics["test_asr"] = attack_success_rate(model, x_bd, config.poison.target)
-    if config.all_classes_poison is not None:
-        spec = dataset_spec(config.dataset)
-        triggers = config.all_classes_poison.triggers(spec.num_classes, spec.image_size)
-        metrics["test_asr_per_class"] = [attack_success_rate(model, backdoor_test_set(splits.test, trigger, k)[0], k)
-                                         for k, trigger in enumerate(triggers)]
-        metrics["test_asr"] = sum(metrics["test_asr_per_class"]) / len(triggers)
+    metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(model, config, splits)}
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     saved = store.save("models", key, state, identity, metrics)
     return TrainedModel(model.to(dev).eval(), config, key, metrics, str(saved.path), loaded=False)

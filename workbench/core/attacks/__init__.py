@@ -1,11 +1,11 @@
 """Backdoor attacks: batched trigger transforms and the poisoning builder.
 
-`make_attack(name, **params)` builds a trigger by family ("badnets", "blended", "sig", "wanet", "additive")
-or by the name of a paper's configuration (`ATTACK_PRESETS`, notes in `PRESET_NOTES`).
+`make_attack(name, **params)` builds a trigger by family ("badnets", "blended", "sig", "wanet", "additive",
+"smooth") or by the name of a paper's configuration (`ATTACK_PRESETS`, notes in `PRESET_NOTES`).
 """
 
 from workbench.core.attacks import presets as _presets  # noqa: F401 - registers the paper presets
-from workbench.core.attacks.additive import PATTERN_NOTES, Additive
+from workbench.core.attacks.additive import PATTERN_NOTES, Additive, Smooth
 from workbench.core.attacks.base import (
     ATTACK_FAMILIES,
     ATTACK_PRESETS,
@@ -45,6 +45,7 @@ __all__ = [
     "InputAwareConfig",
     "PoisonConfig",
     "PoisonedDataset",
+    "Smooth",
     "WaNet",
     "attack_from_dict",
     "backdoor_test_set",

@@ -220,3 +220,45 @@ class Additive(Attack):
 
 
 PATTERN_NOTES = {name: note for name, (_, _, _, note) in ADDITIVE_PATTERNS.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Smooth(Attack):
+    """Smooth trigger (Zeng et al. 2021, as used by I-BAU and Trap and Replace): add a low-frequency pattern v,
+    then rescale each image to [0, 1] by its own min and max: x' = (x + v - min) / (max - min).
+
+    The papers use a trigger file found by a frequency-domain search that we do not have; the equivalent here is
+    a seeded Gaussian `grid` x `grid` field per channel, upsampled bicubically to the image size (so it holds only
+    low frequencies) and scaled to a largest magnitude of `amplitude` (0.25 by default: our choice, the file's
+    scale is unpublished).
+
+    Args:
+        amplitude: largest |v| over the image, in (0, 1].
+        grid: side of the random field before upsampling (lower = smoother), >= 2.
+        seed: seed of the field.
+    """
+
+    family = "smooth"
+    amplitude: float = 0.25
+    grid: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fraction(self.amplitude, "Smooth amplitude")
+        if check_positive_int(self.grid, "Smooth grid") < 2:
+            raise WorkbenchError(f"Smooth grid must be at least 2 (a 1x1 field is a constant), got {self.grid}")
+
+    def _build_pattern(self, channels: int, height: int, width: int) -> torch.Tensor:
+        field = torch.randn(1, channels, self.grid, self.grid, generator=make_generator(self.seed))
+        smooth = torch.nn.functional.interpolate(field, size=(height, width), mode="bicubic", align_corners=True)[0]
+        return smooth * (self.amplitude / smooth.abs().max())
+
+    def perturbation(self, channels: int, height: int, width: int) -> torch.Tensor:
+        """The low-frequency pattern v (C, H, W), before the per-image rescale."""
+        return self.pattern_for(channels, height, width).clone()
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        shifted = x + self.pattern_for(*x.shape[1:]).to(x.device)
+        low = shifted.amin(dim=(1, 2, 3), keepdim=True)
+        high = shifted.amax(dim=(1, 2, 3), keepdim=True)
+        return (shifted - low) / (high - low).clamp_min(1e-8)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.core.attacks.additive import PATTERN_NOTES, Additive
+from workbench.core.attacks.additive import PATTERN_NOTES, Additive, Smooth
 from workbench.core.attacks.base import register_preset
 from workbench.core.attacks.blending import SIG, Blended
 from workbench.core.attacks.patches import BadNets, DynamicBadNets
@@ -31,6 +31,9 @@ register_preset("restore_sig_mnist", "REStore SIG on MNIST: alpha 60/255, F_x = 
     lambda: SIG(alpha=60 / 255, cycles=6))
 register_preset("tr_sig", "T&R SIG: 0.8 img + 0.2 horizontal sine pattern")(
     lambda: SIG(alpha=0.2, cycles=6, mode="blend"))
+register_preset("tr_smooth", "T&R Smooth equivalent (trigger file unavailable): a seeded low-frequency field "
+                "(4x4 Gaussian grid, bicubic upsampling, largest magnitude 0.25) added, then per-image min-max "
+                "rescale")(Smooth)
 register_preset("wanet", "WaNet: k = 4, s = 0.5, noise mode available (original paper's defaults)")(WaNet)
 
 for _pattern, _name in (("lred_global", "lred_global"), ("local_square", "lred_local"),

@@ -1,0 +1,510 @@
+"""Trap and Replace (T&R; Wang et al., NeurIPS 2022): bait the backdoor into a small classification head, then
+replace that head using a small clean holdout.
+
+Stage 1 (Sec. 3.2, Eq. 1; Alg. 1 lines 1-3): split a classifier into a stem f_s and a light head f_c
+(`StagedClassifier.split`), add a reconstruction head f_r on the stem's features and train all three end to end
+on the (possibly poisoned) training set with
+
+    L = CE(f_c(f_s(x)), y) + lambda1 MSE(f_r(f_s(x)), x) + lambda2 TV(f_r(f_s(x))).
+
+Eq. 1 as printed weights the TV term by lambda1 lambda2; the public code (IMPLEMENTATION_NOTES.md) weights it by
+lambda2 alone and uses the mean squared error for the "l2 loss". We follow the code and name it here.
+lambda1 = 10, lambda2 = 0.1 (App. B.2); TV = (sum of squared vertical and horizontal neighbour differences) /
+tensor size. lambda1 = 0 is ordinary training (the "no reconstruction" ablation of Table 4, and "No defense").
+
+Stage 2 (Eq. 2; Alg. 1 lines 4-6): discard f_r, re-initialise f_c, freeze f_s (BatchNorm statistics included)
+and train f_c on the clean holdout with dropout 0.5, label smoothing 0.1 and CutMix (beta 1, as in the public
+code), with the stage-1 optimiser settings and batch size 32 (App. B.2).
+
+Both stages are cached in the artefact store by their configs and the exact data they saw.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from workbench.core.artefacts import ArtefactStore, config_key
+from workbench.core.data import ImageDataset, stratified_subset
+from workbench.core.models import StagedClassifier, set_dropout
+from workbench.core.runtime import make_generator, resolve_device
+from workbench.core.training import (
+    TrainConfig,
+    TrainedModel,
+    artefact_identity,
+    get_or_train,
+    new_model,
+    prepare_training_data,
+    test_metrics,
+    train_classifier,
+)
+from workbench.core.validation import WorkbenchError, check_images, check_name, check_positive_int
+
+TRAP_KIND, REPLACE_KIND = "trap", "replaced"
+#: the three sample groups of Fig. 2
+GROUPS = ("clean target", "clean source", "poisoned source")
+
+
+# --- configs --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrapConfig:
+    """Stage 1: the training recipe (data, poison, model, optimiser) plus the reconstruction task of Eq. 1.
+
+    Args:
+        train: what is trained and how; `train.label_smoothing` applies to the CE term.
+        rec_weight: lambda1, weight of the reconstruction MSE (10 in the paper; 0 = ordinary training).
+        tv_weight: lambda2, weight of the total variation of the reconstruction (0.1 in the paper).
+        split: the stage where the classification head starts (None = the model's default: for WRN-16-1 the
+            last block + BN + pool + FC, the paper's "last two conv layers + FC"; Table 5 varies it).
+    """
+
+    train: TrainConfig
+    rec_weight: float = 10.0
+    tv_weight: float = 0.1
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("rec_weight", "tv_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise WorkbenchError(f"TrapConfig.{name} must be a number >= 0, got {value!r}")
+        if self.split is not None:
+            check_name("split point", self.split, new_model(self.train).split_points)
+
+    @property
+    def reconstructs(self) -> bool:
+        """False for lambda1 = 0: stage 1 is then ordinary training and shares its artefact with it."""
+        return self.rec_weight > 0
+
+    def split_point(self) -> str:
+        return self.split if self.split is not None else new_model(self.train).default_split
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"train": self.train.to_dict(), "rec_weight": self.rec_weight, "tv_weight": self.tv_weight,
+                "split": self.split_point()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrapConfig:
+        return cls(TrainConfig.from_dict(data["train"]), data["rec_weight"], data["tv_weight"], data["split"])
+
+
+@dataclass(frozen=True)
+class ReplaceConfig:
+    """Stage 2: retraining a fresh head on the clean holdout (Eq. 2, App. B.2).
+
+    Args:
+        epochs, batch_size, optimizer, lr, weight_decay, schedule: the stage-1 optimiser settings except a batch
+            of 32 (App. B.2: Adam 1e-3, weight decay 5e-4, cosine).
+        label_smoothing: 0.1 (Sec. 3.2).
+        dropout: probability of the head's dropout layers (0.5, Sec. 3.2).
+        cutmix_beta: CutMix's Beta(beta, beta) mixing prior (1 in the public code; 0 = no CutMix).
+        augment: crop/flip augmentation of the holdout images.
+        holdout_size: use a seeded class-stratified subset of this many holdout images (Table 9); None = all.
+        seed: seed of the head's initialisation, the data order, augmentation and CutMix.
+    """
+
+    epochs: int = 100
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    label_smoothing: float = 0.1
+    dropout: float = 0.5
+    cutmix_beta: float = 1.0
+    augment: str = "crop_flip"
+    holdout_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.holdout_size, "holdout_size", optional=True)
+        if not 0 <= self.dropout < 1:
+            raise WorkbenchError(f"ReplaceConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not self.cutmix_beta >= 0:
+            raise WorkbenchError(f"ReplaceConfig.cutmix_beta must be >= 0 (0 = no CutMix), got {self.cutmix_beta}")
+        self.recipe(TrainConfig(dataset="cifar10", model="lenet5"))  # validates the optimiser fields
+
+    def recipe(self, base: TrainConfig) -> TrainConfig:
+        """The optimisation settings as a clean `TrainConfig` on `base`'s dataset and model."""
+        return dataclasses.replace(base, poison=None, all_classes_poison=None, logit_anchor=0.0,
+                                   epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer,
+                                   lr=self.lr, weight_decay=self.weight_decay, schedule=self.schedule,
+                                   label_smoothing=self.label_smoothing, augment=self.augment, seed=self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --- stage 1 --------------------------------------------------------------------------------------------------------
+
+def reconstruction_head(features: tuple[int, int, int], image: tuple[int, int, int]) -> nn.Sequential:
+    """f_r: stride-2 transposed convolutions (kernel 4, padding 1) from the stem's (C_h, H_h, W_h) features up to
+    the (C, H, W) image, halving the channels at each step, ReLU between and a sigmoid at the end (the public code's
+    head for the default WRN-16-1 split: 64 -> 32 -> 3 channels, 8 -> 16 -> 32 px). When H / H_h is not a power
+    of two (LeNet on 28 px) the last map is resized bilinearly to H x W; with no downsampling a 3x3 conv maps the
+    channels."""
+    c_h, h_h, w_h = features
+    channels, height, width = image
+    if h_h > height or w_h > width:
+        raise WorkbenchError(f"stem features {h_h}x{w_h} are larger than the {height}x{width} image")
+    steps = max(0, math.ceil(math.log2(height / h_h) - 1e-9))
+    layers: list[nn.Module] = []
+    cin = c_h
+    for step in range(steps):
+        cout = channels if step == steps - 1 else max(channels, cin // 2)
+        layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.ReLU()]
+        cin = cout
+    if steps == 0:
+        layers += [nn.Conv2d(cin, channels, 3, padding=1), nn.ReLU()]
+    layers[-1] = nn.Sigmoid()
+    if (h_h << steps, w_h << steps) != (height, width):
+        layers.append(nn.Upsample(size=(height, width), mode="bilinear", align_corners=False))
+    return nn.Sequential(*layers)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """TV of a batch (N, C, H, W): (sum of squared vertical + horizontal neighbour differences) / x.numel()."""
+    vertical = (x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).sum()
+    horizontal = (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).sum()
+    return (vertical + horizontal) / x.numel()
+
+
+def trap_objective(logits: torch.Tensor, reconstruction: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
+                   rec_weight: float, tv_weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Eq. 1 per batch, in the public code's weighting: CE + lambda1 MSE(x_hat, x) + lambda2 TV(x_hat)."""
+    ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    return ce + rec_weight * F.mse_loss(reconstruction, x) + tv_weight * total_variation(reconstruction)
+
+
+class TrapNet(nn.Module):
+    """A classifier split into stem and head at `split`, with a reconstruction head on the stem (Fig. 1, stage 1).
+
+    `forward` returns the classifier's logits (so metrics and query wrappers see a plain classifier);
+    `forward_both` also returns the reconstruction. `reconstruction` is None for a model trained without it.
+    """
+
+    def __init__(self, classifier: StagedClassifier, split: str, reconstruction: nn.Module | None) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.split = split
+        self.reconstruction = reconstruction
+        self._parts = classifier.split(split)  # a tuple: the modules are registered once, under `classifier`
+
+    @classmethod
+    def build(cls, classifier: StagedClassifier, split: str | None = None) -> TrapNet:
+        """A TrapNet with a fresh reconstruction head sized from a probe of the stem."""
+        split = split or classifier.default_split
+        stem, _ = classifier.split(split)
+        with torch.no_grad():
+            was_training = stem.training
+            features = stem.eval()(torch.zeros(1, *classifier.input_shape))
+            stem.train(was_training)
+        if features.ndim != 4:
+            raise WorkbenchError(f"the stem up to {split!r} gives {tuple(features.shape[1:])} features; a "
+                                 "reconstruction head needs a spatial (C, H, W) map: split at an earlier stage")
+        return cls(classifier, split, reconstruction_head(tuple(features.shape[1:]), classifier.input_shape))
+
+    @property
+    def stem(self) -> nn.Sequential:
+        return self._parts[0]
+
+    @property
+    def head(self) -> nn.Sequential:
+        return self._parts[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reconstruction is None:
+            raise WorkbenchError("this model was trained without a reconstruction head (rec_weight = 0)")
+        features = self.stem(x)
+        return self.head(features), self.reconstruction(features)
+
+
+@dataclass
+class TrappedModel:
+    """The stage-1 model: `net.classifier` still carries the (possibly backdoored) trap head."""
+
+    net: TrapNet
+    config: TrapConfig
+    key: str
+    metrics: dict[str, Any]
+    path: str
+    loaded: bool
+
+    @property
+    def model(self) -> StagedClassifier:
+        return self.net.classifier
+
+
+def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, device: str = "auto",
+                progress: bool = True, monitor_size: int = 1000) -> TrappedModel:
+    """Load or run stage 1 (Eq. 1). With lambda1 = 0 this is `get_or_train(config.train)` (ordinary training).
+
+    Metrics: the `get_or_train` ones (test CA / ASR of the trap head: Table 4's "no replacement" row) and, with a
+    reconstruction head, the reconstruction MSE on clean test images (Table 8).
+    """
+    store = store or ArtefactStore()
+    split = config.split_point()
+    if not config.reconstructs:
+        plain = get_or_train(config.train, store=store, device=device, progress=progress, monitor_size=monitor_size)
+        return TrappedModel(TrapNet(plain.model, split, None), config, plain.key, plain.metrics, plain.path,
+                            plain.loaded)
+    dev = resolve_device(device)
+    splits = config.train.splits()
+    identity = {"trap_config": config.to_dict(),
+                "train_data_sha256": artefact_identity(config.train, splits)["train_data_sha256"]}
+    key = config_key(identity)
+    with torch.random.fork_rng(devices=[]):  # the reconstruction head's initialisation, from the seed
+        torch.manual_seed(config.train.seed + 2)
+        net = TrapNet.build(new_model(config.train), split)
+    found = store.load(TRAP_KIND, key, identity)
+    if found is not None:
+        net.load_state_dict(found.tensors, strict=True)
+        return TrappedModel(net.to(dev).eval(), config, key, found.metrics, str(found.path), loaded=True)
+
+    data = prepare_training_data(config.train, splits, store=store, device=device, progress=progress,
+                                 monitor_size=monitor_size)
+
+    def joint_loss(model: TrapNet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        logits, reconstruction = model.forward_both(x)
+        return trap_objective(logits, reconstruction, x, y, rec_weight=config.rec_weight,
+                              tv_weight=config.tv_weight, label_smoothing=config.train.label_smoothing)
+
+    start = time.time()
+    history = train_classifier(net, data.train, config.train, monitor=data.monitor,
+                               monitor_backdoor=data.monitor_backdoor, device=device, progress=progress,
+                               batch_loss=joint_loss)
+    net.eval()
+    metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(net, config.train, splits),
+               "test_rec_mse": reconstruction_error(net, splits.test.float_images())}
+    saved = store.save(TRAP_KIND, key, {k: v.contiguous() for k, v in net.state_dict().items()}, identity, metrics)
+    return TrappedModel(net.to(dev).eval(), config, key, metrics, str(saved.path), loaded=False)
+
+
+@torch.no_grad()
+def reconstruction_error(net: TrapNet, images: torch.Tensor, batch_size: int = 500) -> float:
+    """Mean squared error of f_r(f_s(x)) against x over `images` (N, C, H, W) in [0, 1] (Table 8's MSE)."""
+    check_images(images)
+    net.eval()
+    device = next(net.parameters()).device
+    total = sum(F.mse_loss(net.forward_both(batch.to(device))[1], batch.to(device), reduction="sum").item()
+                for batch in images.split(batch_size))
+    return total / images.numel()
+
+
+# --- stage 2 --------------------------------------------------------------------------------------------------------
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, beta: float, gen: torch.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al. 2019): paste a random box of a shuffled batch into each image.
+
+    lam ~ Beta(beta, beta); the box has area (1 - lam) of the image, centred uniformly and clipped at the border;
+    lam is then set to the kept fraction. Returns (mixed images, labels of the pasted images, lam).
+    """
+    n, _, height, width = x.shape
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    lam = float(rng.beta(beta, beta))
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
+    cy, cx = int(rng.integers(height)), int(rng.integers(width))
+    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    mixed = x.clone()
+    mixed[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
+    return mixed, y[perm], 1 - (bottom - top) * (right - left) / (height * width)
+
+
+class _FrozenStem(nn.Module):
+    """Stage-2 training view: the stem runs without gradients and stays in eval mode (BN statistics frozen)."""
+
+    def __init__(self, stem: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.stem, self.head = stem.requires_grad_(False), head
+
+    def train(self, mode: bool = True) -> _FrozenStem:
+        super().train(mode)
+        self.stem.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = self.stem(x)
+        return self.head(features)
+
+
+def replace_head(classifier: StagedClassifier, holdout: ImageDataset, config: ReplaceConfig, base: TrainConfig,
+                 split: str, *, monitor: tuple[torch.Tensor, torch.Tensor] | None = None, device: str = "auto",
+                 progress: bool = True) -> list[dict[str, float]]:
+    """Stage 2 in place (Eq. 2; Alg. 1 lines 5-6): re-initialise the head of `classifier` after `split` from
+    `config.seed`, switch on its dropout, and train it on the clean `holdout` with the stem frozen.
+
+    Returns the per-epoch training history.
+    """
+    stem, head = classifier.split(split)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        for layer in head.modules():
+            if layer is not head and hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()  # BatchNorm also resets its running statistics
+    set_dropout(head, config.dropout)
+    recipe = config.recipe(base)
+
+    def mixed_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if config.cutmix_beta == 0:
+            return F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+        mixed, pasted, lam = cutmix(x, y, config.cutmix_beta, gen)
+        logits = model(mixed)
+        return (lam * F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                + (1 - lam) * F.cross_entropy(logits, pasted, label_smoothing=config.label_smoothing))
+
+    try:
+        history = train_classifier(_FrozenStem(stem, head), holdout, recipe, monitor=monitor, device=device,
+                                   progress=progress, batch_loss=mixed_loss)
+    finally:
+        stem.requires_grad_(True)
+    set_dropout(head, 0.0)  # the replaced model is a plain classifier again (dropout acts only in training)
+    classifier.eval()
+    return history
+
+
+def holdout_for(config: ReplaceConfig, base: TrainConfig) -> ImageDataset:
+    """The clean holdout of `base`'s splits, or its seeded stratified subset of `config.holdout_size` images."""
+    holdout = base.splits().holdout
+    if config.holdout_size is None:
+        return holdout
+    if config.holdout_size > len(holdout):
+        raise WorkbenchError(f"holdout_size {config.holdout_size} exceeds the {len(holdout)} holdout images; raise "
+                             "the training config's holdout_fraction or ask for fewer")
+    return holdout.subset(stratified_subset(holdout.labels, config.holdout_size, make_generator(config.seed)))
+
+
+def get_or_replace(trapped: TrappedModel, config: ReplaceConfig, *, store: ArtefactStore | None = None,
+                   device: str = "auto", progress: bool = True, monitor_size: int = 1000) -> TrainedModel:
+    """Load or run stage 2 on a copy of `trapped`'s classifier (the trapped model itself is left as it is).
+
+    The artefact is keyed by this config, the stage-1 artefact and the holdout images. Metrics: test CA / ASR of
+    the replaced model, the holdout size and the training history.
+    """
+    store = store or ArtefactStore()
+    base = trapped.config.train
+    splits = base.splits()
+    holdout = holdout_for(config, base)
+    identity = {"replace_config": config.to_dict(), "trapped_key": trapped.key, "split": trapped.net.split,
+                "holdout_sha256": holdout.fingerprint()}
+    key = config_key(identity)
+    dev = resolve_device(device)
+    classifier = new_model(base)
+    found = store.load(REPLACE_KIND, key, identity)
+    if found is not None:
+        classifier.load_state_dict(found.tensors, strict=True)
+        return TrainedModel(classifier.to(dev).eval(), base, key, found.metrics, str(found.path), loaded=True)
+
+    classifier = copy.deepcopy(trapped.model)
+    monitor_idx = torch.randperm(len(splits.test), generator=make_generator(config.seed))[:monitor_size]
+    monitor = (splits.test.subset(monitor_idx).float_images(), splits.test.labels[monitor_idx])
+    start = time.time()
+    history = replace_head(classifier, holdout, config, base, trapped.net.split, monitor=monitor, device=device,
+                           progress=progress)
+    metrics = {"history": history, "train_seconds": time.time() - start, "holdout_images": len(holdout),
+               "device": str(dev), "torch": torch.__version__, **test_metrics(classifier, base, splits)}
+    saved = store.save(REPLACE_KIND, key, {k: v.contiguous() for k, v in classifier.state_dict().items()}, identity,
+                       metrics)
+    return TrainedModel(classifier.to(dev).eval(), base, key, metrics, str(saved.path), loaded=False)
+
+
+# --- Sec. 4.3, Fig. 2: is the stem backdoor-free? --------------------------------------------------------------------
+
+@torch.no_grad()
+def stem_features(classifier: StagedClassifier, images: torch.Tensor, split: str | None = None,
+                  batch_size: int = 500) -> torch.Tensor:
+    """The stem's output f_s(x) for `images` (N, C, H, W) in [0, 1], flattened to (N, D)."""
+    check_images(images)
+    stem, _ = classifier.split(split)
+    stem.eval()
+    device = next(classifier.parameters()).device
+    return torch.cat([stem(batch.to(device)).flatten(1).cpu() for batch in images.split(batch_size)])
+
+
+def principal_components(features: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PCA of (N, D) features: (projections (N, k), mean (D,), components (k, D)), components by decreasing variance
+    with the sign fixed so each component's largest-magnitude loading is positive (repeatable plots)."""
+    if features.ndim != 2 or len(features) < 2:
+        raise WorkbenchError(f"PCA needs (N >= 2, D) features, got shape {tuple(features.shape)}")
+    check_positive_int(k, "k")
+    mean = features.mean(dim=0)
+    centred = features - mean
+    _, _, vh = torch.linalg.svd(centred.double(), full_matrices=False)
+    components = vh[:k]
+    signs = torch.sign(components.gather(1, components.abs().argmax(dim=1, keepdim=True)))
+    components = (components * signs).to(features.dtype)
+    return centred @ components.T, mean, components
+
+
+@dataclass
+class FeatureScatter:
+    """Fig. 2: stem features of three groups projected on their first two principal components.
+
+    `points[group]` is (N_g, 2); `distances` gives the distance from the poisoned-source centroid to the clean source
+    and clean target centroids, in the 2-D projection ("pca") and in the full feature space ("features").
+    """
+
+    points: dict[str, torch.Tensor]
+    distances: dict[str, dict[str, float]]
+    explained_variance: list[float]
+
+    @property
+    def poisoned_nearer_source(self) -> bool:
+        """True when poisoned source samples sit nearer the clean source than the target centroid (both spaces)."""
+        return all(d["to_source"] < d["to_target"] for d in self.distances.values())
+
+
+def scatter_of(features: dict[str, torch.Tensor]) -> FeatureScatter:
+    """PCA of the stem features (N_g, D) of the groups "clean target", "clean source" and "poisoned source", fitted
+    on all three together, with the centroid distances of the poisoned group."""
+    if list(features) != list(GROUPS):
+        raise WorkbenchError(f"feature groups must be {list(GROUPS)} in that order, got {list(features)}")
+    stacked = torch.cat(list(features.values()))
+    projected, _, _ = principal_components(stacked, 2)
+    explained = (projected.var(dim=0) / stacked.var(dim=0).sum()).tolist()
+    points = dict(zip(features, projected.split([len(f) for f in features.values()]), strict=True))
+    distances = {}
+    for space, values in (("pca", points), ("features", features)):
+        centre = {name: v.mean(dim=0) for name, v in values.items()}
+        distances[space] = {
+            "to_source": float((centre["poisoned source"] - centre["clean source"]).norm()),
+            "to_target": float((centre["poisoned source"] - centre["clean target"]).norm())}
+    return FeatureScatter(points, distances, explained)
+
+
+def feature_scatter(classifier: StagedClassifier, clean_target: torch.Tensor, clean_source: torch.Tensor,
+                    poisoned_source: torch.Tensor, split: str | None = None) -> FeatureScatter:
+    """Fig. 2 for one source class: stem features of clean target-class, clean source-class and triggered
+    source-class images (each (N_g, C, H, W) in [0, 1]), projected by `scatter_of`."""
+    groups = dict(zip(GROUPS, (clean_target, clean_source, poisoned_source), strict=True))
+    return scatter_of({name: stem_features(classifier, images, split) for name, images in groups.items()})
+
+
+def scatters_by_source(classifier: StagedClassifier, images: torch.Tensor, labels: torch.Tensor,
+                       triggered: torch.Tensor, target: int, split: str | None = None) -> dict[int, FeatureScatter]:
+    """`feature_scatter` for every source class at once (the stem runs once over all images): `images` (N, C, H, W)
+    clean test images with `labels` (N,), `triggered` the same images with the trigger. Keys: source classes."""
+    if triggered.shape != images.shape or len(labels) != len(images):
+        raise WorkbenchError(f"images {tuple(images.shape)}, triggered {tuple(triggered.shape)} and labels "
+                             f"{tuple(labels.shape)} must describe the same images")
+    clean, poisoned = stem_features(classifier, images, split), stem_features(classifier, triggered, split)
+    target_features = clean[labels == target]
+    return {int(source): scatter_of({"clean target": target_features, "clean source": clean[labels == source],
+                                     "poisoned source": poisoned[labels == source]})
+            for source in labels.unique() if source != target}

@@ -1,0 +1,124 @@
+"""Figures of Trap and Replace: stem-feature PCA scatters (Sec. 4.3, Fig. 2) and reconstructions across lambda1
+(App. C.2, Fig. 4).
+
+Pure drawing: inputs are `FeatureScatter` results and image tensors, outputs are matplotlib or plotly figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import matplotlib.pyplot as plt
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from matplotlib.figure import Figure
+from plotly.subplots import make_subplots
+
+if TYPE_CHECKING:  # types only: viz draws results and never runs a defence
+    from workbench.defenses.trap_replace import FeatureScatter
+
+#: group -> (colour, marker) as in Fig. 2: clean target, clean source, poisoned source
+STYLE = {"clean target": ("tab:blue", "o"), "clean source": ("tab:green", "o"), "poisoned source": ("tab:red", "x")}
+
+
+def _axis_labels(scatter: FeatureScatter) -> tuple[str, str]:
+    return tuple(f"PC {k + 1} of stem features ({100 * share:.0f} % of variance)"
+                 for k, share in enumerate(scatter.explained_variance))
+
+
+def _caption(scatter: FeatureScatter) -> str:
+    d = scatter.distances["pca"]
+    return f"poisoned-source centroid: {d['to_source']:.2f} to source, {d['to_target']:.2f} to target"
+
+
+def feature_scatter_figure(scatter: FeatureScatter, title: str, names: Mapping[str, str] | None = None,
+                           ax: plt.Axes | None = None) -> Figure:
+    """One panel of Fig. 2: the three groups on the first two principal components, centroids as large markers.
+    `names` relabels the groups (e.g. {"clean target": "clean airplane", ...})."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.6, 4.2), layout="constrained")
+    for group, points in scatter.points.items():
+        colour, marker = STYLE[group]
+        label = (names or {}).get(group, group)
+        xy = points.numpy()
+        ax.scatter(xy[:, 0], xy[:, 1], s=9, c=colour, marker=marker, alpha=0.5, label=label)
+        ax.scatter(*xy.mean(axis=0), s=160, c=colour, marker=marker, edgecolors="black", linewidths=1.2)
+    x_label, y_label = _axis_labels(scatter)
+    ax.set_xlabel(x_label, fontsize=8)
+    ax.set_ylabel(y_label, fontsize=8)
+    ax.set_title(f"{title}\n{_caption(scatter)}", fontsize=9)
+    ax.legend(fontsize=7, markerscale=1.5)
+    return fig
+
+
+def feature_scatter_pair(without: FeatureScatter, with_reconstruction: FeatureScatter,
+                         names: Mapping[str, str] | None = None) -> Figure:
+    """Fig. 2: stem features trained without (left) and with (right) the reconstruction head."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.4, 4.3), layout="constrained")
+    feature_scatter_figure(without, "(a) without reconstruction head", names, ax=axes[0])
+    feature_scatter_figure(with_reconstruction, "(b) with reconstruction head", names, ax=axes[1])
+    return fig
+
+
+def feature_scatter_plotly(scatter: FeatureScatter, title: str, names: Mapping[str, str] | None = None) -> go.Figure:
+    """Interactive version of one Fig. 2 panel (hover shows the sample index within its group)."""
+    fig = go.Figure()
+    for group, points in scatter.points.items():
+        colour, marker = STYLE[group]
+        xy = points.numpy()
+        fig.add_scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=(names or {}).get(group, group),
+                        marker={"color": colour.removeprefix("tab:"), "symbol": "x" if marker == "x" else "circle",
+                                "size": 5, "opacity": 0.6},
+                        customdata=np.arange(len(xy)), hovertemplate="sample %{customdata}<extra></extra>")
+        centre = xy.mean(axis=0)
+        fig.add_scatter(x=[centre[0]], y=[centre[1]], mode="markers", showlegend=False, hoverinfo="skip",
+                        marker={"color": colour.removeprefix("tab:"), "size": 16, "line": {"width": 2}})
+    x_label, y_label = _axis_labels(scatter)
+    fig.update_layout(title=f"{title}<br><sub>{_caption(scatter)}</sub>", xaxis_title=x_label, yaxis_title=y_label,
+                      width=560, height=480, margin={"t": 70})
+    return fig
+
+
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    img = image.detach().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    return img.repeat(3, axis=2) if img.shape[2] == 1 else img
+
+
+def reconstruction_figure(originals: Mapping[str, torch.Tensor],
+                          reconstructions: Mapping[str, Mapping[float, torch.Tensor]]) -> Figure:
+    """Fig. 4: one row per input kind (e.g. "clean", "l2-Invisible poisoned"): the original (C, H, W) image, then its
+    reconstruction f_r(f_s(x)) by the model trained with each lambda1 (with the per-pixel MSE in the title)."""
+    rows = list(originals)
+    lambdas = sorted({lam for row in rows for lam in reconstructions[row]})
+    fig, axes = plt.subplots(len(rows), 1 + len(lambdas), figsize=(1.7 * (1 + len(lambdas)), 1.9 * len(rows)),
+                             squeeze=False, layout="constrained")
+    for r, row in enumerate(rows):
+        axes[r, 0].imshow(_hwc(originals[row]), interpolation="nearest")
+        axes[r, 0].set_title("original", fontsize=8)
+        axes[r, 0].set_ylabel(row, fontsize=8)
+        for c, lam in enumerate(lambdas, start=1):
+            ax = axes[r, c]
+            if lam in reconstructions[row]:
+                image = reconstructions[row][lam]
+                mse = float(((image.cpu() - originals[row].cpu()) ** 2).mean())
+                ax.imshow(_hwc(image), interpolation="nearest")
+                ax.set_title(f"lambda1 = {lam:g}\nMSE {mse:.4f}", fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return fig
+
+
+def reconstruction_plotly(originals: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor],
+                          row_names: Sequence[str], title: str) -> go.Figure:
+    """Original and reconstruction side by side for each row (interactive reconstruction viewer)."""
+    fig = make_subplots(rows=len(row_names), cols=2, subplot_titles=[
+        text for name in row_names for text in (f"{name}: original", f"{name}: reconstruction")])
+    for r, (original, recon) in enumerate(zip(originals, reconstructions, strict=True), start=1):
+        for c, image in enumerate((original, recon), start=1):
+            fig.add_trace(go.Image(z=(255 * _hwc(image)).astype(np.uint8)), row=r, col=c)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    fig.update_layout(title=title, width=480, height=240 * len(row_names) + 60, margin={"t": 60})
+    return fig

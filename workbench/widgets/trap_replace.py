@@ -1,0 +1,78 @@
+"""Trap and Replace widgets: a stem-feature PCA scatter explorer and a reconstruction viewer (ipywidgets + plotly).
+
+They only wire `workbench.viz.trap_replace` figures to controls; scatters and reconstructions are computed
+beforehand (`scatters_by_source`, `TrapNet.forward_both`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import ipywidgets as widgets
+import torch
+
+from workbench.defenses.trap_replace import FeatureScatter
+from workbench.viz.trap_replace import feature_scatter_plotly, reconstruction_plotly
+from workbench.widgets.display import show
+
+
+def feature_scatter_explorer(scatters: Mapping[str, Mapping[str, Mapping[int, FeatureScatter]]],
+                             class_names: Sequence[str], target: int) -> widgets.VBox:
+    """Pick an attack and a source class; see the stem features of clean target, clean source and poisoned source
+    samples side by side for the models trained without and with the reconstruction head (Fig. 2).
+
+    Args:
+        scatters: attack -> model ("without reconstruction", "with reconstruction") -> source class -> scatter.
+        class_names: names of the classes.
+        target: the attacks' target class.
+    """
+    attack_box = widgets.Dropdown(options=list(scatters), description="attack")
+    source_box = widgets.Dropdown(description="source")
+    outs = {}
+
+    def draw(_: object = None) -> None:
+        if source_box.value is None:
+            return
+        source = class_names[source_box.value]
+        names = {"clean target": f"clean {class_names[target]}", "clean source": f"clean {source}",
+                 "poisoned source": f"poisoned {source}"}
+        for model, scatter_by_source in scatters[attack_box.value].items():
+            show(outs[model], feature_scatter_plotly(scatter_by_source[source_box.value], model, names))
+
+    def new_attack(_: object = None) -> None:
+        sources = sorted(next(iter(scatters[attack_box.value].values())))
+        source_box.options = [(class_names[s], s) for s in sources]
+        draw()
+
+    first = next(iter(scatters.values()))
+    outs.update({model: widgets.Output() for model in first})
+    attack_box.observe(new_attack, names="value")
+    source_box.observe(draw, names="value")
+    new_attack()
+    return widgets.VBox([widgets.HBox([attack_box, source_box]), widgets.HBox(list(outs.values()))])
+
+
+def reconstruction_viewer(originals: Mapping[str, torch.Tensor],
+                          reconstructions: Mapping[float, Mapping[str, torch.Tensor]]) -> widgets.VBox:
+    """Pick lambda1 and an image; see the clean and poisoned originals beside their reconstructions (Fig. 4).
+
+    Args:
+        originals: input kind (e.g. "clean", "l2-Invisible") -> images (N, C, H, W) in [0, 1].
+        reconstructions: lambda1 -> input kind -> reconstructions of those images by that model.
+    """
+    lam_box = widgets.Dropdown(options=sorted(reconstructions), description="lambda1")
+    count = min(len(images) for images in originals.values())
+    index = widgets.IntSlider(0, 0, count - 1, description="image")
+    out = widgets.Output()
+
+    def draw(_: object = None) -> None:
+        rows = list(originals)
+        recon = reconstructions[lam_box.value]
+        show(out, reconstruction_plotly([originals[r][index.value] for r in rows],
+                                        [recon[r][index.value] for r in rows], rows,
+                                        f"reconstruction head trained with lambda1 = {lam_box.value:g}"))
+
+    lam_box.observe(draw, names="value")
+    index.observe(draw, names="value")
+    draw()
+    return widgets.VBox([widgets.HBox([lam_box, index]), out])
