@@ -104,3 +104,21 @@ def check_positive_int(value: object, name: str, *, optional: bool = False) -> i
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise WorkbenchError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
     return value
+
+
+def check_non_negative(value: object, name: str, *, integer: bool = False, meaning_of_zero: str = "") -> float | int:
+    """Check a number >= 0 (an integer when `integer`); `meaning_of_zero` (e.g. "0 skips the phase") joins the
+    message."""
+    ok = (isinstance(value, int) if integer else _is_number(value)) and not isinstance(value, bool) and value >= 0
+    if not ok:
+        what = "an integer" if integer else "a number"
+        note = f" ({meaning_of_zero})" if meaning_of_zero else ""
+        raise WorkbenchError(f"{name} must be {what} >= 0{note}, got {value!r}")
+    return value
+
+
+def check_seed(value: object, name: str = "seed") -> int:
+    """Check a seed: any integer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WorkbenchError(f"{name} must be an integer, got {value!r}")
+    return value
