@@ -235,3 +235,29 @@ def test_dynamic_badnets_moves_the_patch_between_images() -> None:
         corners.add((top, left))
     assert len(corners) > 30  # positions differ from image to image
     assert torch.equal(attack(x), y) and not torch.equal(attack.replace(position_seed=1)(x), y)
+
+
+def test_smooth_trigger_is_low_frequency_and_rescales_each_image() -> None:
+    attack = make_attack("tr_smooth")
+    v = attack.perturbation(3, 32, 32)
+    assert v.abs().max().item() == pytest.approx(0.25)
+
+    def low_frequency_share(pattern: torch.Tensor) -> float:  # energy within 3 cycles per image of DC
+        spectrum = torch.fft.fft2(pattern).abs() ** 2
+        k = torch.fft.fftfreq(32, d=1 / 32).abs()
+        return float(spectrum[:, (k[:, None] <= 3) & (k[None, :] <= 3)].sum() / spectrum.sum())
+
+    assert low_frequency_share(v) > 0.8  # ~5 % of the frequency bins hold most of the energy
+    assert low_frequency_share(make_attack("l2_invisible").perturbation(3, 32, 32)) < 0.2  # white noise: spread out
+    x = torch.rand(5, 3, 32, 32) * 0.5 + 0.2
+    out = attack(x)
+    assert torch.allclose(out.amin(dim=(1, 2, 3)), torch.zeros(5)) and torch.allclose(out.amax(dim=(1, 2, 3)),
+                                                                                       torch.ones(5))
+    shifted = x + v
+    expected = (shifted - shifted.amin(dim=(1, 2, 3), keepdim=True)) / (
+        shifted.amax(dim=(1, 2, 3), keepdim=True) - shifted.amin(dim=(1, 2, 3), keepdim=True))
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.equal(make_attack("tr_smooth", seed=1)(x), make_attack("tr_smooth", seed=1)(x))
+    assert not torch.equal(make_attack("tr_smooth", seed=1).perturbation(3, 32, 32), v)
+    with pytest.raises(WorkbenchError, match="grid must be at least 2"):
+        make_attack("tr_smooth", grid=1)

@@ -8,11 +8,15 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tests.conftest import needs_real_data
+from workbench.core import training
 from workbench.core.artefacts import ArtefactStore
 from workbench.core.attacks import PoisonConfig, make_attack
 from workbench.core.data import ImageDataset
+from workbench.core.runtime import assets_root
 from workbench.core.training import TrainConfig, get_or_train, new_model
 from workbench.core.validation import WorkbenchError
+from workbench.defenses import trap_replace
 from workbench.defenses.trap_replace import (
     ReplaceConfig,
     TrapConfig,
@@ -26,6 +30,7 @@ from workbench.defenses.trap_replace import (
     total_variation,
     trap_objective,
 )
+from workbench.repro.trap_replace_experiments import TRTables
 
 WRN = TrainConfig(dataset="cifar10", model="wrn16_1", epochs=1, batch_size=32, optimizer="adam", lr=1e-3,
                   schedule="cosine", label_smoothing=0.0)
@@ -160,3 +165,27 @@ def test_principal_components_on_a_line_and_feature_scatter_shapes() -> None:
                               torch.rand(7, 3, 32, 32))
     assert [tuple(p.shape) for p in scatter.points.values()] == [(5, 2), (6, 2), (7, 2)]
     assert set(scatter.distances) == {"pca", "features"} and 0 < sum(scatter.explained_variance) <= 1
+
+
+@needs_real_data
+def test_reconstruction_head_keeps_poisoned_automobiles_with_their_class(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fig. 2 on the committed cpu-scale WRN-16-1 pair (l2-Invisible, 20,000 images, 12 epochs): with the
+    reconstruction head the poisoned automobiles' stem features stay nearer the clean automobiles than the clean
+    airplanes (the target); with normal training they move to the airplanes."""
+
+    def must_not_train(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the committed models should load from data/assets; run `make assets`")
+
+    monkeypatch.setattr(training, "train_classifier", must_not_train)
+    monkeypatch.setattr(trap_replace, "train_classifier", must_not_train)
+    tables = TRTables("cifar10", "cpu", store=ArtefactStore(tmp_path, read_only_roots=[assets_root()]),
+                      device="cpu", progress=False)
+    scatters = tables.scatters("l2-Invisible", per_class=100)
+    automobile = 1
+    with_head = scatters["with reconstruction"][automobile]
+    without_head = scatters["without reconstruction"][automobile]
+    assert with_head.poisoned_nearer_source and not without_head.poisoned_nearer_source
+    for space in ("pca", "features"):
+        assert without_head.distances[space]["to_target"] < 0.9 * without_head.distances[space]["to_source"]
+        assert with_head.distances[space]["to_source"] < 0.9 * with_head.distances[space]["to_target"]

@@ -58,6 +58,8 @@ class TrainConfig:
             accepted and stored as sorted (name, value) pairs, so the config stays hashable).
         poison: how to poison the training split (None = clean model).
         train_size: train on a seeded stratified subset of this many images (None = all).
+        test_size: report test metrics on a seeded stratified subset of this many test images (None = all; for
+            smoke scales, where evaluating the full test split would cost more than training).
         holdout_fraction: fraction of the official train split kept out as the clean holdout.
         split_seed: seed of the splits.
         epochs, batch_size: training length and batch size.
@@ -79,6 +81,7 @@ class TrainConfig:
     model_options: tuple[tuple[str, Any], ...] = ()
     poison: PoisonConfig | None = None
     train_size: int | None = None
+    test_size: int | None = None
     holdout_fraction: float = 0.05
     split_seed: int = 0
     epochs: int = 10
@@ -108,6 +111,7 @@ class TrainConfig:
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.train_size, "train_size", optional=True)
+        check_positive_int(self.test_size, "test_size", optional=True)
         check_positive(self.lr, "lr")
         check_fraction(self.holdout_fraction, "holdout_fraction", allow_one=False)
         check_fraction(self.warmup_fraction, "warmup_fraction", allow_zero=True)
@@ -126,7 +130,9 @@ class TrainConfig:
         data["model_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.model_options}
         data["poison"] = self.poison.to_dict() if self.poison is not None else None
         data["recipe_version"] = RECIPE_VERSION
-        # the REStore adaptive settings only appear when used, so the keys of every other model stay as they were
+        # settings added later only appear when used, so the keys of every other model stay as they were
+        if self.test_size is None:
+            data.pop("test_size")
         if self.all_classes_poison is None:
             data.pop("all_classes_poison")
         else:
@@ -147,7 +153,7 @@ class TrainConfig:
     def splits(self) -> DataSplits:
         """The data splits this config trains on."""
         return load_splits(self.dataset, seed=self.split_seed, holdout_fraction=self.holdout_fraction,
-                           train_size=self.train_size)
+                           train_size=self.train_size, test_size=self.test_size)
 
 
 @dataclass

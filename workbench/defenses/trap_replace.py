@@ -34,12 +34,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.core.artefacts import ArtefactStore, config_key
-from workbench.core.data import ImageDataset, stratified_subset
+from workbench.core.data import DataSplits, ImageDataset, stratified_subset
 from workbench.core.models import StagedClassifier, set_dropout
 from workbench.core.runtime import make_generator, resolve_device
 from workbench.core.training import (
     TrainConfig,
     TrainedModel,
+    artefact_address,
     artefact_identity,
     get_or_train,
     new_model,
@@ -248,6 +249,17 @@ class TrappedModel:
         return self.net.classifier
 
 
+def trap_address(config: TrapConfig, splits: DataSplits | None = None) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of a stage-1 model with a reconstruction head: its config and the exact
+    training images (lambda1 = 0 models are ordinary `get_or_train` artefacts, see `artefact_address`)."""
+    if not config.reconstructs:
+        return artefact_address(config.train, splits)
+    splits = splits or config.train.splits()
+    identity = {"trap_config": config.to_dict(),
+                "train_data_sha256": artefact_identity(config.train, splits)["train_data_sha256"]}
+    return TRAP_KIND, config_key(identity), identity
+
+
 def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, device: str = "auto",
                 progress: bool = True, monitor_size: int = 1000) -> TrappedModel:
     """Load or run stage 1 (Eq. 1). With lambda1 = 0 this is `get_or_train(config.train)` (ordinary training).
@@ -263,13 +275,11 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
                             plain.loaded)
     dev = resolve_device(device)
     splits = config.train.splits()
-    identity = {"trap_config": config.to_dict(),
-                "train_data_sha256": artefact_identity(config.train, splits)["train_data_sha256"]}
-    key = config_key(identity)
+    kind, key, identity = trap_address(config, splits)
     with torch.random.fork_rng(devices=[]):  # the reconstruction head's initialisation, from the seed
         torch.manual_seed(config.train.seed + 2)
         net = TrapNet.build(new_model(config.train), split)
-    found = store.load(TRAP_KIND, key, identity)
+    found = store.load(kind, key, identity)
     if found is not None:
         net.load_state_dict(found.tensors, strict=True)
         return TrappedModel(net.to(dev).eval(), config, key, found.metrics, str(found.path), loaded=True)
@@ -289,7 +299,7 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
     net.eval()
     metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(net, config.train, splits),
                "test_rec_mse": reconstruction_error(net, splits.test.float_images())}
-    saved = store.save(TRAP_KIND, key, {k: v.contiguous() for k, v in net.state_dict().items()}, identity, metrics)
+    saved = store.save(kind, key, {k: v.contiguous() for k, v in net.state_dict().items()}, identity, metrics)
     return TrappedModel(net.to(dev).eval(), config, key, metrics, str(saved.path), loaded=False)
 
 

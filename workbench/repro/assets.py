@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from workbench.core.attacks import InputAwareConfig, make_attack
 from workbench.core.training import TrainConfig
+from workbench.defenses.trap_replace import TrapConfig
 from workbench.repro.bdmae_experiments import (
     badnets_setting,
     challenging_settings,
@@ -15,6 +16,7 @@ from workbench.repro.bdmae_experiments import (
     trigger_variants,
 )
 from workbench.repro.presets import quickstart_config
+from workbench.repro.trap_replace_experiments import trap_config
 
 
 def _bdmae_models() -> dict[str, TrainConfig | InputAwareConfig]:
@@ -29,8 +31,11 @@ def _bdmae_models() -> dict[str, TrainConfig | InputAwareConfig]:
     return models
 
 
-#: name -> config of every committed model (cpu scale); the quickstart model first.
-COMMITTED_MODELS: dict[str, Callable[[], TrainConfig | InputAwareConfig]] = {
+#: name -> config of every committed model (cpu scale); the quickstart model first. The two T&R models (normal
+#: training and stage 1 with the reconstruction head, l2-Invisible) back the Fig. 2 test of the stem features.
+COMMITTED_MODELS: dict[str, Callable[[], TrainConfig | InputAwareConfig | TrapConfig]] = {
     "quickstart-cpu": lambda: quickstart_config("cpu"),
     **{name: (lambda c=config: c) for name, config in _bdmae_models().items()},
+    "tr-cifar10-l2-invisible-plain": lambda: trap_config("cifar10", "l2-Invisible", "cpu", reconstruct=False).train,
+    "tr-cifar10-l2-invisible-trapped": lambda: trap_config("cifar10", "l2-Invisible", "cpu"),
 }

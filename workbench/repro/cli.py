@@ -40,14 +40,16 @@ def _assets(args: argparse.Namespace) -> int:
     from workbench.core.attacks import InputAwareConfig
     from workbench.core.runtime import assets_root
     from workbench.core.training import artefact_address, get_or_train, get_or_train_input_aware
+    from workbench.defenses.trap_replace import TrapConfig, get_or_trap, trap_address
     from workbench.repro.assets import COMMITTED_MODELS
 
     target_root = assets_root()
     if target_root is None:
         raise WorkbenchError("assets live in a checkout's data/assets/: run this from the repository")
     wanted = {name: make_config() for name, make_config in COMMITTED_MODELS.items()}
-    addresses = {name: artefact_address(config)[:2] for name, config in wanted.items()}
-    for kind in ("models", "iab"):
+    addresses = {name: (trap_address(config) if isinstance(config, TrapConfig) else artefact_address(config))[:2]
+                 for name, config in wanted.items()}
+    for kind in ("models", "iab", "trap"):
         for stale in sorted((target_root / kind).glob("*")):
             if (kind, stale.name) not in addresses.values():
                 print(f"stale: {stale} is no longer listed in COMMITTED_MODELS; remove it with `git rm -r {stale}`")
@@ -63,6 +65,8 @@ def _assets(args: argparse.Namespace) -> int:
             store = ArtefactStore(scratch, read_only_roots=[]) if args.force else ArtefactStore()
             if isinstance(config, InputAwareConfig):
                 trained, _ = get_or_train_input_aware(config, store=store, progress=True)
+            elif isinstance(config, TrapConfig):
+                trained = get_or_trap(config, store=store, progress=True)
             else:
                 trained = get_or_train(config, store=store, progress=True)
             if Path(trained.path) != committed:

@@ -246,3 +246,99 @@ RESTORE_ADAPTIVE = {
 
 #: REStore App. G: the alpha_def (sparsity ratio halving CDA) the paper found.
 RESTORE_ALPHA_DEF = {("mnist", "lenet5"): 0.28, ("mnist", "resnet18"): 0.27, ("cifar10", "resnet18"): 0.07}
+
+
+# --- Trap and Replace (002_dbdf5d42d069b466.txt) ---------------------------------------------------------------------
+
+#: T&R's defences in its table order
+TR_DEFENCES = ("No defense", "NAD", "ANP", "ABL", "I-BAU", "T&R")
+
+
+def _pairs(flat: tuple[float, ...]) -> dict[str, tuple[float, float]]:
+    return {d: (flat[2 * i], flat[2 * i + 1]) for i, d in enumerate(TR_DEFENCES)}
+
+
+#: T&R Table 1 (CIFAR-10, WRN-16-1): attack -> defence -> (ASR, CA) in percent ("Ours" is "T&R").
+TR_TABLE1 = {
+    "BadNet-Grid": _pairs((99.98, 88.36, 8.60, 80.23, 2.64, 84.55, 3.20, 86.35, 8.24, 81.34, 1.21, 84.42)),
+    "BadNet-White": _pairs((96.91, 88.87, 12.80, 79.68, 3.68, 85.74, 9.32, 80.32, 8.80, 86.17, 3.14, 83.96)),
+    "Blend": _pairs((99.11, 88.95, 10.56, 81.89, 5.62, 82.35, 19.91, 80.63, 12.27, 75.18, 10.59, 83.82)),
+    "l0-Invisible": _pairs((99.93, 89.36, 30.25, 76.84, 15.76, 72.5, 16.76, 76.73, 9.21, 81.15, 2.91, 84.04)),
+    "l2-Invisible": _pairs((100.00, 89.28, 10.06, 75.63, 22.97, 70.52, 7.49, 76.82, 2.64, 82.48, 0.74, 84.01)),
+    "Smooth": _pairs((98.14, 89.24, 15.68, 79.10, 33.42, 77.49, 20.21, 70.79, 24.80, 67.93, 4.23, 83.63)),
+    "Trojan-SQ": _pairs((98.23, 89.64, 12.52, 80.56, 23.84, 72.06, 3.16, 80.44, 16.61, 83.27, 6.54, 79.92)),
+    "Trojan-WM": _pairs((99.61, 89.48, 33.64, 79.60, 18.04, 75.66, 7.31, 84.89, 4.55, 85.30, 12.66, 79.97)),
+    "SIG": _pairs((99.93, 89.27, 3.20, 75.24, 0.05, 85.67, 8.79, 60.07, 1.89, 77.05, 0.02, 82.97)),
+    "LCBA": _pairs((90.42, 86.35, 10.64, 77.82, 1.02, 84.21, 6.54, 78.56, 8.88, 78.05, 5.41, 82.57)),
+}
+
+#: T&R Table 2 (GTSRB, WRN-16-1; LCBA omitted as in the paper): attack -> defence -> (ASR, CA).
+TR_TABLE2 = {
+    "BadNet-Grid": _pairs((100, 96.36, 1.62, 93.56, 8.97, 95.44, 4.11, 95.52, 5.56, 95.36, 0.20, 95.94)),
+    "BadNet-White": _pairs((96.32, 96.11, 0.96, 90.61, 12.68, 92.06, 0.00, 95.14, 6.63, 95.55, 0.01, 95.74)),
+    "Blend": _pairs((99.95, 96.50, 5.64, 91.26, 20.36, 90.53, 4.94, 92.61, 0.00, 82.03, 1.98, 95.62)),
+    "l0-Invisible": _pairs((100, 95.50, 25.60, 91.35, 34.96, 88.54, 0.60, 96.39, 4.73, 94.31, 1.32, 95.87)),
+    "l2-Invisible": _pairs((99.93, 96.81, 12.43, 72.69, 24.83, 90.41, 100, 94.74, 9.83, 94.60, 0.03, 96.10)),
+    "Smooth": _pairs((100, 96.58, 33.20, 75.74, 37.95, 82.56, 32.24, 76.70, 2.68, 94.74, 0.11, 96.12)),
+    "Trojan-SQ": _pairs((97.75, 96.53, 1.52, 90.56, 12.06, 90.74, 0.45, 95.88, 5.71, 94.49, 1.47, 95.17)),
+    "Trojan-WM": _pairs((100, 96.68, 1.58, 92.26, 25.68, 88.64, 0.55, 95.41, 7.47, 95.30, 7.06, 91.95)),
+    "SIG": _pairs((87.51, 96.32, 50.68, 88.56, 20.60, 82.34, 66.80, 96.50, 10.04, 94.53, 0.54, 94.56)),
+}
+
+#: T&R Table 4 (ablation, CIFAR-10): variant -> attack -> (ASR, CA); "T&R" is the mean of three seeds.
+TR_TABLE4 = {
+    "no reconstruction, replace head": {"l2-Invisible": (99.99, 85.08), "Trojan-WM": (51.87, 84.26),
+                                        "SIG": (26.96, 84.03), "LCBA": (45.81, 84.31)},
+    "reconstruction, keep head": {"l2-Invisible": (99.96, 89.06), "Trojan-WM": (99.81, 88.50),
+                                  "SIG": (97.24, 81.10), "LCBA": (92.46, 81.22)},
+    "T&R": {"l2-Invisible": (0.72, 83.72), "Trojan-WM": (12.01, 80.01), "SIG": (0.01, 82.99),
+            "LCBA": (5.37, 82.47)},
+}
+
+#: T&R Table 5 (split layer, CIFAR-10): (conv layers in f_s, layers in f_c) -> attack -> (ASR, CA). The workbench
+#: names these splits "final" (13/1), "block3_1" (11/3, the default) and "block3_0" (9/5).
+TR_TABLE5 = {
+    "final": {"Blend": (97.41, 88.04), "l2-Invisible": (99.99, 87.93), "Smooth": (96.02, 87.60),
+              "Trojan-WM": (99.63, 87.52)},
+    "block3_1": {"Blend": (10.59, 83.82), "l2-Invisible": (0.74, 84.01), "Smooth": (4.23, 83.63),
+                 "Trojan-WM": (12.66, 79.97)},
+    "block3_0": {"Blend": (3.01, 74.99), "l2-Invisible": (0.37, 73.50), "Smooth": (4.17, 73.96),
+                 "Trojan-WM": (13.83, 77.36)},
+}
+
+#: T&R Table 6 (poison ratio, CIFAR-10): (ratio, defence) -> attack -> (ASR, CA).
+TR_TABLE6 = {
+    (0.05, "T&R"): {"Blend": (9.57, 83.52), "l2-Invisible": (0.54, 84.21), "Smooth": (2.04, 83.96),
+                    "Trojan-WM": (7.61, 80.12)},
+    (0.05, "I-BAU"): {"Blend": (10.16, 81.96), "l2-Invisible": (1.68, 81.04), "Smooth": (8.58, 80.92),
+                      "Trojan-WM": (5.34, 82.69)},
+    (0.1, "T&R"): {"Blend": (10.59, 83.82), "l2-Invisible": (0.74, 84.01), "Smooth": (4.23, 83.63),
+                   "Trojan-WM": (12.66, 79.97)},
+    (0.1, "I-BAU"): {"Blend": (12.27, 75.18), "l2-Invisible": (2.64, 82.48), "Smooth": (24.80, 67.93),
+                     "Trojan-WM": (4.55, 85.30)},
+    (0.2, "T&R"): {"Blend": (8.74, 82.15), "l2-Invisible": (0.84, 84.25), "Smooth": (3.51, 82.96),
+                   "Trojan-WM": (14.28, 79.84)},
+    (0.2, "I-BAU"): {"Blend": (15.57, 81.06), "l2-Invisible": (4.38, 83.06), "Smooth": (16.69, 80.44),
+                     "Trojan-WM": (6.94, 83.33)},
+}
+
+#: T&R Table 8 (l2-Invisible, CIFAR-10): (lambda1, lambda2) -> (ASR, CA, reconstruction MSE). The ASR cell of
+#: lambda1 = 10 is blank in our copy of the paper; that setting is the default, whose ASR elsewhere is 0.74.
+TR_TABLE8 = {
+    (0.0, 0.1): (99.99, 85.08, None), (1.0, 0.1): (53.77, 83.70, 0.0145), (10.0, 0.1): (0.74, 84.01, 0.0085),
+    (20.0, 0.1): (1.04, 81.37, 0.0071), (10.0, 0.0): (3.32, 82.46, 0.0097), (10.0, 1.0): (0.28, 83.51, 0.0091),
+}
+
+#: T&R Table 9 (l2-Invisible, CIFAR-10): holdout size -> (ASR, CA).
+TR_TABLE9 = {250: (0.77, 72.00), 500: (0.56, 76.99), 1250: (0.41, 83.31), 2500: (0.74, 84.01)}
+
+#: T&R Table 10 (clean CIFAR-10 training set): defence -> CA.
+TR_TABLE10 = {"No defense": 89.81, "ABL": 72.72, "I-BAU": 85.44, "T&R": 83.87}
+
+#: T&R Tables 11 (CIFAR-10) and 12 (GTSRB): DP-SGD, attack -> (ASR, CA).
+TR_TABLE11 = {"BadNet-Grid": (53.21, 27.73), "BadNet-White": (42.92, 26.52), "Blend": (86.68, 26.52),
+              "l0-Invisible": (35.90, 25.00), "l2-Invisible": (60.90, 20.76), "Smooth": (95.41, 28.18),
+              "Trojan-SQ": (43.57, 25.69), "Trojan-WM": (99.62, 23.00), "SIG": (97.02, 28.73), "LCBA": (82.80, 18.95)}
+TR_TABLE12 = {"BadNet-Grid": (67.84, 14.02), "BadNet-White": (52.20, 16.14), "Blend": (83.26, 12.87),
+              "l0-Invisible": (84.68, 13.44), "l2-Invisible": (82.49, 16.94), "Smooth": (96.11, 15.27),
+              "Trojan-SQ": (61.66, 13.20), "Trojan-WM": (99.11, 13.19), "SIG": (94.71, 18.92)}

@@ -26,6 +26,7 @@ PAPERS: dict[str, tuple[str, ...]] = {
     "bdmae": ("10_bdmae_walkthrough.ipynb", "11_bdmae_tables.ipynb"),
     "restore": ("20_restore_walkthrough.ipynb", "21_restore_tables.ipynb"),
     "lred": ("30_lred_walkthrough.ipynb", "31_lred_tables.ipynb"),
+    "trap_replace": ("40_trap_replace_walkthrough.ipynb", "41_trap_replace_tables.ipynb"),
 }
 
 

@@ -8,13 +8,50 @@ training set; stage 1 and normal training use Adam 1e-3, weight decay 5e-4, cosi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+import pandas as pd
+import torch.nn as nn
+
+from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.attacks import AdversarialStep, PoisonConfig, make_attack
+from workbench.core.data import stratified_subset
+from workbench.core.runtime import make_generator, resolve_device
 from workbench.core.scales import pick
-from workbench.core.training import TrainConfig
+from workbench.core.training import TrainConfig, TrainedModel, new_model, prepare_training_data, test_metrics
 from workbench.core.validation import check_name
-from workbench.defenses.trap_replace import ReplaceConfig, TrapConfig
+from workbench.defenses.baselines.abl import ABLConfig, train_abl
+from workbench.defenses.baselines.anp import ANPConfig, anp
+from workbench.defenses.baselines.dp import DPConfig, dp_model, train_dp
+from workbench.defenses.baselines.finetune import FineTuneConfig, fine_tune
+from workbench.defenses.baselines.ibau import IBAUConfig, ibau
+from workbench.defenses.baselines.nad import NADConfig, nad
+from workbench.defenses.trap_replace import (
+    FeatureScatter,
+    ReplaceConfig,
+    TrapConfig,
+    TrappedModel,
+    get_or_replace,
+    get_or_trap,
+    holdout_for,
+    scatters_by_source,
+)
+from workbench.repro.paper_numbers import (
+    TR_TABLE1,
+    TR_TABLE2,
+    TR_TABLE4,
+    TR_TABLE5,
+    TR_TABLE6,
+    TR_TABLE8,
+    TR_TABLE9,
+    TR_TABLE10,
+    TR_TABLE11,
+    TR_TABLE12,
+)
 
 TARGETS = {"cifar10": 0, "gtsrb": 1}  # App. B.1
 POISON_RATIO = 0.1  # Sec. 4.1
@@ -49,34 +86,88 @@ CORE_ATTACKS = ("BadNet-Grid", "Blend", "l2-Invisible", "SIG")
 
 @dataclass(frozen=True)
 class TRPreset:
-    """Sizes of the T&R tables at one scale.
+    """Sizes of the T&R tables at one scale, and which rows each table runs by default (every row of the paper
+    stays available by name through the notebook's parameters).
 
     Args:
         train_size: training images (a seeded stratified subset; None = the whole split minus the 5 % holdout).
+        test_size: test images the tables evaluate on (None = the whole test split).
         epochs: epochs of normal training and of stage 1 (paper: 200).
         replace_epochs: epochs of stage 2 on the holdout (paper: "same as stage 1"; the public code: 100).
         batch_size: batch of normal training and stage 1 (paper: 256).
-        attacks: Table 1's rows run by default (every row stays available by name).
+        attacks: Table 1's rows (No defense and T&R run on each).
+        baselines: Table 1's baseline columns; `baseline_attacks` the rows they run on.
+        gtsrb_attacks: Table 2's rows (empty: Table 2 is skipped).
+        ablation_attacks: Table 4's attacks.
+        split_points: Table 5's splits besides the default, on `split_attacks`.
+        ratios: Table 6's poison ratios besides 10 %, on `ratio_attacks` (T&R and I-BAU).
+        lambdas: Table 8's (lambda1, lambda2) settings besides (0, -) and (10, 0.1), on `detail_attack`.
+        holdout_sizes: Table 9's holdout sizes (on `detail_attack`).
+        detail_attack: the attack of Tables 8-9 and Figs. 2 and 4 (the paper's: l2-Invisible).
+        clean_defences: Table 10's defences on the clean training set.
+        dp_attacks: Tables 11-12's attacks (DP-SGD).
+        holdout_size: clean holdout images the defences use (None = the whole 5 % holdout, 2,500 on CIFAR-10).
+        finetune, nad, anp, abl, ibau, dp: the baselines' settings (the papers' defaults, shortened at small scales).
     """
 
     train_size: int | None
     epochs: int
     replace_epochs: int
+    test_size: int | None = None
     batch_size: int = 256
     attacks: tuple[str, ...] = CORE_ATTACKS
+    baselines: tuple[str, ...] = ("NAD", "ANP", "ABL", "I-BAU")
+    baseline_attacks: tuple[str, ...] = CORE_ATTACKS
+    gtsrb_attacks: tuple[str, ...] = ()
+    ablation_attacks: tuple[str, ...] = CORE_ATTACKS
+    split_points: tuple[str, ...] = ("final", "block3_0")
+    split_attacks: tuple[str, ...] = ("l2-Invisible",)
+    ratios: tuple[float, ...] = (0.05, 0.2)
+    ratio_attacks: tuple[str, ...] = ("l2-Invisible",)
+    lambdas: tuple[tuple[float, float], ...] = ((1.0, 0.1), (20.0, 0.1), (10.0, 0.0), (10.0, 1.0))
+    holdout_sizes: tuple[int, ...] = (250, 500, 1250, 2500)
+    detail_attack: str = "l2-Invisible"
+    clean_defences: tuple[str, ...] = ("No defense", "ABL", "I-BAU", "T&R")
+    dp_attacks: tuple[str, ...] = ("l2-Invisible",)
+    holdout_size: int | None = None
+    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
+    nad: NADConfig = field(default_factory=NADConfig)
+    anp: ANPConfig = field(default_factory=ANPConfig)
+    abl: ABLConfig = field(default_factory=ABLConfig)
+    ibau: IBAUConfig = field(default_factory=IBAUConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
 
 
 PRESETS = {
-    "smoke": TRPreset(train_size=600, epochs=1, replace_epochs=1, attacks=("BadNet-Grid",)),
-    "cpu": TRPreset(train_size=20_000, epochs=12, replace_epochs=30),
-    "paper": TRPreset(train_size=None, epochs=200, replace_epochs=100, attacks=tuple(ATTACKS)),
+    # smoke: the plumbing of every table on one attack, with models that learn next to nothing
+    "smoke": TRPreset(train_size=600, epochs=1, replace_epochs=1, test_size=500, attacks=("BadNet-Grid",),
+                      baselines=("NAD", "ANP", "ABL", "I-BAU"), baseline_attacks=("BadNet-Grid",),
+                      ablation_attacks=("BadNet-Grid",), split_points=("block3_0",), split_attacks=("BadNet-Grid",),
+                      ratios=(), lambdas=((1.0, 0.1),), holdout_sizes=(100,), detail_attack="BadNet-Grid",
+                      clean_defences=("No defense", "T&R"),
+                      dp_attacks=("BadNet-Grid",), holdout_size=200, finetune=FineTuneConfig(epochs=1),
+                      nad=NADConfig(teacher_epochs=1, epochs=1), anp=ANPConfig(iterations=5),
+                      abl=ABLConfig(isolate_epochs=1, finetune_epochs=0, unlearn_epochs=1), ibau=IBAUConfig(rounds=1)),
+    # cpu: WRN-16-1 on a 20,000-image subset for 12 epochs; the baselines on one attack and the ablations that cost
+    # trainings on the fewest rows, to stay under 2 hours from an empty cache. ABL's 20 / 60 / 20 epochs shrink with
+    # the training budget, keeping its isolation : training ratio.
+    "cpu": TRPreset(train_size=20_000, epochs=12, replace_epochs=60, baseline_attacks=("l2-Invisible",),
+                    split_points=(), ratios=(), lambdas=((1.0, 0.1),), clean_defences=(), dp_attacks=(),
+                    abl=ABLConfig(isolate_epochs=3, finetune_epochs=9, unlearn_epochs=5),
+                    anp=ANPConfig(iterations=400)),
+    "paper": TRPreset(train_size=None, epochs=200, replace_epochs=100, attacks=tuple(ATTACKS),
+                      baseline_attacks=tuple(ATTACKS), gtsrb_attacks=tuple(a for a in ATTACKS if a != "LCBA"),
+                      ablation_attacks=("l2-Invisible", "Trojan-WM", "SIG", "LCBA"),
+                      split_attacks=("Blend", "l2-Invisible", "Smooth", "Trojan-WM"),
+                      ratio_attacks=("Blend", "l2-Invisible", "Smooth", "Trojan-WM"), dp_attacks=tuple(ATTACKS)),
 }
 
 
 def base_recipe(dataset: str, scale: str | None, *, seed: int = 0) -> TrainConfig:
     """Normal training of WRN-16-1 (App. B.2), clean."""
     preset = pick(scale, PRESETS)
-    return TrainConfig(dataset=dataset, model="wrn16_1", train_size=preset.train_size, holdout_fraction=0.05,
+    return TrainConfig(dataset=dataset, model="wrn16_1", train_size=preset.train_size, test_size=preset.test_size,
+                       holdout_fraction=0.05,
                        epochs=preset.epochs, batch_size=preset.batch_size, optimizer="adam", lr=1e-3,
                        weight_decay=5e-4, schedule="cosine", label_smoothing=0.0, augment="crop_flip", seed=seed)
 
@@ -103,5 +194,261 @@ def trap_config(dataset: str, attack: str | None, scale: str | None, *, reconstr
 
 
 def replace_config(scale: str | None, *, holdout_size: int | None = None, seed: int = 0) -> ReplaceConfig:
-    """Stage 2 (App. B.2: the stage-1 optimiser, batch 32; dropout 0.5, label smoothing 0.1, CutMix)."""
-    return ReplaceConfig(epochs=pick(scale, PRESETS).replace_epochs, holdout_size=holdout_size, seed=seed)
+    """Stage 2 (App. B.2: the stage-1 optimiser, batch 32; dropout 0.5, label smoothing 0.1, CutMix) on
+    `holdout_size` holdout images (None = the preset's)."""
+    preset = pick(scale, PRESETS)
+    return ReplaceConfig(epochs=preset.replace_epochs, holdout_size=holdout_size or preset.holdout_size, seed=seed)
+
+
+# --- every defence of the tables, cached ------------------------------------------------------------------------------
+
+#: Table 1's columns (DP: Tables 11-12; FT: the fine-tuning baseline NAD starts from)
+DEFENCES = ("No defense", "FT", "NAD", "ANP", "ABL", "I-BAU", "DP", "T&R")
+
+
+@dataclass
+class Defended:
+    """A model after one defence, with its test CA / ASR (and method-specific numbers) in `metrics`."""
+
+    defence: str
+    model: nn.Module
+    key: str
+    metrics: dict[str, Any]
+    loaded: bool
+    seconds: float  # training / defence time recorded when the artefact was made (both stages for T&R)
+
+
+def _cached(kind: str, identity: dict[str, Any], run: Callable[[], tuple[nn.Module, dict[str, Any]]],
+            blank: Callable[[], nn.Module], recipe: TrainConfig, defence: str, store: ArtefactStore,
+            device: str) -> Defended:
+    """Load the artefact of `identity` or `run()` the defence, evaluate it on the test split and store it."""
+    key = config_key(identity)
+    dev = resolve_device(device)
+    found = store.load(kind, key, identity)
+    if found is not None:
+        model = blank()
+        model.load_state_dict(found.tensors, strict=True)
+        return Defended(defence, model.to(dev).eval(), key, found.metrics, True, found.metrics["seconds"])
+    start = time.time()
+    model, extra = run()
+    metrics = {"seconds": time.time() - start, **extra, **test_metrics(model.eval(), recipe, recipe.splits())}
+    store.save(kind, key, {k: v.contiguous() for k, v in model.state_dict().items()}, identity, metrics)
+    return Defended(defence, model.to(dev).eval(), key, metrics, False, metrics["seconds"])
+
+
+def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *, ratio: float = POISON_RATIO,
+           seed: int = 0, store: ArtefactStore | None = None, device: str = "auto", progress: bool = True) -> Defended:
+    """Train or load the model `defence` gives on `dataset` poisoned by `attack` (None = clean training set).
+
+    "No defense" is normal training; FT, NAD, ANP and I-BAU start from it and use the clean holdout (5 % of the
+    training set); ABL and DP train on the poisoned set themselves; T&R is both stages with the paper's settings.
+    """
+    check_name("defence", defence, DEFENCES)
+    preset = pick(scale, PRESETS)
+    store = store or ArtefactStore()
+    plain = trap_config(dataset, attack, scale, reconstruct=False, ratio=ratio, seed=seed)
+    recipe = plain.train
+    if defence == "T&R":
+        trapped = get_or_trap(trap_config(dataset, attack, scale, ratio=ratio, seed=seed), store=store, device=device,
+                              progress=progress)
+        replaced = get_or_replace(trapped, replace_config(scale, seed=seed), store=store, device=device,
+                                  progress=progress)
+        return Defended(defence, replaced.model, replaced.key, replaced.metrics, replaced.loaded,
+                        trapped.metrics["train_seconds"] + replaced.metrics["train_seconds"])
+    if defence in ("No defense", "FT", "NAD", "ANP", "I-BAU"):
+        undefended = get_or_trap(plain, store=store, device=device, progress=progress)
+        if defence == "No defense":
+            return Defended(defence, undefended.model, undefended.key, undefended.metrics, undefended.loaded,
+                            undefended.metrics["train_seconds"])
+        holdout = holdout_for(replace_config(scale, seed=seed), recipe)  # the same clean images as T&R's stage 2
+        method, config = {"FT": (fine_tune, preset.finetune), "NAD": (nad, preset.nad), "ANP": (anp, preset.anp),
+                          "I-BAU": (ibau, preset.ibau)}[defence]
+        identity = {"defence": defence, "config": config.to_dict(), "model_key": undefended.key,
+                    "holdout_sha256": holdout.fingerprint()}
+        return _cached(defence.lower(), identity, lambda: (method(undefended.model, holdout, config, device=device,
+                                                                  progress=progress), {}),
+                       lambda: new_model(recipe), recipe, defence, store, device)
+    data = prepare_training_data(recipe, store=store, device=device, progress=progress)
+    identity = {"defence": defence, "train_config": recipe.to_dict(),
+                "train_data_sha256": recipe.splits().train.fingerprint()}
+    if defence == "ABL":
+        identity["config"] = preset.abl.to_dict()
+
+        def run_abl() -> tuple[nn.Module, dict[str, Any]]:
+            result = train_abl(data.train, recipe, preset.abl, poisoned=data.poisoned_mask(), device=device,
+                               progress=progress)
+            return result.model, {"isolation_precision": result.isolation_precision, "history": result.history}
+
+        return _cached("abl", identity, run_abl, lambda: new_model(recipe), recipe, defence, store, device)
+    identity["config"] = preset.dp.to_dict()
+    return _cached("dp", identity, lambda: (train_dp(data.train, recipe, preset.dp, device=device, progress=progress),
+                                            {}),
+                   lambda: dp_model(recipe, preset.dp), recipe, defence, store, device)
+
+
+# --- tables -----------------------------------------------------------------------------------------------------------
+
+def _percent(fraction: float) -> float:
+    return round(100 * fraction, 2)
+
+
+def _measured(metrics: dict[str, Any]) -> dict[str, float]:
+    return {"ASR": _percent(metrics["test_asr"]) if "test_asr" in metrics else math.nan,
+            "CA": _percent(metrics["test_ca"])}
+
+
+def _paper(numbers: dict[str, tuple[float, ...]] | None, key: str) -> dict[str, float]:
+    found = (numbers or {}).get(key, (math.nan, math.nan))
+    return {"paper ASR": found[0], "paper CA": found[1]}
+
+
+@dataclass
+class TRTables:
+    """Runs the T&R tables of one dataset at one scale, every model trained once and cached.
+
+    Args:
+        dataset: "cifar10" or "gtsrb".
+        scale: the preset's scale.
+        seed: seed of poisoning, initialisation and training.
+        store, device, progress: where artefacts live, where to compute, whether to show bars.
+    """
+
+    dataset: str
+    scale: str | None
+    seed: int = 0
+    store: ArtefactStore | None = None
+    device: str = "auto"
+    progress: bool = True
+
+    #: artefact key -> recorded training seconds of every artefact loaded from the cache (not trained in this run),
+    #: so a notebook can tell how long a run from an empty cache takes
+    loaded_seconds: dict[str, float] = field(default_factory=dict)
+
+    def _seen(self, key: str, loaded: bool, seconds: float) -> None:
+        if loaded:
+            self.loaded_seconds[key] = seconds
+
+    def defend(self, defence: str, attack: str | None, ratio: float = POISON_RATIO) -> Defended:
+        """`defend` with this object's dataset, scale and seed."""
+        if defence in ("No defense", "T&R"):
+            trapped = self.trapped(attack, reconstruct=defence == "T&R", ratio=ratio)
+            if defence == "No defense":
+                return Defended(defence, trapped.model, trapped.key, trapped.metrics, trapped.loaded,
+                                trapped.metrics["train_seconds"])
+            replaced = self.replaced(trapped)
+            return Defended(defence, replaced.model, replaced.key, replaced.metrics, replaced.loaded,
+                            trapped.metrics["train_seconds"] + replaced.metrics["train_seconds"])
+        done = defend(defence, self.dataset, attack, self.scale, ratio=ratio, seed=self.seed, store=self.store,
+                      device=self.device, progress=self.progress)
+        self._seen(done.key, done.loaded, done.seconds)
+        return done
+
+    def trapped(self, attack: str | None, **changes: Any) -> TrappedModel:
+        """Stage 1 of `attack` (`changes`: reconstruct, rec_weight, tv_weight, split, ratio of `trap_config`)."""
+        trapped = get_or_trap(trap_config(self.dataset, attack, self.scale, seed=self.seed, **changes),
+                              store=self.store, device=self.device, progress=self.progress)
+        self._seen(trapped.key, trapped.loaded, trapped.metrics["train_seconds"])
+        return trapped
+
+    def replaced(self, trapped: TrappedModel, holdout_size: int | None = None) -> TrainedModel:
+        """Stage 2 on `trapped` (all of the holdout, or `holdout_size` images of it)."""
+        replaced = get_or_replace(trapped, replace_config(self.scale, holdout_size=holdout_size, seed=self.seed),
+                                  store=self.store, device=self.device, progress=self.progress)
+        self._seen(replaced.key, replaced.loaded, replaced.metrics["train_seconds"])
+        return replaced
+
+    def table1(self, attacks: tuple[str, ...], defences: tuple[str, ...],
+               baseline_attacks: tuple[str, ...]) -> pd.DataFrame:
+        """Tables 1 / 2: ASR and CA (%) of every defence on every attack (baselines only on `baseline_attacks`)."""
+        paper = TR_TABLE1 if self.dataset == "cifar10" else TR_TABLE2
+        rows = []
+        for attack in attacks:
+            for defence in defences:
+                if defence not in ("No defense", "T&R") and attack not in baseline_attacks:
+                    continue
+                done = self.defend(defence, attack)
+                rows.append({"attack": attack, "defence": defence, **_measured(done.metrics),
+                             **_paper(paper.get(attack), defence), "minutes": round(done.seconds / 60, 1)})
+        return pd.DataFrame(rows)
+
+    def table4(self, attacks: tuple[str, ...]) -> pd.DataFrame:
+        """Table 4: T&R without the reconstruction task, without the head replacement, and whole."""
+        rows = []
+        for attack in attacks:
+            plain, trapped = self.trapped(attack, reconstruct=False), self.trapped(attack)
+            variants = {"no reconstruction, replace head": self.replaced(plain).metrics,
+                        "reconstruction, keep head": trapped.metrics, "T&R": self.replaced(trapped).metrics}
+            for variant, metrics in variants.items():
+                rows.append({"attack": attack, "variant": variant, **_measured(metrics),
+                             **_paper(TR_TABLE4[variant], attack)})
+        return pd.DataFrame(rows)
+
+    def table5(self, attacks: tuple[str, ...], splits: tuple[str, ...]) -> pd.DataFrame:
+        """Table 5: the stage where the replaced head starts (the default first)."""
+        rows = []
+        for split in (new_model(base_recipe(self.dataset, self.scale)).default_split, *splits):
+            for attack in attacks:
+                replaced = self.replaced(self.trapped(attack, split=split))
+                rows.append({"split": split, "attack": attack, **_measured(replaced.metrics),
+                             **_paper(TR_TABLE5.get(split), attack)})
+        return pd.DataFrame(rows)
+
+    def table6(self, attacks: tuple[str, ...], ratios: tuple[float, ...]) -> pd.DataFrame:
+        """Table 6: poison ratios (10 % first), T&R against I-BAU."""
+        rows = []
+        for ratio in (POISON_RATIO, *ratios):
+            for defence in ("T&R", "I-BAU"):
+                for attack in attacks:
+                    done = self.defend(defence, attack, ratio=ratio)
+                    rows.append({"ratio": ratio, "defence": defence, "attack": attack, **_measured(done.metrics),
+                                 **_paper(TR_TABLE6.get((ratio, defence)), attack)})
+        return pd.DataFrame(rows)
+
+    def table8(self, lambdas: tuple[tuple[float, float], ...], attack: str = "l2-Invisible") -> pd.DataFrame:
+        """Table 8: lambda1 (reconstruction weight) and lambda2 (TV weight), with the reconstruction MSE on clean test
+        images; lambda1 = 0 is the no-reconstruction model. The paper's numbers are for l2-Invisible."""
+        rows = []
+        for rec_weight, tv_weight in ((0.0, 0.1), (10.0, 0.1), *lambdas):
+            trapped = self.trapped(attack, rec_weight=rec_weight, tv_weight=tv_weight)
+            paper = TR_TABLE8.get((rec_weight, tv_weight), (math.nan, math.nan, None))
+            rows.append({"lambda1": rec_weight, "lambda2": tv_weight if rec_weight else math.nan,
+                         **_measured(self.replaced(trapped).metrics),
+                         "MSE": round(trapped.metrics.get("test_rec_mse", math.nan), 4),
+                         "paper ASR": paper[0], "paper CA": paper[1],
+                         "paper MSE": math.nan if paper[2] is None else paper[2]})
+        return pd.DataFrame(rows)
+
+    def table9(self, sizes: tuple[int, ...], attack: str = "l2-Invisible") -> pd.DataFrame:
+        """Table 9: the size of the clean holdout stage 2 retrains the head on."""
+        trapped = self.trapped(attack)
+        holdout = len(trapped.config.train.splits().holdout)
+        return pd.DataFrame([{"holdout images": size, **_measured(self.replaced(trapped, size).metrics),
+                              **dict(zip(("paper ASR", "paper CA"), TR_TABLE9.get(size, (math.nan, math.nan)),
+                                         strict=True))}
+                             for size in sizes if size <= holdout])
+
+    def table10(self, defences: tuple[str, ...]) -> pd.DataFrame:
+        """Table 10: CA (%) of defences trained on the clean training set."""
+        return pd.DataFrame([{"defence": d, "CA": _measured(self.defend(d, None).metrics)["CA"],
+                              "paper CA": TR_TABLE10.get(d, math.nan)} for d in defences])
+
+    def table11(self, attacks: tuple[str, ...]) -> pd.DataFrame:
+        """Tables 11 / 12: DP-SGD training beside T&R."""
+        paper = TR_TABLE11 if self.dataset == "cifar10" else TR_TABLE12
+        return pd.DataFrame([{"attack": a, **_measured(self.defend("DP", a).metrics),
+                              **dict(zip(("paper ASR", "paper CA"), paper.get(a, (math.nan, math.nan)), strict=True))}
+                             for a in attacks])
+
+    def scatters(self, attack: str, per_class: int = 100) -> dict[str, dict[int, FeatureScatter]]:
+        """Fig. 2 for every source class: stem features of normal training and of stage 1 with the reconstruction
+        head, on `per_class` clean test images per class and their triggered copies."""
+        recipe = base_recipe(self.dataset, self.scale, seed=self.seed)
+        test = recipe.splits().test
+        chosen = stratified_subset(test.labels, per_class * len(test.labels.unique()), make_generator(self.seed))
+        images, labels = test.float_images()[chosen], test.labels[chosen]
+        poison = poison_config(self.dataset, attack, self.scale, seed=self.seed)
+        triggered = poison.attack.apply(images)
+        models = {"without reconstruction": self.trapped(attack, reconstruct=False),
+                  "with reconstruction": self.trapped(attack)}
+        return {name: scatters_by_source(t.model, images, labels, triggered, poison.target, t.net.split)
+                for name, t in models.items()}
