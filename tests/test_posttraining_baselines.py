@@ -314,7 +314,8 @@ def test_neuron_perturbation_hooks_implement_the_masked_perturbed_batchnorm(toy:
 
 def test_anp_prunes_the_backdoor_neurons_only(toy: Toy) -> None:
     before = _state(toy.model)
-    config = ANPConfig(iterations=60, batch_size=32)
+    # 150 mask updates: at 60 the outcome still depended on the thread count (float summation order)
+    config = ANPConfig(iterations=150, batch_size=32)
     result = anp_with_masks(toy.model, toy.holdout, config, device="cpu", progress=False)
     layers = neuron_layers(toy.model)
     assert list(result.masks) == list(layers)
@@ -339,8 +340,8 @@ def test_anp_prunes_the_backdoor_neurons_only(toy: Toy) -> None:
     assert all(not layer._forward_hooks for layer in layers.values())
     # the backdoor goes, the clean task stays; without perturbations (eps = 0) nothing is pruned and the backdoor stays
     assert toy.asr(result.model) <= 0.1 and toy.ca(result.model) >= 0.9
-    control = anp_with_masks(toy.model, toy.holdout, dataclasses.replace(config, eps=0.0), device="cpu",
-                             progress=False)
+    control = anp_with_masks(toy.model, toy.holdout, dataclasses.replace(config, eps=0.0, iterations=30),
+                             device="cpu", progress=False)
     assert control.pruned_count == 0 and toy.asr(control.model) >= 0.95
 
 
