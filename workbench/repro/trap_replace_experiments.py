@@ -22,7 +22,14 @@ from workbench.core.attacks import AdversarialStep, PoisonConfig, make_attack
 from workbench.core.data import stratified_subset
 from workbench.core.runtime import make_generator, resolve_device
 from workbench.core.scales import pick
-from workbench.core.training import TrainConfig, TrainedModel, new_model, prepare_training_data, test_metrics
+from workbench.core.training import (
+    TrainConfig,
+    TrainedModel,
+    TrainingData,
+    new_model,
+    prepare_training_data,
+    test_metrics,
+)
 from workbench.core.validation import check_name
 from workbench.defenses.baselines.abl import ABLConfig, train_abl
 from workbench.defenses.baselines.anp import ANPConfig, anp
@@ -268,21 +275,25 @@ def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *,
         return _cached(defence.lower(), identity, lambda: (method(undefended.model, holdout, config, device=device,
                                                                   progress=progress), {}),
                        lambda: new_model(recipe), recipe, defence, store, device)
-    data = prepare_training_data(recipe, store=store, device=device, progress=progress)
     identity = {"defence": defence, "train_config": recipe.to_dict(),
                 "train_data_sha256": recipe.splits().train.fingerprint()}
+
+    def poisoned_set() -> TrainingData:  # only when the defence runs (LCBA's would train its surrogate first)
+        return prepare_training_data(recipe, store=store, device=device, progress=progress)
+
     if defence == "ABL":
         identity["config"] = preset.abl.to_dict()
 
         def run_abl() -> tuple[nn.Module, dict[str, Any]]:
+            data = poisoned_set()
             result = train_abl(data.train, recipe, preset.abl, poisoned=data.poisoned_mask(), device=device,
                                progress=progress)
             return result.model, {"isolation_precision": result.isolation_precision, "history": result.history}
 
         return _cached("abl", identity, run_abl, lambda: new_model(recipe), recipe, defence, store, device)
     identity["config"] = preset.dp.to_dict()
-    return _cached("dp", identity, lambda: (train_dp(data.train, recipe, preset.dp, device=device, progress=progress),
-                                            {}),
+    return _cached("dp", identity,
+                   lambda: (train_dp(poisoned_set().train, recipe, preset.dp, device=device, progress=progress), {}),
                    lambda: dp_model(recipe, preset.dp), recipe, defence, store, device)
 
 
