@@ -43,7 +43,8 @@ def feature_scatter_figure(scatter: FeatureScatter, title: str, names: Mapping[s
         label = (names or {}).get(group, group)
         xy = points.numpy()
         ax.scatter(xy[:, 0], xy[:, 1], s=9, c=colour, marker=marker, alpha=0.5, label=label)
-        ax.scatter(*xy.mean(axis=0), s=160, c=colour, marker=marker, edgecolors="black", linewidths=1.2)
+        outline = {"edgecolors": "black"} if marker != "x" else {}  # an "x" has no face to outline
+        ax.scatter(*xy.mean(axis=0), s=160, c=colour, marker=marker, linewidths=1.2, **outline)
     x_label, y_label = _axis_labels(scatter)
     ax.set_xlabel(x_label, fontsize=8)
     ax.set_ylabel(y_label, fontsize=8)
