@@ -10,6 +10,7 @@ from workbench.core.metrics import (
     backdoor_accuracy,
     clean_accuracy,
     confusion_matrix,
+    patch_position_asr,
 )
 from workbench.core.models import build_model
 from workbench.core.query import AccessError, QueryModel
@@ -84,6 +85,28 @@ def test_metrics_known_answers() -> None:
     assert backdoor_accuracy(wrapper, x, y) == 0.75
     assert wrapper.queries == 12
     assert confusion_matrix(torch.tensor([0, 0, 0, 1]), y, 2).tolist() == [[2, 0], [1, 1]]
+
+
+def test_patch_position_asr_finds_where_a_trigger_fires() -> None:
+    class Corner(torch.nn.Module):
+        """Class 1 when the 2x2 block at rows 3-4, cols 5-6 is white, else class 0: a location-specific trigger."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            fired = (x[:, :, 3:5, 5:7] > 0.99).flatten(1).all(dim=1).float()
+            return torch.stack([1 - fired, fired], dim=1)
+
+    x = torch.rand(5, 1, 8, 9) * 0.5
+    asr = patch_position_asr(Corner(), x, torch.ones(1, 2, 2), target=1)
+    assert asr.shape == (7, 8)
+    assert asr[3, 5] == 1 and asr.sum() == 1  # fires at its own place only
+    wide = patch_position_asr(Corner(), x, torch.ones(1, 3, 3), target=1)  # a larger patch covers it from 4 places
+    assert wide.sum() == 4 and wide[2:4, 4:6].eq(1).all()
+    with pytest.raises(WorkbenchError, match="does not fit"):
+        patch_position_asr(Corner(), x, torch.ones(1, 9, 2), target=1)
 
 
 def test_workbench_models_declare_their_input_shape(model: torch.nn.Module) -> None:

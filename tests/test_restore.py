@@ -182,6 +182,7 @@ def test_diagnosis_finds_the_backdoored_class_and_recovers_its_trigger():
     estimate = estimate_trigger(setup, realisations, test_images[:20])
     assert estimate.mean[0, 0, 0] > 0.3 and estimate.mean[0, 0, 1] < -0.1  # the checker's bright / dark pixels
     assert estimate.snr[0, :2, :2].min() > estimate.snr[0, 4:, 4:].max()
+    assert estimate.strongest_window(2) == (0, 0)  # the checker's place
     assert found.queries > 0 and found.splitting.evaluations.sum() * 3 <= found.queries
     summary = json.loads(json.dumps(found.summary(), allow_nan=False))
     rebuilt = Diagnosis.from_stored(found.splitting.tensors(), summary)
@@ -264,7 +265,13 @@ def test_figures_and_widgets_draw_the_results():
     import matplotlib.pyplot as plt
 
     from workbench.defenses.restore import Purifier
-    from workbench.viz.restore import recovered_asr_figure, tau_rho_figure, tau_rho_plotly, trigger_figure
+    from workbench.viz.restore import (
+        position_asr_figure,
+        recovered_asr_figure,
+        tau_rho_figure,
+        tau_rho_plotly,
+        trigger_figure,
+    )
     from workbench.widgets.restore import purification_view, tau_rho_explorer, trigger_gallery
 
     query, setup, found = toy_diagnosis(backdoor=True)
@@ -283,6 +290,11 @@ def test_figures_and_widgets_draw_the_results():
     plt.close(fig)
     fig = recovered_asr_figure([0.1, 0.2, 0.9, 0.1], names, backdoored=TARGET)
     assert fig.axes[0].patches[TARGET].get_height() == 90 and fig.axes[0].get_ylabel().endswith("(%)")
+    plt.close(fig)
+    fig = position_asr_figure(torch.eye(5), planted=(1, 1), recovered=(3, 3), title="where it fires")
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("patch column") and ax.get_ylabel().startswith("patch row")
+    assert [c.get_offsets().tolist() for c in ax.collections] == [[[1, 1]], [[3, 3]]]
     plt.close(fig)
 
     explorer = tau_rho_explorer({("PI", "probits"): found}, names, TARGET)

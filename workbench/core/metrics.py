@@ -58,3 +58,37 @@ def confusion_matrix(predicted: torch.Tensor, true: torch.Tensor, num_classes: i
     """(K, K) counts: entry [t, p] = number of images of true class t predicted as p."""
     flat = true.to(torch.long).cpu() * num_classes + predicted.to(torch.long).cpu()
     return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def patch_position_asr(classifier: QueryModel | nn.Module, x: torch.Tensor, patch: torch.Tensor,
+                       target: int) -> torch.Tensor:
+    """ASR of a patch stamped at every position: where a backdoor fires, not only where it was planted.
+
+    A BadNets model may fire for its patch at places it never saw in training (a network that pools globally
+    detects the patch wherever it is). Defences that undo a trigger at one place, such as REStore's purification,
+    then fail when they recover a working copy at another place; this map tells the two cases apart.
+
+    Args:
+        classifier: the model (labels only are used).
+        x: (N, C, H, W) clean images in [0, 1] whose true class is not `target`.
+        patch: (C or 1, h, w) pixel values in [0, 1] that replace the image under them.
+        target: the attack's target class.
+
+    Returns:
+        (H - h + 1, W - w + 1) ASR of the patch with its top-left pixel at each (row, col).
+    """
+    if x.ndim != 4 or patch.ndim != 3 or patch.shape[0] not in (1, x.shape[1]):
+        raise WorkbenchError(f"need images (N, C, H, W) and a patch (C or 1, h, w); got {tuple(x.shape)} and "
+                             f"{tuple(patch.shape)}")
+    height, width = x.shape[-2] - patch.shape[-2] + 1, x.shape[-1] - patch.shape[-1] + 1
+    if height < 1 or width < 1:
+        raise WorkbenchError(f"a {tuple(patch.shape[-2:])} patch does not fit {tuple(x.shape[-2:])} images")
+    patch = patch.to(x.device, x.dtype)
+    rows = []
+    for row in range(height):  # one batch per row: every column's stamped copy of every image
+        stamped = x.unsqueeze(0).repeat(width, 1, 1, 1, 1)
+        for col in range(width):
+            stamped[col, :, :, row:row + patch.shape[-2], col:col + patch.shape[-1]] = patch
+        hits = predict_labels(classifier, stamped.flatten(0, 1)).view(width, len(x)) == target
+        rows.append(hits.float().mean(dim=1).cpu())
+    return torch.stack(rows)

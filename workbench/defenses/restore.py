@@ -479,6 +479,13 @@ class TriggerEstimate:
             snr = F.conv2d(snr[None], kernel, padding=1, groups=snr.shape[0])[0]
         return snr.square() / (1 + snr.square())
 
+    def strongest_window(self, size: int) -> tuple[int, int]:
+        """(row, col) of the top-left pixel of the size x size window with the largest summed weight: where the
+        recovered trigger sits, to compare with where a patch was planted."""
+        summed = F.avg_pool2d(self.weights().amax(dim=0)[None, None], size, stride=1)[0, 0]
+        row, col = divmod(int(summed.argmax()), summed.shape[1])
+        return row, col
+
 
 def estimate_trigger(setup: RestoreSetup, realisations: torch.Tensor, clean: torch.Tensor) -> TriggerEstimate:
     """Mean and SNR of the realisations' effect on clean images (N, C, H, W) (see `TriggerEstimate`)."""

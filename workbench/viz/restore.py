@@ -1,5 +1,5 @@
 """Figures of REStore: tau -> rho maps per class (Figs. 5-7), recovered triggers (Fig. 9), the recovered triggers' ASR
-per class (Fig. 8) and purification before / after (Fig. 11).
+per class (Fig. 8), purification before / after (Fig. 11) and where a patch backdoor fires (no paper figure).
 
 Pure drawing: inputs are REStore results and tensors, outputs are matplotlib or plotly figures. The caller stamps
 perturbations on images (`RestoreSetup.perturb`); these functions only show them.
@@ -108,6 +108,25 @@ def recovered_asr_figure(asr: Sequence[float], class_names: Sequence[str], backd
     ax.set_ylabel("recovered-trigger ASR (%)")
     ax.set_xlabel("class c the perturbations were searched for")
     ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def position_asr_figure(asr: torch.Tensor, planted: tuple[int, int], recovered: tuple[int, int] | None = None,
+                        title: str = "", ax: plt.Axes | None = None) -> Figure:
+    """Where a backdoor fires: the ASR of its patch with the patch's top-left pixel at each (row, col)
+    (`workbench.core.metrics.patch_position_asr`), the planted position marked, and where a recovered trigger
+    sits (top-left of its strongest patch-sized window, `strongest_window`) when given."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.2, 3.6), layout="constrained")
+    shown = ax.imshow(100 * asr.detach().cpu().numpy(), cmap="viridis", vmin=0, vmax=100, interpolation="nearest")
+    fig.colorbar(shown, ax=ax, shrink=0.8, label="ASR (%)")
+    ax.scatter([planted[1]], [planted[0]], marker="s", s=60, facecolors="none", edgecolors="red",
+               label="planted patch")
+    if recovered is not None:
+        ax.scatter([recovered[1]], [recovered[0]], marker="x", s=50, color="white", label="recovered trigger")
+    ax.set_xlabel("patch column (px, top-left)")
+    ax.set_ylabel("patch row (px, top-left)")
+    ax.legend(fontsize=7, loc="lower left")
     ax.set_title(title, fontsize=9)
     return fig
 
