@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -145,6 +146,9 @@ def test_both_stages_are_cached_and_repeatable(tiny_mirror: Path, tmp_path: Path
         again = get_or_trap(config, store=store, device="cpu", progress=False)
         assert again.loaded and again.metrics == trapped.metrics
         assert get_or_replace(again, replace, store=store, device="cpu", progress=False).loaded
+        whole = get_or_replace(again, dataclasses.replace(replace, holdout_size=10), store=store, device="cpu",
+                               progress=False)
+        assert whole.loaded and whole.key == replaced.key  # all 10 holdout images is the default run
         runs.append((trapped, replaced))
     x = torch.rand(4, 3, 32, 32)
     (first_trap, first_replaced), (second_trap, second_replaced) = runs
@@ -155,6 +159,14 @@ def test_both_stages_are_cached_and_repeatable(tiny_mirror: Path, tmp_path: Path
     plain = get_or_trap(TrapConfig(config.train, rec_weight=0), store=store, device="cpu", progress=False)
     assert plain.key == get_or_train(config.train, store=store, progress=False).key
     assert plain.net.reconstruction is None
+
+
+def test_cold_run_time_counts_each_artefact_once() -> None:
+    tables = TRTables("cifar10", "smoke")
+    tables._seen("trained here", loaded=False, seconds=5.0)
+    tables._seen("trained here", loaded=True, seconds=5.0)  # a later table reloads it: already in the run's time
+    tables._seen("from the cache", loaded=True, seconds=7.0)
+    assert tables.loaded_seconds == {"from the cache": 7.0}
 
 
 def test_principal_components_on_a_line_and_feature_scatter_shapes() -> None:
@@ -188,7 +200,8 @@ def test_reconstruction_head_keeps_poisoned_automobiles_with_their_class(tmp_pat
     automobile = 1
     with_head = scatters["with reconstruction"][automobile]
     without_head = scatters["without reconstruction"][automobile]
-    assert with_head.poisoned_nearer_source and not without_head.poisoned_nearer_source
+    assert with_head.poisoned_nearer_source and without_head.poisoned_nearer_target
+    assert not (with_head.poisoned_nearer_target or without_head.poisoned_nearer_source)
     for space in ("pca", "features"):
         assert without_head.distances[space]["to_target"] < 0.9 * without_head.distances[space]["to_source"]
         assert with_head.distances[space]["to_source"] < 0.9 * with_head.distances[space]["to_target"]

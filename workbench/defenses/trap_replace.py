@@ -410,6 +410,8 @@ def get_or_replace(trapped: TrappedModel, config: ReplaceConfig, *, store: Artef
     store = store or ArtefactStore()
     base = trapped.config.train
     splits = base.splits()
+    if config.holdout_size == len(splits.holdout):  # all of it is the default run: one artefact, not two
+        config = dataclasses.replace(config, holdout_size=None)
     holdout = holdout_for(config, base)
     identity = {"replace_config": config.to_dict(), "trapped_key": trapped.key, "split": trapped.net.split,
                 "holdout_sha256": holdout.fingerprint()}
@@ -478,6 +480,12 @@ class FeatureScatter:
     def poisoned_nearer_source(self) -> bool:
         """True when poisoned source samples sit nearer the clean source than the target centroid (both spaces)."""
         return all(d["to_source"] < d["to_target"] for d in self.distances.values())
+
+    @property
+    def poisoned_nearer_target(self) -> bool:
+        """True when poisoned source samples sit nearer the target than the clean source centroid (both spaces):
+        the backdoor moved them into the target's features (Fig. 2, normal training)."""
+        return all(d["to_target"] < d["to_source"] for d in self.distances.values())
 
 
 def scatter_of(features: dict[str, torch.Tensor]) -> FeatureScatter:

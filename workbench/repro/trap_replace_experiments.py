@@ -331,12 +331,16 @@ class TRTables:
     device: str = "auto"
     progress: bool = True
 
-    #: artefact key -> recorded training seconds of every artefact loaded from the cache (not trained in this run),
-    #: so a notebook can tell how long a run from an empty cache takes
+    #: artefact key -> recorded training seconds of every artefact loaded from the cache and not trained in this
+    #: run, so a notebook can tell how long a run from an empty cache takes
     loaded_seconds: dict[str, float] = field(default_factory=dict)
+    #: keys of the artefacts trained in this run (a later table reloads them: their time is already in the run's)
+    trained_keys: set[str] = field(default_factory=set)
 
     def _seen(self, key: str, loaded: bool, seconds: float) -> None:
-        if loaded:
+        if not loaded:
+            self.trained_keys.add(key)
+        elif key not in self.trained_keys:
             self.loaded_seconds[key] = seconds
 
     def defend(self, defence: str, attack: str | None, ratio: float = POISON_RATIO) -> Defended:
