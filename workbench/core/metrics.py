@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from workbench.core.attacks.functional import stamp_patch_at
 from workbench.core.query import QueryModel
 from workbench.core.validation import WorkbenchError
 
@@ -83,12 +84,11 @@ def patch_position_asr(classifier: QueryModel | nn.Module, x: torch.Tensor, patc
     height, width = x.shape[-2] - patch.shape[-2] + 1, x.shape[-1] - patch.shape[-1] + 1
     if height < 1 or width < 1:
         raise WorkbenchError(f"a {tuple(patch.shape[-2:])} patch does not fit {tuple(x.shape[-2:])} images")
-    patch = patch.to(x.device, x.dtype)
+    copies = x.repeat(width, 1, 1, 1)  # every image once per column, column-major
+    lefts = torch.arange(width).repeat_interleave(len(x))
     rows = []
-    for row in range(height):  # one batch per row: every column's stamped copy of every image
-        stamped = x.unsqueeze(0).repeat(width, 1, 1, 1, 1)
-        for col in range(width):
-            stamped[col, :, :, row:row + patch.shape[-2], col:col + patch.shape[-1]] = patch
-        hits = predict_labels(classifier, stamped.flatten(0, 1)).view(width, len(x)) == target
+    for row in range(height):  # one batch per row of positions
+        stamped = stamp_patch_at(copies, patch, torch.full_like(lefts, row), lefts)
+        hits = predict_labels(classifier, stamped).view(width, len(x)) == target
         rows.append(hits.float().mean(dim=1).cpu())
     return torch.stack(rows)
