@@ -185,7 +185,7 @@ def test_principal_components_on_a_line_and_feature_scatter_shapes() -> None:
 @needs_real_data
 def test_reconstruction_head_keeps_poisoned_automobiles_with_their_class(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fig. 2 on the committed cpu-scale WRN-16-1 pair (l2-Invisible, 20,000 images, 12 epochs): with the
+    """Fig. 2 on the committed cpu-scale WRN-16-1 pair (l2-Invisible, 20,000 images, 20 epochs): with the
     reconstruction head the poisoned automobiles' stem features stay nearer the clean automobiles than the clean
     airplanes (the target); with normal training they move to the airplanes."""
 
