@@ -81,9 +81,15 @@ FIRST_STAGE = MAETrainConfig()
 #: passes in all; loss 0.139 -> 0.107). BDMAE's clean accuracy still lagged ShrinkPad's, hence a third stage.
 SECOND_STAGE = MAETrainConfig(steps=4000, lr=1e-3, warmup_steps=100, seed=1, init=FIRST_STAGE)
 
-#: The default tiny MAE: the second stage continued for 4,000 more steps with a fresh cosine schedule at a lower
-#: peak rate. `python -m workbench mae` prints its held-out error, also stored in its manifest.
-DEFAULT_MAE = MAETrainConfig(steps=4000, lr=7e-4, warmup_steps=100, seed=2, init=SECOND_STAGE)
+#: The third stage: the second continued for 4,000 more steps with a fresh cosine schedule at a lower peak rate
+#: (loss 0.107 -> 0.098). BDMAE's (CA + BA) / 2 on CIFAR-10 holdout images was still 0.2 points below ShrinkPad's.
+THIRD_STAGE = MAETrainConfig(steps=4000, lr=7e-4, warmup_steps=100, seed=2, init=SECOND_STAGE)
+
+#: The default tiny MAE: the third stage continued for 6,000 more steps with a fresh cosine schedule at a lower peak
+#: rate (loss 0.098 -> 0.090, about 27 passes in all). Chosen on CIFAR-10 *holdout* images (500 clean + 500
+#: triggered; never notebook 11's test images): BDMAE's (CA + BA) / 2 rose from 78.9 to 80.1 and the 75 % masking
+#: consistency from 73.2 % to 74.8 %. `python -m workbench mae` prints its held-out error, also stored in its manifest.
+DEFAULT_MAE = MAETrainConfig(steps=6000, lr=5e-4, warmup_steps=100, seed=3, init=THIRD_STAGE)
 
 
 def training_images(config: MAETrainConfig) -> torch.Tensor:
