@@ -86,7 +86,7 @@ SECOND_STAGE = MAETrainConfig(steps=4000, lr=1e-3, warmup_steps=100, seed=1, ini
 THIRD_STAGE = MAETrainConfig(steps=4000, lr=7e-4, warmup_steps=100, seed=2, init=SECOND_STAGE)
 
 #: The default tiny MAE: the third stage continued for 6,000 more steps with a fresh cosine schedule at a lower peak
-#: rate (loss 0.098 -> 0.090, about 27 passes in all). Chosen on CIFAR-10 *holdout* images (500 clean + 500
+#: rate (loss 0.098 -> 0.090, about 24 passes in all). Chosen on CIFAR-10 *holdout* images (500 clean + 500
 #: triggered; never notebook 11's test images): BDMAE's (CA + BA) / 2 rose from 78.9 to 80.1 and the 75 % masking
 #: consistency from 73.2 % to 74.8 %; on notebook 11's test images it went from 77.6 to 76.8 instead, so the gain is
 #: within the sampling noise of 1,000 images. `python -m workbench mae` prints its held-out error, also stored in its
