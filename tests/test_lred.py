@@ -179,11 +179,10 @@ def test_snapshots_and_pattern_at():
         estimate_patterns(margin_model(), x, y, targets, sources, CONFIG, snapshot_every=-1)
 
 
-def test_figures_and_widgets_draw_the_results():
+def test_figures_draw_the_results():  # the widgets: tests/test_widgets.py
     import matplotlib.pyplot as plt
 
     from workbench.viz.lred import annealing_figure, collateral_damage_figure, detection_figure, pattern_view
-    from workbench.widgets.lred import annealing_player, detection_view
 
     x, y = margin_images(per_class=4)
     result = detect(margin_model(), x, y, 3, "RED-P", CONFIG)
@@ -201,8 +200,3 @@ def test_figures_and_widgets_draw_the_results():
     plt.close(fig)
     image, gain = pattern_view(torch.tensor([[[0.01, -0.02]]]))
     assert image.shape == (1, 2, 3) and gain == pytest.approx(25.0) and image[0, 1, 0] == pytest.approx(0.0, abs=1e-6)
-    player = annealing_player({"m": result.estimation}, ["a", "b", "c"])
-    slider = player.children[1].children[1]
-    assert slider.max == int(result.estimation.iterations[0]) and len(player.children[2].outputs) == 1
-    view = detection_view({"m": result}, ["a", "b", "c"], {"m": "target c"})
-    assert "truth: target c" in view.children[1].value

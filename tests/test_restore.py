@@ -261,10 +261,9 @@ def test_bad_inputs_are_named():
         estimate_trigger(RestoreSetup("PI", 0.3), torch.zeros(1, 1, 8, 8), images)
 
 
-def test_figures_and_widgets_draw_the_results():
+def test_figures_draw_the_results():  # the widgets: tests/test_widgets.py
     import matplotlib.pyplot as plt
 
-    from workbench.defenses.restore import Purifier
     from workbench.viz.restore import (
         position_asr_figure,
         recovered_asr_figure,
@@ -272,9 +271,8 @@ def test_figures_and_widgets_draw_the_results():
         tau_rho_plotly,
         trigger_figure,
     )
-    from workbench.widgets.restore import purification_view, tau_rho_explorer, trigger_gallery
 
-    query, setup, found = toy_diagnosis(backdoor=True)
+    _, setup, found = toy_diagnosis(backdoor=True)
     names = ["q0", "q1", "q2", "q3"]
     fig = tau_rho_figure(found, names, backdoored=TARGET)
     ax = fig.axes[0]
@@ -297,14 +295,6 @@ def test_figures_and_widgets_draw_the_results():
     assert [c.get_offsets().tolist() for c in ax.collections] == [[[1, 1]], [[3, 3]]]
     plt.close(fig)
 
-    explorer = tau_rho_explorer({("PI", "probits"): found}, names, TARGET)
-    assert len(explorer.children[2].outputs) == 1
-    gallery = trigger_gallery({"class q2": (estimate, images[0], stamped)})
-    assert len(gallery.children[1].outputs) == 1
-    purifier = Purifier("subtract", 0.5, estimate.weights(), estimate.mean)
-    view = purification_view(purifier, {"clean": images}, query.labels, names)
-    view.children[0].children[0].value = 1.0  # moving the strength redraws
-    assert len(view.children[1].outputs) == 1
 
 
 def test_the_map_reaching_furthest_at_equal_rarity_is_the_suspect():

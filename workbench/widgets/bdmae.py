@@ -12,7 +12,7 @@ import torch
 
 from workbench.defenses.bdmae import BDMAE, BDMAEResult
 from workbench.viz.bdmae import refinement_step_plotly, score_maps_plotly
-from workbench.widgets.display import show
+from workbench.widgets.display import choice, show
 
 
 def trigger_score_explorer(images: Mapping[str, torch.Tensor], defences: Mapping[str, BDMAE],
@@ -26,8 +26,8 @@ def trigger_score_explorer(images: Mapping[str, torch.Tensor], defences: Mapping
         class_names: names for the labels.
     """
     cache: dict[tuple[str, str, int], BDMAEResult] = {}
-    set_box = widgets.Dropdown(options=list(images), description="images")
-    model_box = widgets.Dropdown(options=list(defences), description="model")
+    set_box = choice(list(images), "images")
+    model_box = choice(list(defences), "model")
     index = widgets.IntSlider(0, 0, len(next(iter(images.values()))) - 1, description="image")
     out = widgets.Output()
 
@@ -54,7 +54,7 @@ def refinement_player(result: BDMAEResult, index: int = 0) -> widgets.VBox:
     kinds = list(result.refinement)
     if not kinds:
         raise ValueError("this result has no refinement trace (a variant without refinement?)")
-    kind = widgets.ToggleButtons(options=[(f"S_{k[0]}", k) for k in kinds], description="score")
+    kind = choice([(f"S_{k[0]}", k) for k in kinds], "score", buttons=True)
     steps = result.refinement[kinds[0]]["masks"].shape[1]
     step = widgets.IntSlider(0, 0, steps - 1, description="step")
     play = widgets.Play(min=0, max=steps - 1, interval=800)

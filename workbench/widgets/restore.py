@@ -11,40 +11,41 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
 
 from workbench.defenses.restore import Diagnosis, Purifier, TriggerEstimate
 from workbench.viz.images import image_grid
 from workbench.viz.restore import tau_rho_plotly, trigger_plotly
-from workbench.widgets.display import show
+from workbench.widgets.display import choice, show
 
 
-def tau_rho_explorer(diagnoses: Mapping[tuple[str, str], Diagnosis], class_names: Sequence[str],
-                     backdoored: int | None = None) -> widgets.VBox:
-    """Switch between IS setups (PI / FI / PG) and scorer outputs (logits / probits / labels) of one model and see
-    every class's tau -> rho map, the backdoored class highlighted when known.
+def tau_rho_explorer(diagnoses: Mapping[tuple[str, str, str], Diagnosis], class_names: Sequence[str],
+                     backdoored: Mapping[str, int | None] | None = None) -> widgets.VBox:
+    """Switch between models (e.g. a backdoored one and its benign twin), IS setups (PI / FI / PG) and scorer outputs
+    (logits / probits / labels) and see every class's tau -> rho map, the backdoored class highlighted when known.
+    A choice with one option is not shown.
 
     Args:
-        diagnoses: keyed by (setup name, scorer output), e.g. {("PI", "probits"): diagnosis}.
+        diagnoses: keyed by (model name, setup name, scorer output), e.g. {("badnets", "PI", "probits"): diagnosis}.
+        backdoored: model name -> its backdoored class (None or absent: unknown or benign).
     """
-    setups = sorted({setup for setup, _ in diagnoses})
-    outputs = sorted({output for _, output in diagnoses})
-    setup_box = widgets.ToggleButtons(options=setups, description="setup")
-    output_box = widgets.ToggleButtons(options=outputs, description="scorer")
+    models, setups, outputs = ([*dict.fromkeys(key[axis] for key in diagnoses)] for axis in range(3))
+    model_box = choice(models, "model", buttons=True)
+    setup_box = choice(setups, "setup", buttons=True)
+    output_box = choice(outputs, "scorer", buttons=True)
     out = widgets.Output()
 
     def draw(_: object = None) -> None:
-        key = (setup_box.value, output_box.value)
+        key = (model_box.value, setup_box.value, output_box.value)
         if key in diagnoses:
-            show(out, tau_rho_plotly(diagnoses[key], class_names, backdoored))
+            show(out, tau_rho_plotly(diagnoses[key], class_names, (backdoored or {}).get(key[0])))
         else:
-            show(out, widgets.HTML(f"<i>no run for setup {key[0]} with the {key[1]} scorer</i>"))
+            show(out, f"<i>no run of model {key[0]} for setup {key[1]} with the {key[2]} scorer</i>")
 
-    setup_box.observe(draw, names="value")
-    output_box.observe(draw, names="value")
+    for box in (model_box, setup_box, output_box):
+        box.observe(draw, names="value")
     draw()
-    return widgets.VBox([setup_box, output_box, out])
+    return widgets.VBox([model_box, setup_box, output_box, out])
 
 
 def trigger_gallery(views: Mapping[str, tuple[TriggerEstimate, torch.Tensor, torch.Tensor]]) -> widgets.VBox:
@@ -54,7 +55,7 @@ def trigger_gallery(views: Mapping[str, tuple[TriggerEstimate, torch.Tensor, tor
     Args:
         views: name -> (trigger estimate, clean image (C, H, W), the same image perturbed (C, H, W)).
     """
-    box = widgets.Dropdown(options=list(views), description="trigger")
+    box = choice(list(views), "trigger")
     out = widgets.Output()
 
     def draw(_: object = None) -> None:
@@ -77,8 +78,7 @@ def purification_view(purifier: Purifier, images: Mapping[str, torch.Tensor],
         predict: images -> labels (the black-box model).
     """
     strength = widgets.FloatSlider(purifier.strength, min=0, max=1, step=0.05, description="strength")
-    transform = widgets.ToggleButtons(options=["subtract", "mask", "gram_schmidt"], value=purifier.transform,
-                                      description="transform")
+    transform = choice(["subtract", "mask", "gram_schmidt"], "transform", value=purifier.transform, buttons=True)
     out = widgets.Output()
 
     def draw(_: object = None) -> None:
@@ -89,9 +89,7 @@ def purification_view(purifier: Purifier, images: Mapping[str, torch.Tensor],
                 rows.append(batch)
                 titles.append(label)
                 captions.append([class_names[int(c)] for c in predict(batch)])
-        figure = image_grid(rows, titles, captions)
-        plt.close(figure)  # shown through the Output widget only
-        show(out, figure)
+        show(out, image_grid(rows, titles, captions))
 
     strength.observe(draw, names="value")
     transform.observe(draw, names="value")

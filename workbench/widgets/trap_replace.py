@@ -13,7 +13,7 @@ import torch
 
 from workbench.defenses.trap_replace import FeatureScatter
 from workbench.viz.trap_replace import feature_scatter_plotly, reconstruction_plotly
-from workbench.widgets.display import show
+from workbench.widgets.display import choice, show
 
 
 def feature_scatter_explorer(scatters: Mapping[str, Mapping[str, Mapping[int, FeatureScatter]]],
@@ -26,12 +26,18 @@ def feature_scatter_explorer(scatters: Mapping[str, Mapping[str, Mapping[int, Fe
         class_names: names of the classes.
         target: the attacks' target class.
     """
-    attack_box = widgets.Dropdown(options=list(scatters), description="attack")
-    source_box = widgets.Dropdown(description="source")
-    outs = {}
+    def source_options(attack: str) -> list[tuple[str, int]]:
+        return [(class_names[s], s) for s in sorted(next(iter(scatters[attack].values())))]
+
+    attack_box = choice(list(scatters), "attack")
+    source_box = choice(source_options(attack_box.value), "source")
+    models = list(next(iter(scatters.values())))
+    outs = {model: widgets.Output(layout={"width": f"{100 / len(models):.0f}%"}) for model in models}  # side by side
+
+    resetting = False  # while a new attack resets the source choice, draw once at the end
 
     def draw(_: object = None) -> None:
-        if source_box.value is None:
+        if resetting:
             return
         source = class_names[source_box.value]
         names = {"clean target": f"clean {class_names[target]}", "clean source": f"clean {source}",
@@ -40,15 +46,20 @@ def feature_scatter_explorer(scatters: Mapping[str, Mapping[str, Mapping[int, Fe
             show(outs[model], feature_scatter_plotly(scatter_by_source[source_box.value], model, names))
 
     def new_attack(_: object = None) -> None:
-        sources = sorted(next(iter(scatters[attack_box.value].values())))
-        source_box.options = [(class_names[s], s) for s in sources]
+        nonlocal resetting
+        options = source_options(attack_box.value)
+        kept = source_box.value if source_box.value in dict(options).values() else options[0][1]
+        resetting = True
+        try:
+            source_box.options = options  # resets the value to the first option
+            source_box.value = kept
+        finally:
+            resetting = False
         draw()
 
-    first = next(iter(scatters.values()))
-    outs.update({model: widgets.Output() for model in first})
     attack_box.observe(new_attack, names="value")
     source_box.observe(draw, names="value")
-    new_attack()
+    draw()
     return widgets.VBox([widgets.HBox([attack_box, source_box]), widgets.HBox(list(outs.values()))])
 
 
@@ -60,7 +71,7 @@ def reconstruction_viewer(originals: Mapping[str, torch.Tensor],
         originals: input kind (e.g. "clean", "l2-Invisible") -> images (N, C, H, W) in [0, 1].
         reconstructions: lambda1 -> input kind -> reconstructions of those images by that model.
     """
-    lam_box = widgets.Dropdown(options=sorted(reconstructions), description="lambda1")
+    lam_box = choice(sorted(reconstructions), "lambda1")
     count = min(len(images) for images in originals.values())
     index = widgets.IntSlider(0, 0, count - 1, description="image")
     out = widgets.Output()
