@@ -13,7 +13,7 @@ ifeq ($(origin WORKBENCH_DATA), undefined)
   endif
 endif
 
-.PHONY: venv reproduce test lab lint assets clean-cache
+.PHONY: venv reproduce test ui-test chromium lab lint assets clean-cache
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,20 @@ reproduce: venv
 ## test: unit tests and every notebook at smoke scale (nbval)
 test: venv
 	WORKBENCH_SCALE=smoke $(BIN)/python -m pytest
+
+## ui-test: every walkthrough widget in JupyterLab in headless Chromium (Playwright), and the reproduced HTML pages
+## offline; screenshots in outputs/ui/. Installs Debian's chromium and the `ui` extra first.
+ui-test: venv chromium $(VENV)/.ui-installed
+	WORKBENCH_SCALE=smoke $(BIN)/python -m pytest tests/ui $(UI_TEST_ARGS)
+
+$(VENV)/.ui-installed: pyproject.toml | $(VENV)/.installed
+	$(BIN)/python -m pip install -e ".[dev,ui]"
+	touch $@
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -n "$$WORKBENCH_CHROMIUM" ] || { \
+	  [ "$$(id -u)" = 0 ] || { echo "ui-test needs Debian's chromium: sudo apt-get install chromium"; exit 1; }; \
+	  apt-get install -y chromium || { apt-get update && apt-get install -y chromium; }; }
 
 ## lab: JupyterLab on the notebooks
 lab: venv

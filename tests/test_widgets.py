@@ -158,18 +158,18 @@ def test_annealing_player_draws_once_per_choice_and_redraws_for_every_control() 
     out.observe(lambda change: draws.append(change), names="outputs")
     step, target, model = control(player, "iteration"), control(player, "target"), control(player, "model")
     last = int(estimations["RED-A"].iterations[0])
-    assert step.value == step.max == last and (step.max - step.min) % step.step == 0  # Play can stop on `last`
-    assert_shows(out, annealing_plotly(estimations["RED-A"], 0, last, names, 0.8))
-    step.value = step.min
+    assert step.value == step.min and step.max == last and (step.max - step.min) % step.step == 0  # Play ends on last
     assert_shows(out, annealing_plotly(estimations["RED-A"], 0, step.min, names, 0.8))
+    step.value = last
+    assert_shows(out, annealing_plotly(estimations["RED-A"], 0, last, names, 0.8))
     target.value = 2
-    last = int(estimations["RED-A"].iterations[2])
-    assert_shows(out, annealing_plotly(estimations["RED-A"], 2, last, names, 0.8))
+    assert_shows(out, annealing_plotly(estimations["RED-A"], 2, step.min, names, 0.8))
     draws.clear()
     model.value = "RED-P"
     assert len(draws) == 1, "a new model must redraw once, not once per control it resets"
     assert target.value == 0 and target.options[0][0] == "b->a"
-    assert_shows(out, annealing_plotly(estimations["RED-P"], 0, int(estimations["RED-P"].iterations[0]), names, 0.8))
+    assert step.max == int(estimations["RED-P"].iterations[0])
+    assert_shows(out, annealing_plotly(estimations["RED-P"], 0, step.min, names, 0.8))
 
 
 def test_detection_view_redraws_and_captions_each_run(lred_results) -> None:
@@ -243,7 +243,7 @@ def test_purification_view_redraws_for_strength_and_transform(restore_results) -
     assert_shows(out, figure_for(1.0, "mask"))
 
 
-def test_feature_scatter_explorer_opens_on_its_first_source_and_redraws_both_panels() -> None:
+def test_feature_scatter_explorer_opens_on_its_first_source_and_redraws_both_models() -> None:
     gen = torch.Generator().manual_seed(0)
 
     def scatter(shift: float):
@@ -259,11 +259,15 @@ def test_feature_scatter_explorer_opens_on_its_first_source_and_redraws_both_pan
     source = control(explorer, "source")
     assert source.value == 1 and [value for _, value in source.options] == [1, 2]
 
+    [out] = outputs(explorer)
+
     def check(attack: str, source_class: int) -> None:
         groups = {"clean target": "clean 0", "clean source": f"clean {source_class}",
                   "poisoned source": f"poisoned {source_class}"}
-        for out, model in zip(outputs(explorer), scatters[attack], strict=True):
-            assert_shows(out, feature_scatter_plotly(scatters[attack][model][source_class], model, groups))
+        panels = {model: by_source[source_class] for model, by_source in scatters[attack].items()}
+        assert_shows(out, feature_scatter_plotly(panels, groups))
+        spec = shown(out)[PLOTLY_MIME]
+        assert {trace["xaxis"] for trace in spec["data"]} == {"x", "x2"}  # both models, side by side
 
     check("BadNet-Grid", 1)
     source.value = 2

@@ -2,7 +2,8 @@
 
 `reproduce(["quickstart"], scale="cpu")` runs each paper's notebooks into `outputs/<scale>/notebooks/`,
 passes them `scale` and a `results_dir`, then gathers the tables they recorded into
-`outputs/<scale>/report.md`, `results.json` and one CSV per table. Figures go to `figures/`.
+`outputs/<scale>/report.md`, `results.json` and one CSV per table, and writes each executed notebook as a
+self-contained page `outputs/<scale>/html/<notebook>.html` (`workbench.repro.html`). Figures go to `figures/`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from workbench.core.runtime import PROJECT_ROOT, figures_root
 from workbench.core.scales import resolve_scale
 from workbench.core.storage import atomic_write_bytes, atomic_write_json
 from workbench.core.validation import WorkbenchError, check_name
+from workbench.repro.html import write_html
 from workbench.repro.results import load_tables
 
 #: Notebooks run for each paper, in order. Later issues add their papers here.
@@ -80,6 +82,9 @@ def reproduce(papers: list[str] | None = None, *, scale: str | None = None, outp
                 except Exception as exc:  # noqa: BLE001 - report every notebook, then fail at the end
                     last_line = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
                     runs.append(NotebookRun(name, time.time() - start, False, last_line))
+                executed = out / "notebooks" / name
+                if executed.is_file():  # papermill saves a failed notebook too: its page shows where it stopped
+                    write_html(executed, out / "html" / f"{Path(name).stem}.html")
     finally:
         if previous_scale is None:
             os.environ.pop("WORKBENCH_SCALE", None)
@@ -93,8 +98,15 @@ def write_report(out: Path, scale: str, runs: list[NotebookRun]) -> Path:
     tables = load_tables(out / "results")
     lines = [f"# Workbench results at `{scale}` scale", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')}. Executed notebooks: `{out / 'notebooks'}`; "
-             f"figures: `{figures_root()}`.", "", "| notebook | status | minutes |", "| --- | --- | --- |"]
-    lines += [f"| {r.notebook} | {'ok' if r.ok else 'FAILED: ' + r.error} | {r.seconds / 60:.1f} |" for r in runs]
+             f"figures: `{figures_root()}`. Each notebook's page (`html/`) shows every figure offline.", "",
+             "| notebook | status | minutes | page |", "| --- | --- | --- | --- |"]
+
+    def page(run: NotebookRun) -> str:
+        name = f"html/{Path(run.notebook).stem}.html"
+        return f"[html]({name})" if (out / name).is_file() else "none"
+
+    lines += [f"| {r.notebook} | {'ok' if r.ok else 'FAILED: ' + r.error} | {r.seconds / 60:.1f} | {page(r)} |"
+              for r in runs]
     for table in tables:
         frame = pd.DataFrame(table["rows"], columns=table["columns"])
         lines += ["", f"## {table['notebook']}: {table['name']}", "", table["caption"], "",

@@ -105,21 +105,26 @@ def score_maps_plotly(x: torch.Tensor, result: BDMAEResult, index: int,
                       class_names: Sequence[str] | None = None) -> go.Figure:
     """Interactive version of one row of Fig. 3 (hover shows exact, unclipped score values)."""
     panels = score_panels(x, result, index)
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for t, _, _ in panels],
-                        horizontal_spacing=0.01)
-    for col, (_, array, kind) in enumerate(panels, start=1):
+    cols = (len(panels) + 1) // 2  # two rows, so that the panels stay legible at a notebook's width
+    fig = make_subplots(rows=2, cols=cols, subplot_titles=[t for t, _, _ in panels], horizontal_spacing=0.03,
+                        vertical_spacing=0.1)
+    for k, (_, array, kind) in enumerate(panels):
+        row, col = divmod(k, cols)
         if kind == "image":
-            fig.add_trace(go.Image(z=(array * 255).astype(np.uint8)), row=1, col=col)
+            fig.add_trace(go.Image(z=(array * 255).astype(np.uint8)), row=row + 1, col=col + 1)
         else:
             fig.add_trace(go.Heatmap(z=array[::-1], zmin=0, zmax=1, colorscale="Viridis",
-                                     showscale=col == 2, colorbar={"title": "score"}), row=1, col=col)
+                                     showscale=k == 1, colorbar={"title": "score"}), row=row + 1, col=col + 1)
     names = class_names or None
     original, final = int(result.original_labels[index]), int(result.labels[index])
-    fig.update_layout(height=260, width=170 * len(panels), margin={"l": 10, "r": 10, "t": 60, "b": 10},
+    fig.update_layout(height=520, width=190 * cols, margin={"l": 10, "r": 10, "t": 70, "b": 10},
                       title=f"prediction before: {names[original] if names else original}; after BDMAE: "
                             f"{names[final] if names else final}")
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
+    fig.update_annotations(font_size=11)  # the subplot titles
+    fig.update_xaxes(showticklabels=False, constrain="domain")
+    fig.update_yaxes(showticklabels=False, constrain="domain")
+    for k in range(1, len(panels) + 1):  # square token cells and pixels
+        fig.update_yaxes(scaleanchor=f"x{k if k > 1 else ''}", row=(k - 1) // cols + 1, col=(k - 1) % cols + 1)
     return fig
 
 

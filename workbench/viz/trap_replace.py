@@ -62,22 +62,32 @@ def feature_scatter_pair(without: FeatureScatter, with_reconstruction: FeatureSc
     return fig
 
 
-def feature_scatter_plotly(scatter: FeatureScatter, title: str, names: Mapping[str, str] | None = None) -> go.Figure:
-    """Interactive version of one Fig. 2 panel (hover shows the sample index within its group)."""
-    fig = go.Figure()
-    for group, points in scatter.points.items():
-        colour, marker = STYLE[group]
-        xy = points.numpy()
-        fig.add_scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=(names or {}).get(group, group),
-                        marker={"color": colour.removeprefix("tab:"), "symbol": "x" if marker == "x" else "circle",
-                                "size": 5, "opacity": 0.6},
-                        customdata=np.arange(len(xy)), hovertemplate="sample %{customdata}<extra></extra>")
-        centre = xy.mean(axis=0)
-        fig.add_scatter(x=[centre[0]], y=[centre[1]], mode="markers", showlegend=False, hoverinfo="skip",
-                        marker={"color": colour.removeprefix("tab:"), "size": 16, "line": {"width": 2}})
-    x_label, y_label = _axis_labels(scatter)
-    fig.update_layout(title=f"{title}<br><sub>{_caption(scatter)}</sub>", xaxis_title=x_label, yaxis_title=y_label,
-                      width=560, height=480, margin={"t": 70})
+def feature_scatter_plotly(scatters: Mapping[str, FeatureScatter], names: Mapping[str, str] | None = None
+                           ) -> go.Figure:
+    """Interactive Fig. 2: one panel per model (title -> scatter, e.g. "without reconstruction" and "with
+    reconstruction"), side by side in one figure with one legend (hover shows the sample index within its group)."""
+    titles = [f"{title}<br><sub>{_caption(scatter)}</sub>" for title, scatter in scatters.items()]
+    fig = make_subplots(rows=1, cols=len(scatters), horizontal_spacing=0.12, subplot_titles=titles)
+    for col, scatter in enumerate(scatters.values(), start=1):
+        for group, points in scatter.points.items():
+            colour, marker = STYLE[group]
+            colour = colour.removeprefix("tab:")
+            xy = points.numpy()
+            fig.add_scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=(names or {}).get(group, group),
+                            legendgroup=group, showlegend=col == 1,
+                            marker={"color": colour, "symbol": "x" if marker == "x" else "circle", "size": 5,
+                                    "opacity": 0.6},
+                            customdata=np.arange(len(xy)), hovertemplate="sample %{customdata}<extra></extra>",
+                            row=1, col=col)
+            centre = xy.mean(axis=0)
+            fig.add_scatter(x=[centre[0]], y=[centre[1]], mode="markers", legendgroup=group, showlegend=False,
+                            hoverinfo="skip", marker={"color": colour, "size": 16, "line": {"width": 2}},
+                            row=1, col=col)
+        x_label, y_label = _axis_labels(scatter)
+        fig.update_xaxes(title_text=x_label, row=1, col=col)
+        fig.update_yaxes(title_text=y_label, row=1, col=col)
+    fig.update_annotations(font_size=12)  # the panel titles
+    fig.update_layout(width=520 * len(scatters), height=480, margin={"t": 80})
     return fig
 
 

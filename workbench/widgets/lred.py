@@ -16,8 +16,9 @@ from workbench.widgets.display import choice, show
 
 def annealing_player(estimations: Mapping[str, EstimationResult], class_names: Sequence[str],
                      pi: float = 0.9) -> widgets.VBox:
-    """Pick a model and a putative target; play its iterations: the weights w_s over source classes, the Q_t and
-    T curves so far and the pattern v (latest snapshot; estimate with `snapshot_every` > 0 to see it grow)."""
+    """Pick a model and a putative target; play its iterations from the first: the weights w_s over source classes,
+    the Q_t and T curves so far and the pattern v (latest snapshot; estimate with `snapshot_every` > 0 to see it
+    grow)."""
     model_box = choice(list(estimations), "model")
     problem_box = choice(_problem_options(estimations[model_box.value], class_names), "target")
     step = widgets.IntSlider(1, 1, 1, description="iteration")
@@ -41,9 +42,9 @@ def annealing_player(estimations: Mapping[str, EstimationResult], class_names: S
             last = max(1, int(estimation.iterations[problem_box.value]))
             stride = max(1, last // 100)
             first = last - stride * ((last - 1) // stride)  # whole strides from here end on `last`: Play stops there
-            for control in (step, play):
+            for control in (step, play):  # start at the first iteration: Play does nothing from the last one
                 with control.hold_trait_notifications():  # min/max are validated together, after both are set
-                    control.min, control.max, control.step, control.value = first, last, stride, last
+                    control.min, control.max, control.step, control.value = first, last, stride, first
         finally:
             resetting = False
         draw()

@@ -31,9 +31,7 @@ def feature_scatter_explorer(scatters: Mapping[str, Mapping[str, Mapping[int, Fe
 
     attack_box = choice(list(scatters), "attack")
     source_box = choice(source_options(attack_box.value), "source")
-    models = list(next(iter(scatters.values())))
-    outs = {model: widgets.Output(layout={"width": f"{100 / len(models):.0f}%"}) for model in models}  # side by side
-
+    out = widgets.Output()
     resetting = False  # while a new attack resets the source choice, draw once at the end
 
     def draw(_: object = None) -> None:
@@ -42,8 +40,8 @@ def feature_scatter_explorer(scatters: Mapping[str, Mapping[str, Mapping[int, Fe
         source = class_names[source_box.value]
         names = {"clean target": f"clean {class_names[target]}", "clean source": f"clean {source}",
                  "poisoned source": f"poisoned {source}"}
-        for model, scatter_by_source in scatters[attack_box.value].items():
-            show(outs[model], feature_scatter_plotly(scatter_by_source[source_box.value], model, names))
+        show(out, feature_scatter_plotly({model: by_source[source_box.value]
+                                          for model, by_source in scatters[attack_box.value].items()}, names))
 
     def new_attack(_: object = None) -> None:
         nonlocal resetting
@@ -60,7 +58,7 @@ def feature_scatter_explorer(scatters: Mapping[str, Mapping[str, Mapping[int, Fe
     attack_box.observe(new_attack, names="value")
     source_box.observe(draw, names="value")
     draw()
-    return widgets.VBox([widgets.HBox([attack_box, source_box]), widgets.HBox(list(outs.values()))])
+    return widgets.VBox([widgets.HBox([attack_box, source_box]), out])
 
 
 def reconstruction_viewer(originals: Mapping[str, torch.Tensor],
