@@ -179,6 +179,8 @@ def test_every_control_redraws_the_figure_inside_its_widget(page, notebook: str)
             '.js-plotly-plot, .jp-RenderedImage img')).filter((e) => !e.closest('.widget-vbox')).length""")
         assert drawn_outside == 0, f"{name}: {drawn_outside} figures drawn in the cell, outside the widget"
         assert fingerprint(view), f"{name}: no figure inside the widget after Run All"
+        opened_on = view.evaluate("(view) => Array.from(view.querySelectorAll('select'), (s) => s.selectedIndex)")
+        assert all(index == 0 for index in opened_on), f"{name}: dropdowns open on options {opened_on}, not the first"
         assert_drawn(view, name)
         assert_fits(page, view, name)
         moved = move_every_control(page, view, name)
