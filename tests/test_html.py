@@ -10,6 +10,7 @@ import nbformat
 import papermill
 import pytest
 
+from workbench.core.validation import WorkbenchError
 from workbench.repro.html import WIDGET_VIEW, static_notebook, write_html
 
 SOURCE = '''
@@ -68,5 +69,5 @@ def test_the_page_embeds_plotly_once_and_loads_nothing_but_mathjax(executed: Pat
 
 
 def test_a_missing_notebook_is_named(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="notebook_path"):
+    with pytest.raises(WorkbenchError, match="notebook_path"):
         write_html(tmp_path / "absent.ipynb", tmp_path / "page.html")

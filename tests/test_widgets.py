@@ -21,6 +21,7 @@ from tests.test_lred import CONFIG, margin_images, margin_model
 from tests.test_restore import TARGET, quadrant_images, toy_diagnosis
 from workbench.core.mae import MaskedAutoencoderViT
 from workbench.core.query import QueryModel
+from workbench.core.validation import WorkbenchError
 from workbench.defenses.bdmae import BDMAE
 from workbench.defenses.lred import detect, estimate_patterns, estimation_problems
 from workbench.defenses.restore import Purifier, estimate_trigger
@@ -80,7 +81,7 @@ def test_show_puts_a_real_plotly_bundle_in_the_output_and_replaces_it() -> None:
     assert len(spec["data"]) == 4 and "width" not in spec["layout"] and spec["layout"]["autosize"]
     show(out, "<i>nothing</i>")
     assert out.outputs[0]["data"]["text/html"] == "<i>nothing</i>"
-    with pytest.raises(Exception, match="plotly Figure, a matplotlib Figure or an HTML string"):
+    with pytest.raises(WorkbenchError, match="plotly Figure, a matplotlib Figure or an HTML string"):
         show(out, 3)
 
 

@@ -9,20 +9,30 @@ import pytest
 
 from workbench.repro.runner import PAPERS, reproduce
 
-NOTEBOOKS = [Path(name).stem for names in PAPERS.values() for name in names]
+PAGES = [(paper, Path(name).stem) for paper, names in PAPERS.items() for name in names]
 
 
 @pytest.fixture(scope="module")
-def pages(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("reproduced")
-    report, runs = reproduce(scale="smoke", output_dir=out, progress=False)
-    assert all(run.ok for run in runs), [(run.notebook, run.error) for run in runs if not run.ok]
-    assert report.read_text().count("](html/") == len(NOTEBOOKS)  # the report links every page
-    return out / "html"
+def reproduced(tmp_path_factory: pytest.TempPathFactory):
+    """paper -> the folder of its HTML pages, reproduced at smoke scale once per paper (so that `-k` selects what
+    runs: CI checks two papers' pages, `make ui-test` all of them)."""
+    done: dict[str, Path] = {}
+
+    def pages_of(paper: str) -> Path:
+        if paper not in done:
+            out = tmp_path_factory.mktemp(f"reproduced_{paper}")
+            report, runs = reproduce([paper], scale="smoke", output_dir=out, progress=False)
+            assert all(run.ok for run in runs), [(run.notebook, run.error) for run in runs if not run.ok]
+            assert report.read_text().count("](html/") == len(PAPERS[paper])  # the report links every page
+            done[paper] = out / "html"
+        return done[paper]
+
+    return pages_of
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS)
-def test_every_figure_shows_with_the_network_off(browser, pages: Path, notebook: str) -> None:
+@pytest.mark.parametrize(("paper", "notebook"), PAGES, ids=[notebook for _, notebook in PAGES])
+def test_every_figure_shows_with_the_network_off(browser, reproduced, paper: str, notebook: str) -> None:
+    pages = reproduced(paper)
     page_file = pages / f"{notebook}.html"
     source = page_file.read_text()
     context = browser.new_context(viewport={"width": 1400, "height": 900}, offline=True)

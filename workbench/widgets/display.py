@@ -64,7 +64,6 @@ def show(out: widgets.Output, figure: object) -> None:
     out.outputs = ({"output_type": "display_data", "data": figure_bundle(figure), "metadata": {}},)
 
 
-
 def choice(options: Sequence[object], description: str, *, value: object = None,
            buttons: bool = False) -> widgets.Dropdown | widgets.ToggleButtons:
     """A Dropdown (or ToggleButtons) created with its options and a value, since one given its options later keeps
