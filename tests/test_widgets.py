@@ -65,12 +65,8 @@ def shown(out: widgets.Output) -> dict:
     return data
 
 
-def expected(figure: object) -> dict:
-    return figure_bundle(figure)
-
-
 def assert_shows(out: widgets.Output, figure: object) -> None:
-    assert shown(out) == expected(figure)
+    assert shown(out) == figure_bundle(figure)
 
 
 def test_show_puts_a_real_plotly_bundle_in_the_output_and_replaces_it() -> None:

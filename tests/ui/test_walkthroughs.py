@@ -74,8 +74,8 @@ def kernel_idle(page) -> bool:
     return page.evaluate("() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status") == "idle"
 
 
-def run_all(page, notebook: str) -> None:
-    page.goto_notebook(notebook)
+def run_all(page, lab, notebook: str) -> None:
+    page.goto(lab.notebook_url(notebook))
     page.wait_for_function(KERNEL_READY, timeout=120_000)  # the indicator says idle before any kernel exists
     page.locator(".lm-MenuBar-item", has_text="Run").first.click()
     page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
@@ -157,17 +157,16 @@ def page(browser, lab):
     tab.console_errors = []
     tab.on("console", lambda message: message.type == "error" and tab.console_errors.append(message.text))
     tab.on("pageerror", lambda error: tab.console_errors.append(str(error)))
-    tab.goto_notebook = lambda notebook: tab.goto(lab.notebook_url(notebook))
     yield tab
     context.close()
     lab.shut_down_kernels()
 
 
 @pytest.mark.parametrize("notebook", list(WIDGETS))
-def test_every_control_redraws_the_figure_inside_its_widget(page, notebook: str) -> None:
+def test_every_control_redraws_the_figure_inside_its_widget(page, lab, notebook: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     try:
-        run_all(page, notebook)
+        run_all(page, lab, notebook)
     finally:
         page.screenshot(path=SCREENSHOTS / f"{notebook}_after_run_all.png")
     views = page.locator(TOP_LEVEL_VIEW)

@@ -7,6 +7,7 @@ smoke scale (the test command sets WORKBENCH_SCALE=smoke) while a person opening
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TypeVar
 
@@ -28,3 +29,16 @@ def pick(scale: str | None, presets: dict[str, T]) -> T:
     if scale not in presets:
         raise WorkbenchError(f"no preset for scale {scale!r}; this experiment defines: {', '.join(presets)}")
     return presets[scale]
+
+
+def with_overrides(preset: T, **values: object) -> T:
+    """`preset` (a dataclass) with each field in `values` that is not None replaced: a notebook parameter left at
+    None keeps the scale's default. Lists, as papermill passes sequences, become tuples (nested ones too)."""
+    def frozen(value: object) -> object:
+        return tuple(frozen(item) for item in value) if isinstance(value, list | tuple) else value
+
+    unknown = set(values) - {f.name for f in dataclasses.fields(preset)}
+    if unknown:
+        raise WorkbenchError(f"unknown preset field(s) {sorted(unknown)}; {type(preset).__name__} has "
+                             f"{', '.join(f.name for f in dataclasses.fields(preset))}")
+    return dataclasses.replace(preset, **{name: frozen(v) for name, v in values.items() if v is not None})

@@ -30,7 +30,7 @@ from workbench.core.training import TrainConfig, TrainedModel, get_or_train, get
 from workbench.defenses.baselines.februus import Februus
 from workbench.defenses.baselines.patchcleanser import PatchCleanser
 from workbench.defenses.baselines.transforms import Blur, ShrinkPad
-from workbench.defenses.bdmae import BDMAE, BDMAEConfig
+from workbench.defenses.bdmae import BDMAE, VARIANTS, BDMAEConfig, BDMAEResult, token_dissimilarity
 from workbench.repro.presets import QUICKSTART
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
@@ -230,3 +230,55 @@ def compare_defences(setting: Setting, restorer: MAERestorer, images: int, bdmae
             table = table.drop(index=[i for i in candidates.index if i != best])
     return table.reset_index(drop=True), {"model CA": 100 * trained.metrics["test_ca"],
                                           "model ASR": 100 * trained.metrics.get("test_asr", float("nan"))}
+
+
+def paper_row(defence: str) -> str:
+    """The paper's row for one of our defence rows: Februus rows carry the CAM threshold we chose, and our BDMAE
+    runs the tiny MAE, whose closest row in BDMAE's tables is BDMAE Base."""
+    if defence.startswith("Februus"):
+        return defence.split(" (")[0]
+    return {"BDMAE (tiny MAE)": "BDMAE Base"}.get(defence, defence)
+
+
+def with_paper(table: pd.DataFrame, paper: dict[str, tuple[float, ...]], note: str,
+               metrics: tuple[str, ...] = ("CA", "BA", "ASR"), model: dict[str, float] | None = None) -> pd.DataFrame:
+    """`table` (one row per defence) beside the paper's numbers (NaN where the paper has no such row) and a column
+    saying what differs. A backdoored model whose ASR on the full test split is below 90 % did not learn its backdoor
+    at this scale: the note says so, since BA and ASR then do not test purification."""
+    if model is not None and model["model ASR"] < 90:
+        note += (f"; NO effective backdoor at this scale (model ASR {model['model ASR']:.0f} % on the full test "
+                 "split): BA/ASR here do not test purification")
+    out = table.round({"CA": 1, "BA": 1, "ASR": 1, "s/image": 4, "queries/image": 1}).copy()
+    out["paper row"] = [paper_row(d) if paper_row(d) in paper else "" for d in out["defence"]]
+    for i, metric in enumerate(metrics):
+        out[f"paper {metric}"] = [paper.get(paper_row(d), (float("nan"),) * len(metrics))[i] for d in out["defence"]]
+    out["what differs"] = note
+    return out
+
+
+def bdmae_accuracies(query: QueryModel, restorer: MAERestorer, config: BDMAEConfig, x_clean: torch.Tensor,
+                     y_clean: torch.Tensor, x_bd: torch.Tensor, y_bd: torch.Tensor, seed: int = 0
+                     ) -> tuple[float, float, BDMAEResult, BDMAEResult]:
+    """BDMAE Fig. 5's measurement for one configuration: CA and BA (%) of BDMAE with `config`, and the two results."""
+    result_clean = BDMAE(query, restorer, config).purify(x_clean, seed=seed)
+    result_bd = BDMAE(query, restorer, config).purify(x_bd, seed=seed)
+    return (100 * (result_clean.labels == y_clean).float().mean().item(),
+            100 * (result_bd.labels == y_bd).float().mean().item(), result_clean, result_bd)
+
+
+def score_diagnostics(result: BDMAEResult, x: torch.Tensor, restorer: MAERestorer) -> dict[str, float]:
+    """Where BDMAE's clean accuracy goes with a given MAE: the mean initial scores (Alg. 1), the median refinement
+    lengths L (Alg. 2), how often the 25 % rule raised the thresholds (Sec. 4.4), the tokens restored, the labels
+    purification changed, and S_i of an exact MAE (what the resampling alone costs)."""
+    lowest = VARIANTS["full"].thresholds[-1]
+    return {
+        "mean S_i (before refinement)": result.score_image_initial.mean().item(),
+        "mean S_l (before refinement)": result.score_label_initial.mean().item(),
+        "L for S_i (median tokens)": result.refinement["image"]["top"].float().median().item(),
+        "L for S_l (median tokens)": result.refinement["label"]["top"].float().median().item(),
+        "25 % rule raised the thresholds (%)": 100 * (result.thresholds[:, -1] > lowest).float().mean().item(),
+        "tokens restored (%)": 100 * result.restoration_masks[:, -1].float().mean().item(),
+        "label changed by purification (%)": 100 * (result.labels != result.original_labels).float().mean().item(),
+        "S_i of an exact MAE (resampling only)": token_dissimilarity(
+            x, restorer.resample(x), restorer.grid).mean().item(),
+    }

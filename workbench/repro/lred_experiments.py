@@ -19,9 +19,10 @@ import torch
 from workbench.core.attacks import Attack, PoisonConfig, backdoor_test_set, make_attack
 from workbench.core.data import ImageDataset, dataset_spec, load_splits
 from workbench.core.scales import pick
-from workbench.core.training import TrainConfig, TrainedModel
+from workbench.core.training import TrainConfig, TrainedModel, get_or_train
 from workbench.core.validation import WorkbenchError, check_name
 from workbench.defenses.lred import DetectionResult, LREDConfig, detect, detection_images
+from workbench.repro.results import ColdRunClock
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,13 @@ def classifier_config(setting: AttackSetting, index: int, scale: str | None) -> 
     return TrainConfig(dataset=setting.dataset, model=model, model_options=options, poison=poison,
                        train_size=train_size, epochs=recipe.epochs, lr=preset.lr if model != "lenet5" else 0.05,
                        augment="none", seed=index)
+
+
+def get_classifier(config: TrainConfig, clock: ColdRunClock, *, device: str = "auto") -> TrainedModel:
+    """`get_or_train` without a progress bar; `clock` counts its training time when it came from the cache."""
+    trained = get_or_train(config, device=device, progress=False)
+    clock.seen(trained.key, trained.loaded, trained.metrics["train_seconds"])
+    return trained
 
 
 @functools.lru_cache(maxsize=4)

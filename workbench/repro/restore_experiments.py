@@ -39,6 +39,7 @@ from workbench.defenses.restore import (
     calibrate_alpha,
     diagnose,
     estimate_trigger,
+    recovered_asr,
     select_purifier,
     splitting_config,
 )
@@ -293,6 +294,25 @@ def seconds_per_image(predicts: dict[str, Callable[[torch.Tensor], torch.Tensor]
     return {name: seconds / len(x) for name, seconds in fastest.items()}
 
 
+def purification_table(trained: TrainedModel, images: Images, dataset: str, attack: str, purifier: Purifier,
+                       comparable_images: int) -> pd.DataFrame:
+    """Notebook 20's purification table: CDA, SDA and ASR (%) without a defence and with one REStore purifier on every
+    evaluation image, and each one's milliseconds per image (fastest of interleaved passes over
+    `comparable_images` clean and as many triggered images, as `seconds_per_image` measures them)."""
+    x_bd, y_bd = triggered_test_images(images, dataset, attack)
+    labels = QueryModel(trained.model, "label")
+    predicts = {"undefended": labels.labels,
+                f"REStore ({purifier.transform}, strength {purifier.strength})": lambda x: labels.labels(purifier(x))}
+    count = check_positive_int(comparable_images, "comparable_images")
+    seconds = seconds_per_image(predicts, torch.cat([images.test[:count], x_bd[:count]]))
+    rows = []
+    for name, predict in predicts.items():
+        measured = evaluate(predict, images.test, images.test_labels, x_bd, y_bd, TARGET)
+        rows.append({"inputs": name, "CDA": measured["CA"], "SDA": measured["BA"], "ASR": measured["ASR"],
+                     "ms per image": 1000 * seconds[name]})
+    return pd.DataFrame(rows).round(2)
+
+
 def compare_defences(trained: TrainedModel, images: Images, dataset: str, attack: str,
                      purifiers: dict[str, Purifier], restorer: MAERestorer, bdmae_config: BDMAEConfig,
                      preset: RestorePreset, *, seed: int = 0) -> pd.DataFrame:
@@ -331,3 +351,37 @@ def compare_defences(trained: TrainedModel, images: Images, dataset: str, attack
                      # slow defences were timed on exactly these images by `evaluate`; one pass is enough there
                      "s/image": measured["s/image"] if slow else fast_seconds[name]})
     return pd.DataFrame(rows)
+
+
+def recovered_asr_percent(trained: TrainedModel, images: Images, found: Diagnosis, cls: int, *,
+                          seed: int = 0) -> float:
+    """ASR (%) of the perturbations a run recovered for class `cls`, on the clean test images of the other classes
+    (REStore Tables II, VIII, IX and Fig. 8), through hard-label access to the model."""
+    return 100 * recovered_asr(QueryModel(trained.model, "label"), found.setup, found.realisations(cls), images.test,
+                               images.test_labels, cls, seed=seed)
+
+
+#: our defence rows -> the paper's rows in Table III (Februus at CAM threshold 0.8; the tiny MAE's closest BDMAE is
+#: BDMAE base)
+PAPER_DEFENCE = {"Februus XGradCAM (0.8)": "Februus XGradCAM", "Februus GradCAM++ (0.8)": "Februus GradCAM++",
+                 "BDMAE (tiny MAE)": "BDMAE base"}
+
+
+def defence_table(trained: TrainedModel, images: Images, dataset: str, attack: str, runs: dict[Run, Diagnosis],
+                  outputs: list[str], restorer: MAERestorer, preset: RestorePreset,
+                  paper: dict[str, tuple[float, float, float]], *, seed: int = 0) -> pd.DataFrame:
+    """Table III for one model: `compare_defences` with a REStore purifier from the model's PI run of each scorer
+    output in `outputs`, the strength each purifier chose, and the paper's CDA / SDA / ASR beside ours."""
+    def pi_run(output: str) -> Diagnosis:
+        return next(d for r, d in runs.items() if (r.dataset, r.attack, r.setup, r.output) == (dataset, attack, "PI",
+                                                                                                output))
+
+    purifiers = {output: restore_purifier(trained, images, pi_run(output), preset)[0] for output in outputs}
+    table = compare_defences(trained, images, dataset, attack, purifiers, restorer, BDMAEConfig(), preset, seed=seed)
+    table["strength"] = [purifiers[n.split()[-1]].strength if n.startswith("REStore") else None
+                         for n in table["defence"]]
+    for i, column in enumerate(("CDA", "SDA", "ASR")):
+        table[f"paper {column}"] = [paper.get(PAPER_DEFENCE.get(n, n), (None,) * 3)[i] for n in table["defence"]]
+    table.insert(0, "attack", attack)
+    table.insert(0, "dataset", dataset)
+    return table.round({"CDA": 1, "SDA": 1, "ASR": 1})

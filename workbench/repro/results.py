@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +59,28 @@ def save_figure(fig: Any, *, notebook: str, name: str, scale: str, folder: str |
     target = path / f"{notebook}_{scale}_{name}.png"
     atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     return target
+
+
+@dataclass
+class ColdRunClock:
+    """How long a notebook would take from an empty cache: the time since `started` plus the recorded compute time
+    of every artefact it loaded from the cache, each key counted once (one computed earlier in the same run, then
+    reloaded by a later table, is in the run's own time already)."""
+
+    started: float = field(default_factory=time.time)
+    #: artefact key -> recorded seconds of each artefact loaded from the cache and not computed in this run
+    loaded_seconds: dict[str, float] = field(default_factory=dict)
+    computed_keys: set[str] = field(default_factory=set)
+
+    def seen(self, key: str, loaded: bool, seconds: float) -> None:
+        """Record one artefact the run used: computed now (`loaded=False`) or loaded, with its recorded seconds."""
+        if not loaded:
+            self.computed_keys.add(key)
+        elif key not in self.computed_keys:
+            self.loaded_seconds[key] = seconds
+
+    def wall_minutes(self) -> float:
+        return (time.time() - self.started) / 60
+
+    def cold_minutes(self) -> float:
+        return self.wall_minutes() + sum(self.loaded_seconds.values()) / 60

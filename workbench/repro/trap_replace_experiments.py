@@ -59,6 +59,7 @@ from workbench.repro.paper_numbers import (
     TR_TABLE11,
     TR_TABLE12,
 )
+from workbench.repro.results import ColdRunClock
 
 TARGETS = {"cifar10": 0, "gtsrb": 1}  # App. B.1
 POISON_RATIO = 0.1  # Sec. 4.1
@@ -333,17 +334,16 @@ class TRTables:
     device: str = "auto"
     progress: bool = True
 
-    #: artefact key -> recorded training seconds of every artefact loaded from the cache and not trained in this
-    #: run, so a notebook can tell how long a run from an empty cache takes
-    loaded_seconds: dict[str, float] = field(default_factory=dict)
-    #: keys of the artefacts trained in this run (a later table reloads them: their time is already in the run's)
-    trained_keys: set[str] = field(default_factory=set)
+    #: the artefacts this run trained or loaded, so that a notebook can tell how long a run from an empty cache takes
+    clock: ColdRunClock = field(default_factory=ColdRunClock)
+
+    @property
+    def loaded_seconds(self) -> dict[str, float]:
+        """Artefact key -> recorded training seconds of each artefact loaded from the cache, not trained in this run."""
+        return self.clock.loaded_seconds
 
     def _seen(self, key: str, loaded: bool, seconds: float) -> None:
-        if not loaded:
-            self.trained_keys.add(key)
-        elif key not in self.trained_keys:
-            self.loaded_seconds[key] = seconds
+        self.clock.seen(key, loaded, seconds)
 
     def defend(self, defence: str, attack: str | None, ratio: float = POISON_RATIO) -> Defended:
         """`defend` with this object's dataset, scale and seed."""
