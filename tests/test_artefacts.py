@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench.core.artefacts import ArtefactStore, config_key
+from workbench.core.artefacts import Artefact, ArtefactStore, StaleArtefact, config_key, get_or_compute
 from workbench.core.storage import atomic_write, atomic_write_json
 
 
@@ -72,3 +72,35 @@ def test_atomic_write_keeps_old_file_when_interrupted(tmp_path: Path) -> None:
         atomic_write(target, crash)
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_get_or_compute_computes_once_then_loads(tmp_path: Path) -> None:
+    store = ArtefactStore(tmp_path, read_only_roots=[])
+    identity = {"k": 4}
+    key = config_key(identity)
+    computed: list[int] = []
+
+    def compute() -> tuple[str, dict[str, torch.Tensor], dict[str, float]]:
+        computed.append(1)
+        return "computed", {"w": torch.full((3,), float(len(computed)))}, {"runs": len(computed)}
+
+    def restore(found: Artefact) -> str:
+        return f"restored {found.tensors['w'].tolist()}"
+
+    result, artefact, loaded = get_or_compute(store, "models", key, identity, compute=compute, restore=restore)
+    assert (result, loaded, artefact.metrics, len(computed)) == ("computed", False, {"runs": 1}, 1)
+    result, artefact, loaded = get_or_compute(store, "models", key, identity, compute=compute, restore=restore)
+    assert (result, loaded, artefact.metrics, len(computed)) == ("restored [1.0, 1.0, 1.0]", True, {"runs": 1}, 1)
+
+    (artefact.path / "weights.safetensors").write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="ignoring damaged artefact"):
+        result, artefact, loaded = get_or_compute(store, "models", key, identity, compute=compute, restore=restore)
+    assert (result, loaded, len(computed)) == ("computed", False, 2)
+    assert torch.equal(store.load("models", key, identity).tensors["w"], torch.full((3,), 2.0))
+
+    def stale(found: Artefact) -> str:
+        raise StaleArtefact("its weights do not fit")
+
+    with pytest.warns(UserWarning, match="ignoring artefact .*: its weights do not fit; rebuilding it"):
+        result, _, loaded = get_or_compute(store, "models", key, identity, compute=compute, restore=stale)
+    assert (result, loaded, len(computed)) == ("computed", False, 3)

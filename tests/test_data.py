@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,25 @@ def test_splits_are_disjoint_repeatable_and_stratified(tiny_mirror: Path) -> Non
     assert not torch.equal(a.train_indices, c.train_indices)
     assert torch.bincount(a.holdout.labels).tolist() == [2] * 10
     assert torch.bincount(a.test.labels).tolist() == [5] * 10
+
+
+def test_splits_are_cut_once_per_source(tiny_mirror: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+
+    def counting_load_split(name: str, split: str = "train", **kwargs: object) -> data_module.ImageDataset:
+        reads.append(split)
+        return load_split(name, split, **kwargs)
+
+    monkeypatch.setattr(data_module, "load_split", counting_load_split)
+    first = load_splits("cifar10", seed=3, train_size=80)
+    second = load_splits("cifar10", seed=3, train_size=80)
+    assert reads == ["test", "train"]  # the second call did not load again
+    assert torch.equal(first.train.images, second.train.images) and torch.equal(first.test_indices, second.test_indices)
+    test_file = tiny_mirror / "cifar10" / "test.tar.gz"
+    mtime = test_file.stat().st_mtime_ns
+    os.utime(test_file, ns=(mtime, mtime + 1_000_000_000))  # a changed source is read and cut again
+    load_splits("cifar10", seed=3, train_size=80)
+    assert reads == ["test", "train"] * 2
 
 
 def test_mnist_without_train_split_is_cut_from_test(tiny_mirror: Path) -> None:

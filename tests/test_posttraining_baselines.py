@@ -188,7 +188,7 @@ def test_inputs_are_checked(toy: Toy) -> None:
                          NAMES)
     with pytest.raises(WorkbenchError, match=r"holdout images are \(1, 28, 28\) but the model takes \(3, 32, 32\)"):
         fine_tune(toy.model, small, progress=False)
-    with pytest.raises(WorkbenchError, match="model must be a workbench StagedClassifier"):
+    with pytest.raises(WorkbenchError, match="model must be a workbench classifier"):
         nad(nn.Linear(3, 3), toy.holdout, progress=False)  # type: ignore[arg-type]
     with pytest.raises(WorkbenchError, match="holdout must be an ImageDataset"):
         anp(toy.model, toy.x_test, progress=False)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ Decoded arrays are cached as `.npz` files under `cache_root()/datasets` (git-ign
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -234,6 +235,28 @@ def _candidate_folders(spec: DatasetSpec, root: str | Path | None) -> list[tuple
     return folders
 
 
+def _find_source(spec: DatasetSpec, split: str, root: str | Path | None) -> tuple[Path | None, list[str]]:
+    """The file holding `split` in the first candidate folder that has it (None if none has), and the places
+    looked in before it."""
+    looked: list[str] = []
+    for label, folder in _candidate_folders(spec, root):
+        source = _source_in_folder(spec, split, folder)
+        if source is not None:
+            return source, looked
+        looked.append(f"{label}: {folder} (no {split} split there)")
+    return None, looked
+
+
+def _identify_source(source: Path | None) -> tuple[str, str]:
+    """An id of `source` that changes with the file (path, size, modification time), or of torchvision's download
+    folder when there is no file, and its description for reports."""
+    if source is None:
+        downloads = cache_root() / "downloads"
+        return f"torchvision|{downloads.resolve()}", f"torchvision download ({downloads})"
+    stat = source.stat()
+    return f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}", str(source)
+
+
 def _cache_path(name: str, split: str, source_id: str) -> Path:
     """Decoded arrays are cached per source: another mirror, or a changed file, gets its own cache entry."""
     return cache_root() / "datasets" / f"{name}-{split}-{sha256_text(source_id)[:12]}.npz"
@@ -268,21 +291,10 @@ def load_split(name: str, split: str = "train", *, root: str | Path | None = Non
     """
     spec = dataset_spec(name)
     check_name("split", split, ("train", "test"))
-    looked: list[str] = []
-    source: Path | None = None
-    for label, folder in _candidate_folders(spec, root):
-        source = _source_in_folder(spec, split, folder)
-        if source is not None:
-            break
-        looked.append(f"{label}: {folder} (no {split} split there)")
+    source, looked = _find_source(spec, split, root)
     if download is None:
         download = os.environ.get("WORKBENCH_NO_DOWNLOAD", "0") != "1"
-    if source is not None:
-        stat = source.stat()
-        source_id, described = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}", str(source)
-    else:
-        downloads = cache_root() / "downloads"
-        source_id, described = f"torchvision|{downloads.resolve()}", f"torchvision download ({downloads})"
+    source_id, described = _identify_source(source)
     cached = _cache_path(name, split, source_id)
     hit = None if refresh else _read_cache(cached)
     if hit is not None:
@@ -381,10 +393,23 @@ def load_splits(name: str, *, seed: int = 0, holdout_fraction: float = 0.05, tra
         train_size: keep this many training images (None = all).
         test_size: keep this many test images (None = all).
         root: offline-mirror folder (see `load_split`).
+
+    The splits are cut once per process for the same arguments and source files (a changed file or another
+    `WORKBENCH_DATA` is read again) and the same `DataSplits` is returned to every caller: its tensors must not be
+    modified in place (`subset`, `replace`, `float_images` and the poisoning functions all make new tensors).
     """
     check_fraction(holdout_fraction, "holdout_fraction", allow_one=False)
     check_positive_int(train_size, "train_size", optional=True)
     check_positive_int(test_size, "test_size", optional=True)
+    spec = dataset_spec(name)
+    sources = tuple(_identify_source(_find_source(spec, split, root)[0])[0] for split in ("test", "train"))
+    return _cut_splits(name, seed, holdout_fraction, train_size, test_size, root, sources)
+
+
+@functools.lru_cache(maxsize=8)
+def _cut_splits(name: str, seed: int, holdout_fraction: float, train_size: int | None, test_size: int | None,
+                root: str | Path | None, sources: tuple[str, ...]) -> DataSplits:
+    """`load_splits` itself, memoised; `sources` (the ids of the test and train source files) only keys the cache."""
     gen = make_generator(seed)
     test_full = load_split(name, "test", root=root)
     note = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from workbench.core.classifier import num_classes_of
 from workbench.core.validation import WorkbenchError, check_images, check_name, check_positive_int
 
 #: Access levels from least to most informative; each level also grants the ones before it.
@@ -28,6 +29,9 @@ class QueryModel:
         input_shape: (C, H, W) the model expects; inputs of another shape are refused. None = the model's own
             `input_shape` attribute if it has one (workbench models do), else not checked.
         batch_size: images per forward pass.
+        num_classes: the class count; None = the model's (`workbench.core.classifier.num_classes_of`: its
+            `num_classes` attribute or the width of its logits on one probe image, which is not counted as a
+            query: a defender knows how many classes the model it is given has).
 
     Attributes:
         queries: number of images submitted so far (each image of each call counts once).
@@ -35,7 +39,9 @@ class QueryModel:
     """
 
     def __init__(self, model: nn.Module, access: str = "label", *, input_shape: tuple[int, int, int] | None = None,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, num_classes: int | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise WorkbenchError(f"QueryModel wraps a torch.nn.Module, got {type(model).__name__}")
         self._model = model
         self.access = check_name("access level", access, ACCESS_LEVELS)
         input_shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
@@ -43,6 +49,17 @@ class QueryModel:
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.queries = 0
         self.calls = 0
+        self._num_classes = None if num_classes is None else check_positive_int(num_classes, "num_classes")
+
+    @property
+    def num_classes(self) -> int:
+        """The model's class count (given, or read from the model once; see the constructor)."""
+        if self._num_classes is None:
+            if self.input_shape is None and getattr(self._model, "num_classes", None) is None:
+                raise WorkbenchError("this QueryModel knows neither the model's class count nor its input shape: "
+                                     "pass num_classes=... (or input_shape=...) when creating it")
+            self._num_classes = num_classes_of(self._model, input_shape=self.input_shape)
+        return self._num_classes
 
     def reset_queries(self) -> None:
         """Set the query and call counters back to zero."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from workbench.core.artefacts import ArtefactStore, config_key
+from workbench.core.artefacts import Artefact, ArtefactStore, StaleArtefact, config_key, get_or_compute
 from workbench.core.attacks import AllClassesPoison, PoisonConfig, backdoor_test_set, poison_dataset
 from workbench.core.attacks.input_aware import (
     InputAware,
@@ -407,31 +406,34 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
     returned in eval mode on `device`.
     """
     store = store or ArtefactStore()
-    model = new_model(config)
     dev = resolve_device(device)
     splits = config.splits()
     identity = artefact_identity(config, splits)
     key = config_key(identity)
-    found = store.load("models", key, identity)
-    if found is not None:
+
+    def restore(found: Artefact) -> StagedClassifier:
+        model = new_model(config)
         try:
             model.load_state_dict(found.tensors, strict=True)
-            return TrainedModel(model.to(dev).eval(), config, key, found.metrics, str(found.path), loaded=True)
-        except RuntimeError:
-            warnings.warn(f"ignoring artefact {found.path}: its weights do not fit the current {config.model} code "
-                          "(bump RECIPE_VERSION when an architecture changes); retraining", stacklevel=2)
-            model = new_model(config)
+        except RuntimeError as exc:
+            raise StaleArtefact(f"its weights do not fit the current {config.model} code (bump RECIPE_VERSION when "
+                                "an architecture changes)") from exc
+        return model
 
-    data = prepare_training_data(config, splits, store=store, device=device, progress=progress,
-                                 monitor_size=monitor_size)
-    start = time.time()
-    history = train_classifier(model, data.train, config, monitor=data.monitor, monitor_backdoor=data.monitor_backdoor,
-                               device=device, progress=progress, poisoned=data.poisoned_mask())
-    model.eval()
-    metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(model, config, splits)}
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    saved = store.save("models", key, state, identity, metrics)
-    return TrainedModel(model.to(dev).eval(), config, key, metrics, str(saved.path), loaded=False)
+    def train() -> tuple[StagedClassifier, dict[str, torch.Tensor], dict[str, Any]]:
+        model = new_model(config)
+        data = prepare_training_data(config, splits, store=store, device=device, progress=progress,
+                                     monitor_size=monitor_size)
+        start = time.time()
+        history = train_classifier(model, data.train, config, monitor=data.monitor,
+                                   monitor_backdoor=data.monitor_backdoor, device=device, progress=progress,
+                                   poisoned=data.poisoned_mask())
+        model.eval()
+        metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(model, config, splits)}
+        return model, model.state_dict(), metrics
+
+    model, artefact, loaded = get_or_compute(store, "models", key, identity, compute=train, restore=restore)
+    return TrainedModel(model.to(dev).eval(), config, key, artefact.metrics, str(artefact.path), loaded=loaded)
 
 
 def get_or_train_input_aware(config: InputAwareConfig, *, store: ArtefactStore | None = None, device: str = "auto",
@@ -448,11 +450,16 @@ def get_or_train_input_aware(config: InputAwareConfig, *, store: ArtefactStore |
     kind, key, identity = artefact_address(config, splits)
     spec = dataset_spec(recipe.dataset)
     attack = InputAware(artefact_key=key, channels=spec.channels, generator_width=config.generator_width)
-    model = new_model(recipe)
     dev = resolve_device(device)
-    found = store.load(kind, key, identity)
-    loaded = found is not None
-    if found is None:
+
+    def restore(found: Artefact) -> StagedClassifier:
+        model = new_model(recipe)
+        model.load_state_dict({k[len("classifier."):]: v for k, v in found.tensors.items()
+                               if k.startswith("classifier.")})
+        return model
+
+    def train() -> tuple[StagedClassifier, dict[str, torch.Tensor], dict[str, Any]]:
+        model = new_model(recipe)
         fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format
         model.to(dev, memory_format=fmt)
         opt = _optimizer(model, recipe)
@@ -472,9 +479,10 @@ def get_or_train_input_aware(config: InputAwareConfig, *, store: ArtefactStore |
                    "device": str(dev), "torch": torch.__version__, "data_source": splits.train.source,
                    "test_images": len(splits.test), "test_ca": clean_accuracy(model, x_test, splits.test.labels),
                    "test_asr": attack_success_rate(model, x_bd.clamp(0, 1), config.target)}
-        tensors = {**{f"classifier.{k}": v.contiguous() for k, v in model.state_dict().items()},
+        tensors = {**{f"classifier.{k}": v for k, v in model.state_dict().items()},
                    **{f"pattern.{k}": v for k, v in pattern_gen.state_dict().items()},
                    **{f"mask.{k}": v for k, v in mask_gen.state_dict().items()}}
-        found = store.save(kind, key, tensors, identity, metrics)
-    model.load_state_dict({k[len("classifier."):]: v for k, v in found.tensors.items() if k.startswith("classifier.")})
-    return TrainedModel(model.to(dev).eval(), recipe, key, found.metrics, str(found.path), loaded=loaded), attack
+        return model, tensors, metrics
+
+    model, artefact, loaded = get_or_compute(store, kind, key, identity, compute=train, restore=restore)
+    return TrainedModel(model.to(dev).eval(), recipe, key, artefact.metrics, str(artefact.path), loaded=loaded), attack

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workbench.core.classifier import check_labels
 from workbench.core.query import QueryModel
 from workbench.core.runtime import make_generator
 from workbench.core.validation import (
@@ -214,11 +215,12 @@ def _round_robin(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, 
     predicted = query.labels(images).to(labels.device)
     correct = predicted == labels
     order = torch.randperm(len(labels), generator=make_generator(seed))
-    num_classes = int(labels.max()) + 1
+    num_classes = query.num_classes
 
     def pick(count: int, exclude: int | None = None) -> torch.Tensor:
+        # round robin over the classes
         pools = [order[(labels[order] == other) & correct[order]] for other in range(num_classes) if other != exclude]
-        chosen = [pool[rank] for rank in range(max(len(pool) for pool in pools))  # round robin over the classes
+        chosen = [pool[rank] for rank in range(max((len(pool) for pool in pools), default=0))
                   for pool in pools if rank < len(pool)][:count]
         if len(chosen) < count:
             others = "" if exclude is None else f" other than {exclude}"
@@ -381,7 +383,7 @@ def _nan_if_none(value: float | None) -> float:
 
 def diagnose(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, setup: RestoreSetup, *,
              output: str = "probits", classes: list[int] | None = None, config: SplittingConfig | None = None,
-             per_set: int = 9, seed: int = 0, progress: bool = False) -> Diagnosis:
+             per_set: int = 9, num_classes: int | None = None, seed: int = 0, progress: bool = False) -> Diagnosis:
     """Run importance splitting for every class (Sec. IV-D): one problem per class, all batched.
 
     With a single class in `classes` the run only recovers that class's trigger (Table II): the comparison fields
@@ -395,10 +397,12 @@ def diagnose(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, setu
         classes: the classes to test (default all).
         config: IS settings (default `splitting_config(setup, ...)`, the paper's).
         per_set: |X_test^cl|.
+        num_classes: the model's class count (default `query.num_classes`: from the model, never from the labels).
         seed: seeds the clean sets and the splitting.
     """
     check_name("scorer output", output, OUTPUTS)
-    num_classes = int(labels.max()) + 1
+    num_classes = query.num_classes if num_classes is None else check_positive_int(num_classes, "num_classes")
+    check_labels(labels, len(images), num_classes)
     classes = list(range(num_classes)) if classes is None else [check_class(c, num_classes) for c in classes]
     if not classes:
         raise WorkbenchError("no classes to test: pass None for every class or a list of class indices")

@@ -33,7 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.core.artefacts import ArtefactStore, config_key
+from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute
+from workbench.core.classifier import FrozenStem, head_modules
 from workbench.core.data import DataSplits, ImageDataset, stratified_subset
 from workbench.core.models import StagedClassifier, set_dropout
 from workbench.core.runtime import make_generator, resolve_device
@@ -279,28 +280,30 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
     with torch.random.fork_rng(devices=[]):  # the reconstruction head's initialisation, from the seed
         torch.manual_seed(config.train.seed + 2)
         net = TrapNet.build(new_model(config.train), split)
-    found = store.load(kind, key, identity)
-    if found is not None:
-        net.load_state_dict(found.tensors, strict=True)
-        return TrappedModel(net.to(dev).eval(), config, key, found.metrics, str(found.path), loaded=True)
 
-    data = prepare_training_data(config.train, splits, store=store, device=device, progress=progress,
-                                 monitor_size=monitor_size)
+    def restore(found: Artefact) -> TrapNet:
+        net.load_state_dict(found.tensors, strict=True)
+        return net
 
     def joint_loss(model: TrapNet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         logits, reconstruction = model.forward_both(x)
         return trap_objective(logits, reconstruction, x, y, rec_weight=config.rec_weight,
                               tv_weight=config.tv_weight, label_smoothing=config.train.label_smoothing)
 
-    start = time.time()
-    history = train_classifier(net, data.train, config.train, monitor=data.monitor,
-                               monitor_backdoor=data.monitor_backdoor, device=device, progress=progress,
-                               batch_loss=joint_loss)
-    net.eval()
-    metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(net, config.train, splits),
-               "test_rec_mse": reconstruction_error(net, splits.test.float_images())}
-    saved = store.save(kind, key, {k: v.contiguous() for k, v in net.state_dict().items()}, identity, metrics)
-    return TrappedModel(net.to(dev).eval(), config, key, metrics, str(saved.path), loaded=False)
+    def train() -> tuple[TrapNet, dict[str, torch.Tensor], dict[str, Any]]:
+        data = prepare_training_data(config.train, splits, store=store, device=device, progress=progress,
+                                     monitor_size=monitor_size)
+        start = time.time()
+        history = train_classifier(net, data.train, config.train, monitor=data.monitor,
+                                   monitor_backdoor=data.monitor_backdoor, device=device, progress=progress,
+                                   batch_loss=joint_loss)
+        net.eval()
+        metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(net, config.train, splits),
+                   "test_rec_mse": reconstruction_error(net, splits.test.float_images())}
+        return net, net.state_dict(), metrics
+
+    net, artefact, loaded = get_or_compute(store, kind, key, identity, compute=train, restore=restore)
+    return TrappedModel(net.to(dev).eval(), config, key, artefact.metrics, str(artefact.path), loaded=loaded)
 
 
 @torch.no_grad()
@@ -336,39 +339,24 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, beta: float, gen: torch.Generator
     return mixed, y[perm], 1 - (bottom - top) * (right - left) / (height * width)
 
 
-class _FrozenStem(nn.Module):
-    """Stage-2 training view: the stem runs without gradients and stays in eval mode (BN statistics frozen)."""
-
-    def __init__(self, stem: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.stem, self.head = stem.requires_grad_(False), head
-
-    def train(self, mode: bool = True) -> _FrozenStem:
-        super().train(mode)
-        self.stem.eval()
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            features = self.stem(x)
-        return self.head(features)
-
-
-def replace_head(classifier: StagedClassifier, holdout: ImageDataset, config: ReplaceConfig, base: TrainConfig,
+def replace_head(classifier: nn.Module, holdout: ImageDataset, config: ReplaceConfig, base: TrainConfig,
                  split: str, *, monitor: tuple[torch.Tensor, torch.Tensor] | None = None, device: str = "auto",
                  progress: bool = True) -> list[dict[str, float]]:
-    """Stage 2 in place (Eq. 2; Alg. 1 lines 5-6): re-initialise the head of `classifier` after `split` from
-    `config.seed`, switch on its dropout, and train it on the clean `holdout` with the stem frozen.
+    """Stage 2 in place (Eq. 2; Alg. 1 lines 5-6): re-initialise the head of `classifier` from split point `split`
+    on (`head_modules`: a workbench stage name, or any module name of a wrapped model such as torchvision's
+    "layer4") from `config.seed`, switch on its dropout, and train it on the clean `holdout` with the stem frozen.
+    `base` carries the optimiser's dataset / model labels (`config.recipe`).
 
     Returns the per-epoch training history.
     """
-    stem, head = classifier.split(split)
+    head = head_modules(classifier, split)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        for layer in head.modules():
-            if layer is not head and hasattr(layer, "reset_parameters"):
+        for layer in (sub for module in head for sub in module.modules()):
+            if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()  # BatchNorm also resets its running statistics
-    set_dropout(head, config.dropout)
+    for module in head:
+        set_dropout(module, config.dropout)
     recipe = config.recipe(base)
 
     def mixed_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -379,12 +367,14 @@ def replace_head(classifier: StagedClassifier, holdout: ImageDataset, config: Re
         return (lam * F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                 + (1 - lam) * F.cross_entropy(logits, pasted, label_smoothing=config.label_smoothing))
 
+    frozen = FrozenStem(classifier, head)
     try:
-        history = train_classifier(_FrozenStem(stem, head), holdout, recipe, monitor=monitor, device=device,
-                                   progress=progress, batch_loss=mixed_loss)
+        history = train_classifier(frozen, holdout, recipe, monitor=monitor, device=device, progress=progress,
+                                   batch_loss=mixed_loss)
     finally:
-        stem.requires_grad_(True)
-    set_dropout(head, 0.0)  # the replaced model is a plain classifier again (dropout acts only in training)
+        frozen.release()
+    for module in head:
+        set_dropout(module, 0.0)  # the replaced model is a plain classifier again (dropout acts only in training)
     classifier.eval()
     return history
 
@@ -417,23 +407,26 @@ def get_or_replace(trapped: TrappedModel, config: ReplaceConfig, *, store: Artef
                 "holdout_sha256": holdout.fingerprint()}
     key = config_key(identity)
     dev = resolve_device(device)
-    classifier = new_model(base)
-    found = store.load(REPLACE_KIND, key, identity)
-    if found is not None:
-        classifier.load_state_dict(found.tensors, strict=True)
-        return TrainedModel(classifier.to(dev).eval(), base, key, found.metrics, str(found.path), loaded=True)
 
-    classifier = copy.deepcopy(trapped.model)
-    monitor_idx = torch.randperm(len(splits.test), generator=make_generator(config.seed))[:monitor_size]
-    monitor = (splits.test.subset(monitor_idx).float_images(), splits.test.labels[monitor_idx])
-    start = time.time()
-    history = replace_head(classifier, holdout, config, base, trapped.net.split, monitor=monitor, device=device,
-                           progress=progress)
-    metrics = {"history": history, "train_seconds": time.time() - start, "holdout_images": len(holdout),
-               "device": str(dev), "torch": torch.__version__, **test_metrics(classifier, base, splits)}
-    saved = store.save(REPLACE_KIND, key, {k: v.contiguous() for k, v in classifier.state_dict().items()}, identity,
-                       metrics)
-    return TrainedModel(classifier.to(dev).eval(), base, key, metrics, str(saved.path), loaded=False)
+    def restore(found: Artefact) -> nn.Module:
+        classifier = new_model(base)
+        classifier.load_state_dict(found.tensors, strict=True)
+        return classifier
+
+    def retrain_head() -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+        classifier = copy.deepcopy(trapped.model)
+        monitor_idx = torch.randperm(len(splits.test), generator=make_generator(config.seed))[:monitor_size]
+        monitor = (splits.test.subset(monitor_idx).float_images(), splits.test.labels[monitor_idx])
+        start = time.time()
+        history = replace_head(classifier, holdout, config, base, trapped.net.split, monitor=monitor, device=device,
+                               progress=progress)
+        metrics = {"history": history, "train_seconds": time.time() - start, "holdout_images": len(holdout),
+                   "device": str(dev), "torch": torch.__version__, **test_metrics(classifier, base, splits)}
+        return classifier, classifier.state_dict(), metrics
+
+    classifier, artefact, loaded = get_or_compute(store, REPLACE_KIND, key, identity, compute=retrain_head,
+                                                  restore=restore)
+    return TrainedModel(classifier.to(dev).eval(), base, key, artefact.metrics, str(artefact.path), loaded=loaded)
 
 
 # --- Sec. 4.3, Fig. 2: is the stem backdoor-free? --------------------------------------------------------------------

@@ -7,7 +7,7 @@ test images whose true class is not the target (BDMAE Sec. 5.1), with wall-clock
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -134,16 +134,21 @@ def trigger_variants() -> dict[str, Attack]:
     return variants
 
 
-def evaluation_images(test: ImageDataset, attack: Attack | None, target: int, count: int,
-                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`count` clean test images (stratified) and `count` triggered non-target ones (clean ones if no attack).
+def evaluation_images(test: ImageDataset, attack: Attack | None, target: int, count: int, seed: int = 0,
+                      sources: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor]:
+    """`count` clean test images (stratified) and `count` triggered non-target ones (clean ones if no attack),
+    drawn from the `sources` classes only when given (source-specific attacks, e.g. L-RED's).
 
     Returns:
         (x_clean, y_clean, x_triggered, y_triggered).
     """
     gen = make_generator(seed)
     clean = test.subset(stratified_subset(test.labels, count, gen))
-    non_target = test.subset(torch.nonzero(test.labels != target).squeeze(1))
+    keep = test.labels != target
+    if sources is not None:
+        keep &= torch.isin(test.labels, torch.tensor(list(sources)))
+    non_target = test.subset(torch.nonzero(keep).squeeze(1))
     chosen = non_target.subset(stratified_subset(non_target.labels, count, gen))
     x_bd, y_bd = backdoor_test_set(chosen, attack, target) if attack is not None else (
         chosen.float_images(), chosen.labels)

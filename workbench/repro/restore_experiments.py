@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from workbench.core.artefacts import ArtefactStore, config_key
+from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute
 from workbench.core.attacks import AllClassesPoison, Attack, PoisonConfig, make_attack
 from workbench.core.data import ImageDataset, dataset_spec
 from workbench.core.mae import MAERestorer
@@ -241,25 +241,29 @@ def get_or_diagnose(trained: TrainedModel, images: Images, run: Run, preset: Res
     # every class, the paper's |X_test^cl| and a calibrated alpha_def are the defaults; only others enter the identity
     identity.update({k: v for k, v in (("per_set", preset.per_set), ("alpha", preset.alpha),
                                        ("classes", list(run.classes or ()))) if v not in (9, None, [])})
-    key = config_key(identity)
-    found = store.load("restore", key, identity)
-    if found is not None:
+
+    def restore(found: Artefact) -> Diagnosis:
         loaded = Diagnosis.from_stored(found.tensors, found.metrics)
         loaded.extra["loaded_from_cache"] = True  # its recorded "seconds_with_calibration" were not spent now
         return loaded
-    query = QueryModel(trained.model, OUTPUTS[run.output])
-    start = time.time()
-    alpha, probes = (preset.alpha, []) if preset.alpha is not None else calibrate_alpha(
-        query, run.setup, images.clean, images.clean_labels, seed=seed)
-    setup = RestoreSetup(run.setup, alpha)
-    config = splitting_config(setup, tuple(images.clean.shape[1:]), **preset.splitting)
-    found = diagnose(query, images.clean, images.clean_labels, setup, output=run.output,
-                     classes=None if run.classes is None else list(run.classes), config=config,
-                     per_set=preset.per_set, seed=seed, progress=progress)
-    found.extra.update({"alpha_probes": probes, "seconds_with_calibration": time.time() - start,
-                        "run": asdict(run)})
-    store.save("restore", key, found.splitting.tensors(), identity, found.summary())
-    return found
+
+    def run_diagnosis() -> tuple[Diagnosis, dict[str, torch.Tensor], dict[str, Any]]:
+        query = QueryModel(trained.model, OUTPUTS[run.output])
+        start = time.time()
+        alpha, probes = (preset.alpha, []) if preset.alpha is not None else calibrate_alpha(
+            query, run.setup, images.clean, images.clean_labels, seed=seed)
+        setup = RestoreSetup(run.setup, alpha)
+        config = splitting_config(setup, tuple(images.clean.shape[1:]), **preset.splitting)
+        result = diagnose(query, images.clean, images.clean_labels, setup, output=run.output,
+                          classes=None if run.classes is None else list(run.classes), config=config,
+                          per_set=preset.per_set, seed=seed, progress=progress)
+        result.extra.update({"alpha_probes": probes, "seconds_with_calibration": time.time() - start,
+                             "run": asdict(run)})
+        return result, result.splitting.tensors(), result.summary()
+
+    diagnosis, _, _ = get_or_compute(store, "restore", config_key(identity), identity, compute=run_diagnosis,
+                                     restore=restore)
+    return diagnosis
 
 
 def triggered_test_images(images: Images, dataset: str, attack: str) -> tuple[torch.Tensor, torch.Tensor]:

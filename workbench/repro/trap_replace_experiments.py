@@ -15,9 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
+import torch
 import torch.nn as nn
 
-from workbench.core.artefacts import ArtefactStore, config_key
+from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute
 from workbench.core.attacks import AdversarialStep, PoisonConfig, make_attack
 from workbench.core.data import stratified_subset
 from workbench.core.runtime import make_generator, resolve_device
@@ -234,16 +235,20 @@ def _cached(kind: str, identity: dict[str, Any], run: Callable[[], tuple[nn.Modu
     """Load the artefact of `identity` or `run()` the defence, evaluate it on the test split and store it."""
     key = config_key(identity)
     dev = resolve_device(device)
-    found = store.load(kind, key, identity)
-    if found is not None:
+
+    def restore(found: Artefact) -> nn.Module:
         model = blank()
         model.load_state_dict(found.tensors, strict=True)
-        return Defended(defence, model.to(dev).eval(), key, found.metrics, True, found.metrics["seconds"])
-    start = time.time()
-    model, extra = run()
-    metrics = {"seconds": time.time() - start, **extra, **test_metrics(model.eval(), recipe, recipe.splits())}
-    store.save(kind, key, {k: v.contiguous() for k, v in model.state_dict().items()}, identity, metrics)
-    return Defended(defence, model.to(dev).eval(), key, metrics, False, metrics["seconds"])
+        return model
+
+    def defend_now() -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
+        start = time.time()
+        model, extra = run()
+        metrics = {"seconds": time.time() - start, **extra, **test_metrics(model.eval(), recipe, recipe.splits())}
+        return model, model.state_dict(), metrics
+
+    model, artefact, loaded = get_or_compute(store, kind, key, identity, compute=defend_now, restore=restore)
+    return Defended(defence, model.to(dev).eval(), key, artefact.metrics, loaded, artefact.metrics["seconds"])
 
 
 def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *, ratio: float = POISON_RATIO,

@@ -123,9 +123,9 @@ class FineTuneConfig:
 
 def check_defense_inputs(model: StagedClassifier, holdout: ImageDataset) -> None:
     """Fail early, with the fix, when `model` or `holdout` cannot go together."""
-    if not isinstance(model, StagedClassifier):
-        raise WorkbenchError(f"model must be a workbench StagedClassifier (see workbench.core.models.build_model), got "
-                             f"{type(model).__name__}")
+    if not isinstance(model, torch.nn.Module) or getattr(model, "input_shape", None) is None:
+        raise WorkbenchError(f"model must be a workbench classifier (build_model, or workbench.wrap(...) around your "
+                             f"own module), got {type(model).__name__}")
     if not isinstance(holdout, ImageDataset):
         raise WorkbenchError(f"holdout must be an ImageDataset (e.g. TrainConfig.splits().holdout), got "
                              f"{type(holdout).__name__}")
@@ -148,6 +148,8 @@ def _stage_names(name: str, channels: int, size: int) -> tuple[str, ...] | None:
 
 def registered_model_name(model: StagedClassifier) -> str:
     """The registered architecture whose stages `model` has (a `TrainConfig` needs one; it only labels progress)."""
+    if not isinstance(model, StagedClassifier):
+        return next(iter(MODELS))  # a wrapped model: the name only labels the progress bar
     channels, size, _ = model.input_shape
     for name in sorted(MODELS, key=lambda n: n == "resnet18"):  # the large one last: built only if nothing else fits
         if _stage_names(name, channels, size) == tuple(model.split_points):

@@ -180,17 +180,35 @@ def check_stages(model: StagedClassifier, stages: tuple[str, ...]) -> None:
     probe = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
         _, outputs = stage_outputs(probe, torch.zeros(1, *model.input_shape), stages, logits=False)
-    spatial = []
     for name, out in zip(stages, outputs, strict=True):
         if out.ndim != 4:
-            with torch.no_grad():
-                h = probe.normalize(torch.zeros(1, *model.input_shape))
-                for stage_name, stage in probe.stages.named_children():
-                    h = stage(h)
-                    if h.ndim == 4:
-                        spatial.append(stage_name)
             raise WorkbenchError(f"stage {name!r} outputs shape {tuple(out.shape[1:])}; NAD needs a spatial (C, H, W) "
-                                 f"activation: choose among {', '.join(spatial)}")
+                                 f"activation: choose among {', '.join(spatial_stages(model))}")
+
+
+def spatial_stages(model: StagedClassifier) -> list[str]:
+    """The stages of `model` whose outputs are spatial (N, C, H, W) maps, in order."""
+    probe = copy.deepcopy(model).cpu().eval()
+    spatial = []
+    with torch.no_grad():
+        h = probe.normalize(torch.zeros(1, *model.input_shape))
+        for stage_name, stage in probe.stages.named_children():
+            h = stage(h)
+            if h.ndim == 4:
+                spatial.append(stage_name)
+    return spatial
+
+
+def default_stages(model: StagedClassifier, config: NADConfig) -> NADConfig:
+    """`config` for `model`: its stages when `model` has them (WRN-16-1's residual groups, the paper's choice),
+    else the model's last spatial stages after the stem, as many as `config.betas` has weights (the outputs of its
+    deepest feature groups, NAD Sec. 3's choice for ResNets), with the last betas."""
+    if all(name in model.split_points for name in config.stages):
+        return config
+    stages = [name for name in spatial_stages(model) if name != model.split_points[0]][-len(config.betas):]
+    if not stages:
+        raise WorkbenchError("NAD needs a spatial stage after the stem to distil attention from; this model has none")
+    return dataclasses.replace(config, stages=tuple(stages), betas=config.betas[-len(stages):])
 
 
 def nad_loss(student: StagedClassifier, teacher: StagedClassifier, x: torch.Tensor, y: torch.Tensor,

@@ -1,0 +1,441 @@
+"""The registered defences: thin adapters from `workbench.defenses.interface` to each method's own functions.
+
+Every adapter takes its configuration as keyword arguments (the method's config dataclass fields, defaults the
+paper's), validates its inputs at the boundary (`workbench.core.classifier.check_classifier`: shapes, [0, 1]
+range, labels in range of the model's class count, which comes from the model, never from the labels) and
+times the call.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from workbench.core.classifier import check_classifier, input_shape_of, num_classes_of
+from workbench.core.data import ImageDataset
+from workbench.core.mae import MAERestorer
+from workbench.core.mae_training import load_workbench_mae
+from workbench.core.models import StagedClassifier
+from workbench.core.query import ACCESS_LEVELS, QueryModel
+from workbench.core.training import TrainConfig
+from workbench.core.validation import WorkbenchError, check_name
+from workbench.defenses import lred, restore
+from workbench.defenses.baselines.anp import ANPConfig, anp_with_masks
+from workbench.defenses.baselines.februus import Februus as _Februus
+from workbench.defenses.baselines.finetune import FineTuneConfig, fine_tune, registered_model_name
+from workbench.defenses.baselines.ibau import IBAUConfig, ibau
+from workbench.defenses.baselines.nad import NADConfig, default_stages, nad
+from workbench.defenses.baselines.patchcleanser import PatchCleanser as _PatchCleanser
+from workbench.defenses.baselines.transforms import Blur as _Blur
+from workbench.defenses.baselines.transforms import ShrinkPad as _ShrinkPad
+from workbench.defenses.bdmae import BDMAE as _BDMAE
+from workbench.defenses.bdmae import VARIANTS
+from workbench.defenses.interface import Detection, Purification, Repair, register
+from workbench.defenses.trap_replace import ReplaceConfig, replace_head
+
+# --- access --------------------------------------------------------------------------------------------------------
+
+def white_box(model_or_query: nn.Module | QueryModel, method: str) -> nn.Module:
+    """The model itself, for methods that need its gradients."""
+    if isinstance(model_or_query, QueryModel):
+        raise WorkbenchError(f"{method} is white-box (it uses the model's gradients): pass the nn.Module, not a "
+                             "QueryModel")
+    if not isinstance(model_or_query, nn.Module):
+        raise WorkbenchError(f"{method}: pass a classifier (nn.Module or QueryModel), got {type(model_or_query)}")
+    return model_or_query
+
+
+def query_access(model_or_query: nn.Module | QueryModel, access: str, method: str) -> QueryModel:
+    """A `QueryModel` with at least `access`: the caller's (checked), or a new one around the caller's module."""
+    if isinstance(model_or_query, QueryModel):
+        if ACCESS_LEVELS.index(model_or_query.access) < ACCESS_LEVELS.index(access):
+            raise WorkbenchError(f"{method} needs {access!r} access but the QueryModel gives {model_or_query.access!r};"
+                                 f" create it with access={access!r}")
+        return model_or_query
+    input_shape_of(white_box(model_or_query, method))  # a clear error for a model without a declared input shape
+    return QueryModel(model_or_query, access)
+
+
+def holdout_dataset(clean_holdout: ImageDataset | tuple[torch.Tensor, torch.Tensor], model: nn.Module
+                    ) -> ImageDataset:
+    """The clean holdout as an `ImageDataset` (the repairs' training set): an `ImageDataset`, or (images in [0, 1]
+    (N, C, H, W), labels (N,)), stored as uint8 like every training set here (exact for images that came from
+    8-bit files)."""
+    if isinstance(clean_holdout, ImageDataset):
+        check_classifier(model, clean_holdout.float_images(), clean_holdout.labels, name="holdout images")
+        return clean_holdout
+    if not (isinstance(clean_holdout, tuple) and len(clean_holdout) == 2):
+        raise WorkbenchError("clean_holdout must be an ImageDataset or a tuple (images, labels)")
+    images, labels = clean_holdout
+    classes = check_classifier(model, images, labels, name="holdout images")
+    name = "mnist" if images.shape[1] == 1 else "cifar10"  # a registered name: it only labels the progress bar
+    return ImageDataset(name, images.mul(255).round().to(torch.uint8).cpu(), labels.long().cpu(),
+                        tuple(str(k) for k in range(classes)), "caller's holdout")
+
+
+def _seeded(config: Any, seed: int) -> Any:
+    return dataclasses.replace(config, seed=seed)
+
+
+# --- detectors ----------------------------------------------------------------------------------------------------
+
+class _LRED:
+    """L-RED (Xiang et al., "Detection of backdoors in trained classifiers without access to the training set"):
+    pattern estimation with annealed source weights (Alg. 1, Eqs. 3-8) and the order-statistic test (Sec. 3.2)."""
+
+    method = "RED-A"
+    default_per_class = 8  # the workbench's cpu preset (the paper's Sec. 4.3 setting uses more; see notebook 31)
+
+    def __init__(self, *, images_per_class: int | None = None, **config: Any) -> None:
+        self.images_per_class = images_per_class or self.default_per_class
+        self.config = lred.LREDConfig(**config)
+
+    def detect(self, model_or_query: nn.Module | QueryModel, clean_images: torch.Tensor, clean_labels: torch.Tensor,
+               *, num_classes: int | None = None, seed: int = 0) -> Detection:
+        """Detect with `images_per_class` seeded clean images of every class drawn from the caller's clean set."""
+        model = white_box(model_or_query, self.method)
+        classes = check_classifier(model, clean_images, clean_labels, num_classes=num_classes, name="clean images")
+        x, y = lred.detection_images(clean_images, clean_labels, self.images_per_class, classes, seed)
+        start = time.perf_counter()
+        found = lred.detect(model, x, y, classes, self.method, self.config)
+        per_class = torch.full((classes,), -math.inf, dtype=torch.float64).scatter_reduce(
+            0, found.estimation.targets.long(), found.statistics.double(), "amax")  # RED-P: best pair per target
+        return Detection(self.name, found.detected, found.inferred_target, float(found.statistics.max()),
+                         found.p_value, per_class, None, time.perf_counter() - start, found.summary(), found)
+
+
+@register("red-a", "detector")
+class REDA(_LRED):
+    """L-RED's RED-A: annealed source weights (Sec. 3.1, Eqs. 7-8), 8 clean images per class."""
+
+    name = "red-a"
+
+
+@register("red-a-prime", "detector")
+class REDAPrime(_LRED):
+    """L-RED's RED-A' (Sec. 4.3): RED-A on only 2 clean images per class."""
+
+    name, default_per_class = "red-a-prime", 2
+
+
+@register("red-u", "detector")
+class REDU(_LRED):
+    """L-RED's RED-U (Sec. 4.3): source weights frozen uniform, the ablation of the annealing."""
+
+    name, method = "red-u", "RED-U"
+
+
+@register("red-p", "detector")
+class REDP(_LRED):
+    """L-RED's RED-P (Sec. 4.3): one estimation per (source, target) pair."""
+
+    name, method = "red-p", "RED-P"
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreSettings:
+    """REStore's diagnosis settings (Sec. III-D, IV-B).
+
+    Args:
+        setup: "PI", "FI" or "PG" (App. G-H).
+        output: scorer output of Eq. 4: "logits", "probits" or "labels" (sets the query access needed).
+        alpha: alpha_def; None = calibrated on the clean images (App. G: the ratio that halves clean accuracy).
+        per_set: |X_test^cl| (min(K - 1, 9) in the paper).
+        splitting: importance-splitting settings overriding the paper's n = 500, k = 250, T = 30, J_max = 40.
+    """
+
+    setup: str = "PI"
+    output: str = "probits"
+    alpha: float | None = None
+    per_set: int = 9
+    splitting: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_name("setup", self.setup, restore.SETUPS)
+        check_name("scorer output", self.output, restore.OUTPUTS)
+        object.__setattr__(self, "splitting", tuple(sorted(dict(self.splitting).items())))
+
+    def diagnose(self, query: QueryModel, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 seed: int) -> restore.Diagnosis:
+        """alpha_def, then importance splitting on every class (Sec. IV-D)."""
+        alpha = self.alpha
+        if alpha is None:
+            alpha, _ = restore.calibrate_alpha(query, self.setup, images, labels, seed=seed)
+        setup = restore.RestoreSetup(self.setup, alpha)
+        config = restore.splitting_config(setup, tuple(images.shape[1:]), **dict(self.splitting))
+        return restore.diagnose(query, images, labels, setup, output=self.output, config=config,
+                                per_set=min(self.per_set, num_classes - 1), num_classes=num_classes, seed=seed)
+
+
+def _restore_settings(setup: str, output: str, alpha: float | None, per_set: int,
+                      splitting: dict[str, Any] | None) -> RestoreSettings:
+    return RestoreSettings(setup, output, alpha, per_set, tuple((splitting or {}).items()))
+
+
+@register("restore-diagnosis", "detector")
+class RestoreDetector:
+    """REStore's diagnosis (Le Roux, Kallas & Furon, Sec. III-D2, IV-D): the class whose tau -> rho map lies
+    highest is the suspect; a backdoor is reported when its lead over the runner-up, in log10 rho, is at least
+    `min_margin` (the paper compares maps by eye, Fig. 3-5; the threshold is the workbench's, 1 = ten times more
+    probable by default)."""
+
+    def __init__(self, *, setup: str = "PI", output: str = "probits", alpha: float | None = None, per_set: int = 9,
+                 splitting: dict[str, Any] | None = None, min_margin: float = 1.0) -> None:
+        self.settings = _restore_settings(setup, output, alpha, per_set, splitting)
+        self.min_margin = float(min_margin)
+
+    def detect(self, model_or_query: nn.Module | QueryModel, clean_images: torch.Tensor, clean_labels: torch.Tensor,
+               *, num_classes: int | None = None, seed: int = 0) -> Detection:
+        query = query_access(model_or_query, restore.OUTPUTS[self.settings.output], "REStore")
+        classes = query.num_classes if num_classes is None else num_classes_of(query._model, num_classes,
+                                                                                query.input_shape)
+        before, start = query.queries, time.perf_counter()
+        found = self.settings.diagnose(query, clean_images, clean_labels, classes, seed)
+        scores = torch.tensor(found.log10_rho_at_level, dtype=torch.float64)
+        return Detection("restore-diagnosis", bool(found.margin >= self.min_margin), int(found.suspect),
+                         float(found.margin), None, scores, query.queries - before, time.perf_counter() - start,
+                         found.summary(), found)
+
+
+# --- test-time purifiers ------------------------------------------------------------------------------------------
+
+@register("bdmae", "purifier")
+class BDMAEPurifier:
+    """BDMAE (Sun et al., "Mask and Restore", Alg. 1-3): blind purification with a masked autoencoder on label
+    access. `variant` picks the paper's ablations ("full", "base_i", "base_l", "no_refinement", "fixed_threshold"
+    and the authors' code's "authors_seed"); other keywords are `BDMAEConfig` fields. `restorer` defaults to the
+    workbench's committed tiny MAE (images of another size are resized to it and back)."""
+
+    def __init__(self, *, variant: str = "full", restorer: MAERestorer | None = None, batch_images: int = 64,
+                 **config: Any) -> None:
+        self.config = dataclasses.replace(VARIANTS[check_name("BDMAE variant", variant, VARIANTS)], **config)
+        self.restorer = restorer
+        self.batch_images = batch_images
+
+    def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
+               ) -> Purification:
+        query = query_access(model_or_query, "label", "BDMAE")
+        if self.restorer is None:
+            self.restorer = MAERestorer(load_workbench_mae(device=str(query.device)))
+        start = time.perf_counter()
+        result = _BDMAE(query, self.restorer, self.config, self.batch_images).purify(images, seed=seed)
+        return Purification("bdmae", result.purified, result.labels, result.queries, time.perf_counter() - start,
+                            result.to_json_dict(), result)
+
+
+class _Transform:
+    """A purifier that transforms each image and classifies the result (one label query per image)."""
+
+    name = ""
+    defence: type = object
+
+    def __init__(self, **config: Any) -> None:
+        self.config = config
+
+    def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
+               ) -> Purification:
+        query = query_access(model_or_query, "label", self.name)
+        defence = self.defence(query, **self.config)
+        before, start = query.queries, time.perf_counter()
+        purified = defence.purify(images, seed=seed) if hasattr(defence, "purify") else None
+        labels = defence.predict(images, seed=seed) if purified is None else query.labels(purified)
+        return Purification(self.name, purified, labels.cpu(), query.queries - before, time.perf_counter() - start,
+                            dict(self.config))
+
+
+@register("blur", "purifier")
+class Blur(_Transform):
+    """Gaussian blur (BDMAE App. C baseline: 3 x 3 kernel, `sigma` 0.5 weak / 1.0 strong)."""
+
+    name, defence = "blur", _Blur
+
+
+@register("shrinkpad", "purifier")
+class ShrinkPad(_Transform):
+    """ShrinkPad (Li et al. 2021; BDMAE App. C baseline: `pad` 4 weak / 8 strong on 32 px images)."""
+
+    name, defence = "shrinkpad", _ShrinkPad
+
+
+@register("patchcleanser", "purifier")
+class PatchCleanser(_Transform):
+    """PatchCleanser's double masking on labels (Xiang et al. 2022; BDMAE App. C); no purified images."""
+
+    name, defence = "patchcleanser", _PatchCleanser
+
+
+@register("februus", "purifier")
+class Februus:
+    """Februus (Doan et al. 2020; BDMAE App. C): inpaint the Grad-CAM++ region with the MAE (white-box: needs a
+    workbench model, whose last feature map is known)."""
+
+    def __init__(self, *, restorer: MAERestorer | None = None, method: str = "gradcam++", threshold: float = 0.7
+                 ) -> None:
+        self.restorer, self.method, self.threshold = restorer, method, threshold
+
+    def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
+               ) -> Purification:
+        model = white_box(model_or_query, "Februus")
+        if not isinstance(model, StagedClassifier):
+            raise WorkbenchError("Februus here needs a workbench model (its CAM layer is the stage before "
+                                 "feature_split); a wrapped model has no declared feature map yet")
+        check_classifier(model, images)
+        self.restorer = self.restorer or MAERestorer(load_workbench_mae(device=str(next(model.parameters()).device)))
+        defence = _Februus(model, self.restorer, self.method, self.threshold)
+        start = time.perf_counter()
+        purified = defence.purify(images, seed=seed)
+        with torch.no_grad():
+            labels = torch.cat([model(b).argmax(1) for b in purified.split(256)]).cpu()
+        return Purification("februus", purified, labels, None, time.perf_counter() - start,
+                            {"method": self.method, "threshold": self.threshold})
+
+
+@register("restore", "purifier")
+class RestorePurifier:
+    """REStore's purification (Sec. III-D3, IV-F): diagnose on the defender's clean images (`clean_images`,
+    `clean_labels`), estimate the suspect class's trigger from its realisations, choose the strongest transform
+    that keeps clean accuracy within `max_accuracy_drop`, then apply it to every input. The recovery runs once per
+    model (the first `purify` call pays for it; `details["recovery_queries"]` says how much)."""
+
+    def __init__(self, *, clean_images: torch.Tensor, clean_labels: torch.Tensor, setup: str = "PI",
+                 output: str = "probits", alpha: float | None = None, per_set: int = 9,
+                 splitting: dict[str, Any] | None = None, transform: str = "subtract", low_pass: bool = False,
+                 max_accuracy_drop: float = 0.05) -> None:
+        self.clean = (clean_images, clean_labels)
+        self.settings = _restore_settings(setup, output, alpha, per_set, splitting)
+        self.transform, self.low_pass, self.max_accuracy_drop = transform, low_pass, max_accuracy_drop
+        self._recovered: dict[int, tuple[restore.Purifier, dict[str, Any]]] = {}
+
+    def recover(self, query: QueryModel, seed: int = 0) -> tuple[restore.Purifier, dict[str, Any]]:
+        """The purifier chosen for `query`'s model (computed once)."""
+        if id(query._model) not in self._recovered:
+            images, labels = self.clean
+            classes = check_classifier(query._model, images, labels, name="clean images")
+            before = query.queries
+            found = self.settings.diagnose(query, images, labels, classes, seed)
+            estimate = restore.estimate_trigger(found.setup, found.realisations(found.suspect), images)
+            purifier, tried = restore.select_purifier(query, estimate, images, labels, transform=self.transform,
+                                                      low_pass=self.low_pass,
+                                                      max_accuracy_drop=self.max_accuracy_drop)
+            details = {"suspect": found.suspect, "margin": found.margin, "strength": purifier.strength,
+                       "strengths_tried": tried, "recovery_queries": query.queries - before}
+            self._recovered[id(query._model)] = (purifier, details)
+        return self._recovered[id(query._model)]
+
+    def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
+               ) -> Purification:
+        query = query_access(model_or_query, restore.OUTPUTS[self.settings.output], "REStore")
+        start = time.perf_counter()
+        purifier, details = self.recover(query, seed)
+        check_classifier(query._model, images)
+        before = query.queries
+        purified = purifier(images)
+        labels = query.labels(purified).cpu()
+        return Purification("restore", purified, labels, query.queries - before, time.perf_counter() - start,
+                            details, purifier)
+
+
+# --- post-training repairs ----------------------------------------------------------------------------------------
+
+class _Repair:
+    """A repair trained on the clean holdout through the method's own function and config dataclass."""
+
+    name = ""
+    config_class: type = object
+    #: the method's own function, `function(model, holdout, config, device=, progress=) -> repaired model` (set by
+    #: the subclasses that do not override `run`)
+    function: Callable[..., nn.Module]
+
+    def __init__(self, *, device: str = "auto", progress: bool = False, **config: Any) -> None:
+        self.config = self.config_class(**config)
+        self.device, self.progress = device, progress
+
+    def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
+        """(repaired model, the method's result object if it has one beyond the model)."""
+        return self.function(model, holdout, config, device=self.device, progress=self.progress), None
+
+    def repair(self, model: nn.Module, clean_holdout: ImageDataset | tuple[torch.Tensor, torch.Tensor], *,
+               seed: int = 0) -> Repair:
+        holdout = holdout_dataset(clean_holdout, model)
+        config = _seeded(self.config, seed)
+        start = time.perf_counter()
+        repaired, result = self.run(model, holdout, config)
+        return Repair(self.name, repaired.eval(), time.perf_counter() - start, len(holdout),
+                      dataclasses.asdict(config), result)
+
+
+@register("fine-tuning", "repair")
+class FineTuning(_Repair):
+    """Fine-tuning every layer on the clean holdout (Liu et al. 2018; NAD's teacher recipe by default)."""
+
+    name, config_class = "fine-tuning", FineTuneConfig
+    function = staticmethod(fine_tune)
+
+
+@register("nad", "repair")
+class NAD(_Repair):
+    """Neural Attention Distillation (Li et al. 2021): fine-tuned teacher, attention-distilled student. Without
+    `stages`, a model that lacks WRN-16-1's residual groups distils its deepest spatial stages
+    (`workbench.defenses.baselines.nad.default_stages`)."""
+
+    name, config_class = "nad", NADConfig
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self.stages_given = "stages" in config
+
+    def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
+        if not isinstance(model, StagedClassifier):
+            raise WorkbenchError("NAD distils a workbench model's stages (build_model); a wrapped model has none")
+        config = config if self.stages_given else default_stages(model, config)
+        return nad(model, holdout, config, device=self.device, progress=self.progress), {"stages": config.stages}
+
+
+@register("anp", "repair")
+class ANP(_Repair):
+    """Adversarial Neuron Pruning (Wu & Wang 2021): prune BatchNorm neurons sensitive to adversarial perturbation."""
+
+    name, config_class = "anp", ANPConfig
+
+    def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
+        result = anp_with_masks(model, holdout, config, device=self.device, progress=self.progress)
+        return result.model, result
+
+
+@register("i-bau", "repair")
+class IBAU(_Repair):
+    """I-BAU (Zeng et al. 2022): implicit hypergradient unlearning of a universal adversarial perturbation."""
+
+    name, config_class = "i-bau", IBAUConfig
+    function = staticmethod(ibau)
+
+
+@register("head-replacement", "repair")
+class HeadReplacement(_Repair):
+    """Trap and Replace stage 2 (Sec. 3.2, Eq. 2; Alg. 1 lines 5-6) on any model: re-initialise the head from
+    `split` on (a module name, e.g. torchvision's "layer4"; default a workbench model's `default_split`) and
+    train it on the clean holdout with the stem frozen. Without T&R's stage 1 the stem is not guaranteed to be
+    backdoor-free: this is the replacement step alone, as a repair."""
+
+    name, config_class = "head-replacement", ReplaceConfig
+
+    def __init__(self, *, split: str | None = None, **config: Any) -> None:
+        super().__init__(**config)
+        self.split = split
+
+    def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
+        split = self.split or getattr(model, "default_split", None)
+        if split is None:
+            raise WorkbenchError("head-replacement needs split=<module name> for this model (e.g. 'layer4' for a "
+                                 "torchvision ResNet): the head from there on is replaced")
+        repaired = copy.deepcopy(model).requires_grad_(True)
+        base = TrainConfig(dataset=holdout.name, model=registered_model_name(model))  # labels the progress bar
+        history = replace_head(repaired, holdout, config, base, split, device=self.device, progress=self.progress)
+        return repaired, {"split": split, "history": history}

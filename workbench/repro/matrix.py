@@ -1,0 +1,395 @@
+"""The defence matrix: every registered detector, purifier and repair run on the same models, one table per kind.
+
+No single paper compares its defence with the other three papers' methods; this puts them side by side on the
+same classifiers, the same clean data and the same triggered test images:
+
+* detections: verdict, suspected target, the method's statistic and p-value, queries and seconds per model;
+* purifications: CA, BA and ASR (%) of the defended pipeline, seconds and label queries per image;
+* repairs: CA and ASR (%) of the repaired model, and the seconds the repair took.
+
+A subject (a model under test) is one of the workbench's own models by name (`SUBJECTS`: CIFAR-10 BadNets,
+Blended, WaNet and a clean twin, and L-RED's MNIST model) or a BackdoorBench record by path. Every cell is
+stored as it finishes (`<folder>/cells/<subject>/<defence>.json`) and a re-run reuses the stored cells of the
+same settings, so an interrupted matrix loses at most the cell that was running.
+
+Settings per scale are in `MATRIX_PRESETS`; each defence runs with its paper's defaults except where the preset
+names a smaller budget (listed in the preset's `deviations`, and printed in notebook 50).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from workbench.core.artefacts import config_key
+from workbench.core.attacks import PoisonConfig, make_attack
+from workbench.core.data import ImageDataset, load_splits, stratified_subset
+from workbench.core.metrics import predict_labels
+from workbench.core.runtime import make_generator
+from workbench.core.storage import atomic_write, atomic_write_json, sha256_file
+from workbench.core.validation import WorkbenchError, check_name
+from workbench.defenses import available, create, describe
+from workbench.defenses.interface import Detection, Purification
+from workbench.repro import bdmae_experiments as bdmae_repro
+from workbench.repro.lred_experiments import LRED_PRESETS, OTHER_DATASETS, classifier_config
+
+KINDS = ("detector", "purifier", "repair")
+EXAMPLES = 4  # triggered images whose purified versions a cell keeps for the widget
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A model under test with the data every defence sees.
+
+    Attributes:
+        name: the row label.
+        model: the classifier on [0, 1] images (a workbench model or `workbench.wrap(...)`).
+        backdoored: whether it carries a backdoor (the truth the detections are scored against).
+        target: the attack's target class (a clean twin keeps its backdoored sibling's, so its ASR shows how
+            often the trigger lands on that class without a backdoor).
+        clean_images, clean_labels: clean test images for CA.
+        triggered_images, triggered_labels: triggered non-target test images and their true labels (BA, ASR).
+        holdout: the defender's clean labelled data (detectors' clean images, REStore's calibration, repairs).
+        note: where the subject comes from.
+        fingerprint: identifies the weights (the artefact key, or the record file's hash): a stored cell of other
+            weights is recomputed.
+    """
+
+    name: str
+    model: nn.Module
+    backdoored: bool
+    target: int
+    clean_images: torch.Tensor
+    clean_labels: torch.Tensor
+    triggered_images: torch.Tensor
+    triggered_labels: torch.Tensor
+    holdout: ImageDataset
+    note: str = ""
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class MatrixPreset:
+    """Sizes and settings of the matrix at one scale.
+
+    Args:
+        subjects: the default subjects (`SUBJECTS` names).
+        images: clean and triggered test images per subject that purifiers and repaired models are evaluated on:
+            the first `images` of notebook 11's draw of `draw` (BDMAE seeds each image by its index in the draw,
+            so the labels equal notebook 11's on those images).
+        draw: size of that draw (notebook 11's `main_images`).
+        holdout: clean holdout images per subject (stratified; the detectors' and repairs' clean data).
+        configs: per defence, the settings that differ from `create(name)`'s defaults (the papers').
+        deviations: why each entry of `configs` departs from the paper, for the notebook's text.
+    """
+
+    subjects: tuple[str, ...]
+    images: int
+    draw: int
+    holdout: int
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deviations: dict[str, str] = field(default_factory=dict)
+
+    def config(self, defence: str) -> dict[str, Any]:
+        return dict(self.configs.get(defence, {}))
+
+
+_ALL = ("cifar10-badnets", "cifar10-blended", "cifar10-wanet", "cifar10-clean", "mnist-lred")
+_LRED_SMOKE, _LRED_CPU = LRED_PRESETS["smoke"], LRED_PRESETS["cpu"]
+
+
+def _bdmae_config(scale: str) -> dict[str, Any]:
+    """Notebook 11's BDMAE settings at `scale`, so the matrix's BDMAE labels are notebook 11's."""
+    return dataclasses.asdict(bdmae_repro.BDMAE_PRESETS[scale].bdmae)
+
+
+_REPAIRS_SMOKE = {"fine-tuning": {"epochs": 1}, "nad": {"teacher_epochs": 1, "epochs": 1},
+                  "anp": {"iterations": 5}, "i-bau": {"rounds": 1}, "head-replacement": {"epochs": 1}}
+
+MATRIX_PRESETS: dict[str, MatrixPreset] = {
+    # smoke: the plumbing of every cell in CI, on the smoke-scale models (barely trained)
+    "smoke": MatrixPreset(
+        subjects=("cifar10-badnets", "cifar10-clean"), images=4, draw=bdmae_repro.BDMAE_PRESETS["smoke"].main_images,
+        holdout=100,
+        configs={**{name: {"images_per_class": _LRED_SMOKE.images_per_class, "max_iterations": 20}
+                    for name in ("red-a", "red-u", "red-p")},
+                 "red-a-prime": {"images_per_class": 1, "max_iterations": 20},
+                 "restore-diagnosis": {"alpha": 0.2, "per_set": 3, "splitting": {"particles": 8, "survivors": 4,
+                                                                                  "passes": 1, "max_levels": 3}},
+                 "restore": {"alpha": 0.2, "per_set": 3, "splitting": {"particles": 8, "survivors": 4, "passes": 1,
+                                                                       "max_levels": 3}},
+                 "bdmae": _bdmae_config("smoke"),
+                 **_REPAIRS_SMOKE},
+        deviations={"all": "smoke scale checks the plumbing only: every budget is cut to a few steps"}),
+    # cpu: the committed / cached cpu-scale models, budgets cut so the whole matrix stays under an hour on 2 cores
+    "cpu": MatrixPreset(
+        subjects=_ALL, images=100, draw=bdmae_repro.BDMAE_PRESETS["cpu"].main_images, holdout=1000,
+        configs={**{name: {"images_per_class": _LRED_CPU.images_per_class, "step": _LRED_CPU.detection.step,
+                           "max_norm": _LRED_CPU.detection.max_norm} for name in ("red-a", "red-u", "red-p")},
+                 "red-a-prime": {"images_per_class": _LRED_CPU.images_per_class_small,
+                                 "step": _LRED_CPU.detection.step, "max_norm": _LRED_CPU.detection.max_norm},
+                 "restore-diagnosis": {"splitting": {"particles": 20, "survivors": 10, "passes": 5,
+                                                     "max_levels": 40}},
+                 "restore": {"splitting": {"particles": 20, "survivors": 10, "passes": 5, "max_levels": 40}},
+                 "bdmae": _bdmae_config("cpu"), "fine-tuning": {"epochs": 5}, "nad": {"teacher_epochs": 5, "epochs": 5},
+                 "anp": {"iterations": 400}, "i-bau": {"rounds": 3}, "head-replacement": {"epochs": 20}},
+        deviations={
+            "red-*": "notebook 31's cpu settings: 8 clean images per class (RED-A': 2), its step and max norm",
+            "restore": "importance splitting with n = 20, k = 10, T = 5, J_max = 40 (paper: 500, 250, 30, 40; "
+                       "notebook 21's cpu preset: 40, 20, 10, 80): about 1/60 of the paper's queries",
+            "repairs": "fine-tuning and NAD 5 epochs (paper: 10 / 20), I-BAU 3 rounds, head replacement 20 epochs "
+                       "(T&R's public code: 100), on 1,000 clean holdout images"}),
+    "paper": MatrixPreset(subjects=_ALL, images=1000, draw=bdmae_repro.BDMAE_PRESETS["paper"].main_images,
+                          holdout=2500),
+}
+
+
+# --- subjects --------------------------------------------------------------------------------------------------
+
+def _from_setting(name: str, setting: bdmae_repro.Setting, preset: MatrixPreset, backdoored: bool, seed: int,
+                  device: str, sources: Sequence[int] | None = None, note: str = "") -> Subject:
+    trained, attack = setting.load(device=device)
+    splits = setting.recipe.splits()
+    x_clean, y_clean, x_bd, y_bd = bdmae_repro.evaluation_images(splits.test, attack, setting.target, preset.draw,
+                                                                 seed, sources=sources)
+    count = preset.images
+    holdout = splits.holdout.subset(stratified_subset(splits.holdout.labels, min(preset.holdout, len(splits.holdout)),
+                                                      make_generator(seed)))
+    return Subject(name, trained.model, backdoored, setting.target, x_clean[:count], y_clean[:count], x_bd[:count],
+                   y_bd[:count], holdout, note, trained.key)
+
+
+def _bdmae_subject(attack_name: str | None) -> Callable[[MatrixPreset, str, int, str], Subject]:
+    def build(preset: MatrixPreset, scale: str, seed: int, device: str) -> Subject:
+        name = f"cifar10-{attack_name or 'clean'}"
+        if attack_name is None:
+            return _from_setting(name, bdmae_repro.clean_setting("cifar10", scale), preset, False, seed, device,
+                                 note="clean twin of cifar10-badnets (BDMAE Table A.2's model)")
+        if attack_name == "badnets":
+            setting = bdmae_repro.badnets_setting("cifar10", make_attack("bdmae_badnets_colour"), scale)
+            return _from_setting(name, setting, preset, True, seed, device, note="BDMAE's main setting (notebook 11)")
+        if attack_name == "blended":
+            setting = bdmae_repro.challenging_settings("cifar10", scale)["Blended"]
+            return _from_setting(name, setting, preset, True, seed, device, note="BDMAE Table 3's Blended model")
+        wanet = make_attack("wanet")
+        target = bdmae_repro.TARGETS["cifar10"]
+        config = bdmae_repro.bdmae_model("cifar10", PoisonConfig(wanet, target=target, ratio=0.1), scale,
+                                         reduced=True)
+        return _from_setting(name, bdmae_repro.Setting(config, wanet, target), preset, True, seed, device,
+                             note="WaNet (k = 4, s = 0.5), 10 % poison, BDMAE's reduced recipe")
+    return build
+
+
+def _mnist_subject(preset: MatrixPreset, scale: str, seed: int, device: str) -> Subject:
+    lred_setting = OTHER_DATASETS["mnist"]
+    config = classifier_config(lred_setting, 0, scale)
+    setting = bdmae_repro.Setting(config, config.poison.attack, lred_setting.target)
+    return _from_setting("mnist-lred", setting, preset, True, seed, device, sources=lred_setting.sources,
+                         note="L-RED Table 4's MNIST LeNet-5 (chessboard pattern, sources 4, 6, 9 -> 8)")
+
+
+SUBJECTS: dict[str, Callable[[MatrixPreset, str, int, str], Subject]] = {
+    "cifar10-badnets": _bdmae_subject("badnets"),
+    "cifar10-blended": _bdmae_subject("blended"),
+    "cifar10-wanet": _bdmae_subject("wanet"),
+    "cifar10-clean": _bdmae_subject(None),
+    "mnist-lred": _mnist_subject,
+}
+"""The workbench's own subjects by name: builder(preset, scale, seed, device) -> Subject (trained or loaded)."""
+
+
+def record_subject(path: str | Path, preset: MatrixPreset, seed: int = 0) -> Subject:
+    """A BackdoorBench v2 record as a subject: its model and poisoned test images; the clean test images and the
+    holdout come from the workbench's copy of the record's dataset (`clean_data`)."""
+    from workbench.core.backdoorbench import load_backdoorbench
+
+    record = load_backdoorbench(path)
+    if record.poisoned_test is None:
+        raise WorkbenchError(f"{path}: the record has no poisoned test set (bd_test), so BA and ASR cannot be measured")
+    check_name("record dataset", record.dataset, ("cifar10", "gtsrb", "mnist"))
+    splits = load_splits(record.dataset)
+    gen = make_generator(seed)
+    clean = splits.test.subset(stratified_subset(splits.test.labels, preset.images, gen))
+    holdout = splits.holdout.subset(stratified_subset(splits.holdout.labels, min(preset.holdout, len(splits.holdout)),
+                                                      gen))
+    x_bd, bd = record.poisoned_images()[:preset.images], record.poisoned_test
+    target = int(torch.mode(bd.bd_labels).values)
+    return Subject(Path(path).parent.name, record.model, True, target, clean.float_images(), clean.labels, x_bd,
+                   bd.labels[:preset.images], holdout, f"BackdoorBench record {path} ({record.model_name})",
+                   sha256_file(Path(path)))
+
+
+def load_subjects(names: Sequence[str] | None, preset: MatrixPreset, scale: str, *, seed: int = 0,
+                  device: str = "auto") -> list[Subject]:
+    """Subjects by `SUBJECTS` name or BackdoorBench record path (`.../attack_result.pt`); None = the preset's."""
+    subjects = []
+    for name in names or preset.subjects:
+        if name in SUBJECTS:
+            subjects.append(SUBJECTS[name](preset, scale, seed, device))
+        elif str(name).endswith(".pt"):
+            subjects.append(record_subject(name, preset, seed))
+        else:
+            raise WorkbenchError(f"unknown subject {name!r}: give one of {', '.join(SUBJECTS)} or the path of a "
+                                 "BackdoorBench attack_result.pt")
+    return subjects
+
+
+# --- cells ------------------------------------------------------------------------------------------------------
+
+def _accuracies(clean_labels: torch.Tensor, triggered_labels: torch.Tensor, subject: Subject) -> dict[str, float]:
+    return {"CA": 100 * (clean_labels == subject.clean_labels).float().mean().item(),
+            "BA": 100 * (triggered_labels == subject.triggered_labels).float().mean().item(),
+            "ASR": 100 * (triggered_labels == subject.target).float().mean().item()}
+
+
+def _detection_cell(subject: Subject, defence: str, config: dict[str, Any], seed: int) -> dict[str, Any]:
+    found: Detection = create(defence, **config).detect(subject.model, subject.holdout.float_images(),
+                                                        subject.holdout.labels, seed=seed)
+    correct = found.detected == subject.backdoored and (not subject.backdoored or found.target == subject.target)
+    return {"detected": found.detected, "target": found.target, "correct": bool(correct),
+            "statistic": found.statistic, "p-value": found.p_value, "queries": found.queries,
+            "seconds": found.seconds, "class_scores": found.class_scores.tolist()}
+
+
+def _purification_cell(subject: Subject, defence: str, config: dict[str, Any], seed: int,
+                       folder: Path) -> dict[str, Any]:
+    if defence == "restore":  # REStore's purifier first recovers the trigger on the defender's clean data
+        config = {**config, "clean_images": subject.holdout.float_images(), "clean_labels": subject.holdout.labels}
+    purifier = create(defence, **config)
+    clean: Purification = purifier.purify(subject.model, subject.clean_images, seed=seed)
+    triggered: Purification = purifier.purify(subject.model, subject.triggered_images, seed=seed)
+    count = len(subject.clean_images) + len(subject.triggered_images)
+    queries = None if clean.queries is None else (clean.queries + triggered.queries) / count
+    if triggered.images is not None:
+        shown = {"triggered": subject.triggered_images[:EXAMPLES].contiguous(),
+                 "purified": triggered.images[:EXAMPLES].detach().cpu().contiguous(),
+                 "labels": triggered.labels[:EXAMPLES].contiguous()}
+        atomic_write(folder / f"{defence}.safetensors", lambda tmp: save_file(shown, str(tmp)))
+    return {**_accuracies(clean.labels, triggered.labels, subject), "s/image": (clean.seconds + triggered.seconds)
+            / count, "queries/image": queries, "clean labels": clean.labels.tolist(),
+            "triggered labels": triggered.labels.tolist()}
+
+
+def _repair_cell(subject: Subject, defence: str, config: dict[str, Any], seed: int) -> dict[str, Any]:
+    repaired = create(defence, **config).repair(subject.model, subject.holdout, seed=seed)
+    measured = _accuracies(predict_labels(repaired.model, subject.clean_images),
+                           predict_labels(repaired.model, subject.triggered_images), subject)
+    return {"CA": measured["CA"], "ASR": measured["ASR"], "seconds": repaired.seconds,
+            "holdout images": repaired.holdout_images}
+
+
+def _cell_identity(subject: Subject, defence: str, config: dict[str, Any], preset: MatrixPreset, seed: int) -> str:
+    return config_key({"subject": subject.name, "weights": subject.fingerprint, "defence": defence, "config": config,
+                       "images": preset.images, "draw": preset.draw, "holdout": preset.holdout, "seed": seed})
+
+
+def run_cell(subject: Subject, defence: str, preset: MatrixPreset, folder: Path, *, seed: int = 0) -> dict[str, Any]:
+    """One defence on one subject: the stored cell if its settings match, else computed and stored. A defence
+    that does not apply to the subject (e.g. a white-box repair on a model it cannot train) is stored with its
+    reason in "n/a" instead of failing the matrix."""
+    config = preset.config(defence)
+    kind = describe(defence).kind
+    cell_folder = folder / "cells" / subject.name
+    path = cell_folder / f"{defence}.json"
+    identity = _cell_identity(subject, defence, config, preset, seed)
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("identity") == identity:
+            return stored
+    cell_folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        if kind == "detector":
+            values = _detection_cell(subject, defence, config, seed)
+        elif kind == "purifier":
+            values = _purification_cell(subject, defence, config, seed, cell_folder)
+        else:
+            values = _repair_cell(subject, defence, config, seed)
+    except WorkbenchError as exc:
+        values = {"n/a": str(exc).splitlines()[0]}
+    cell = {"identity": identity, "model": subject.name, "defence": defence, "kind": kind,
+            "wall seconds": time.perf_counter() - start, **values}
+    atomic_write_json(path, cell)
+    return cell
+
+
+def undefended(subject: Subject) -> dict[str, Any]:
+    """The subject's own CA, BA and ASR on the matrix's images (the "no defence" row)."""
+    return {"model": subject.name, "defence": "no defence",
+            **_accuracies(predict_labels(subject.model, subject.clean_images),
+                          predict_labels(subject.model, subject.triggered_images), subject)}
+
+
+@dataclass
+class Matrix:
+    """The matrix's three tables (one row per model and defence) and its cells as stored."""
+
+    detections: pd.DataFrame
+    purifications: pd.DataFrame
+    repairs: pd.DataFrame
+    cells: list[dict[str, Any]]
+
+    def table(self, kind: str) -> pd.DataFrame:
+        return {"detector": self.detections, "purifier": self.purifications, "repair": self.repairs}[
+            check_name("defence kind", kind, KINDS)]
+
+
+_COLUMNS = {
+    "detector": ["model", "defence", "backdoored", "true target", "detected", "target", "correct", "statistic",
+                 "p-value", "queries", "seconds"],
+    "purifier": ["model", "defence", "CA", "BA", "ASR", "s/image", "queries/image"],
+    "repair": ["model", "defence", "CA", "ASR", "seconds", "holdout images"],
+}
+
+
+def _table(kind: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    columns = _COLUMNS[kind] + ["n/a"]
+    frame = pd.DataFrame([{c: row.get(c, math.nan) for c in columns} for row in rows], columns=columns)
+    if frame["n/a"].isna().all():
+        frame = frame.drop(columns="n/a")
+    return frame
+
+
+def run_matrix(subjects: Sequence[Subject], preset: MatrixPreset, folder: str | Path, *,
+               defences: Sequence[str] | None = None, seed: int = 0, progress: bool = True) -> Matrix:
+    """Every defence in `defences` (default: every registered one) on every subject; cells are stored in
+    `folder` as they finish and reused by a re-run with the same settings."""
+    from tqdm.auto import tqdm
+
+    names = list(defences) if defences is not None else available()
+    for name in names:
+        describe(name)  # an unknown name fails before any work
+    folder = Path(folder)
+    cells, rows = [], {kind: [] for kind in KINDS}
+    for subject in subjects:
+        baseline = undefended(subject)
+        rows["purifier"].append(baseline)
+        rows["repair"].append({k: baseline[k] for k in ("model", "defence", "CA", "ASR")})
+        for defence in tqdm(names, desc=subject.name, disable=not progress):
+            cell = run_cell(subject, defence, preset, folder, seed=seed)
+            cells.append(cell)
+            extra = {"backdoored": subject.backdoored, "true target": subject.target} if cell["kind"] == "detector" \
+                else {}
+            rows[cell["kind"]].append({**cell, **extra})
+    matrix = Matrix(_table("detector", rows["detector"]), _table("purifier", rows["purifier"]),
+                    _table("repair", rows["repair"]), cells)
+    for kind in KINDS:
+        matrix.table(kind).to_csv(folder / f"{kind}s.csv", index=False)
+    return matrix
+
+
+def purified_examples(folder: str | Path, model: str, defence: str) -> dict[str, torch.Tensor] | None:
+    """The triggered images a purification cell kept and their purified versions and labels (None if none)."""
+    path = Path(folder) / "cells" / model / f"{defence}.safetensors"
+    return load_file(str(path)) if path.is_file() else None
