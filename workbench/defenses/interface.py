@@ -134,6 +134,7 @@ class Repair(_Serialises):
     result: Any = field(default=None, repr=False)
 
     def save(self, folder: str | Path) -> Path:
+        """The summary (see `_Serialises.save`) and the repaired weights."""
         folder = super().save(folder)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         atomic_write(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
@@ -141,16 +142,22 @@ class Repair(_Serialises):
 
 
 class Detector(Protocol):
+    """Post-training detection: L-RED (Sec. 3) and REStore's diagnosis (Sec. IV-D)."""
+
     def detect(self, model_or_query: nn.Module | QueryModel, clean_images: torch.Tensor,
                clean_labels: torch.Tensor, *, num_classes: int | None = None, seed: int = 0) -> Detection: ...
 
 
 class TestTimePurifier(Protocol):
+    """Test-time purification of the inputs of a (black-box) classifier: BDMAE (Alg. 1-3), REStore (Sec. III-D3)."""
+
     def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
                ) -> Purification: ...
 
 
 class Repairer(Protocol):
+    """Post-training repair on clean data: T&R's head replacement (Sec. 3.2) and its baselines (Sec. 4.1)."""
+
     def repair(self, model: nn.Module, clean_holdout: Any, *, seed: int = 0) -> Repair: ...
 
 

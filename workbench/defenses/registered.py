@@ -193,6 +193,7 @@ class RestoreDetector:
 
     def detect(self, model_or_query: nn.Module | QueryModel, clean_images: torch.Tensor, clean_labels: torch.Tensor,
                *, num_classes: int | None = None, seed: int = 0) -> Detection:
+        """tau -> rho maps of every class on the clean images (Sec. IV-D); the verdict and suspect from them."""
         query = query_access(model_or_query, restore.OUTPUTS[self.settings.output], "REStore")
         classes = query.num_classes if num_classes is None else num_classes_of(query._model, num_classes,
                                                                                 query.input_shape)
@@ -221,6 +222,8 @@ class BDMAEPurifier:
 
     def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
                ) -> Purification:
+        """Trigger scores (Alg. 1), refinement (Alg. 2) and adaptive restoration (Sec. 4.4) of every image; each
+        image draws its randomness from (seed, its index), so splitting a test set into calls changes nothing."""
         query = query_access(model_or_query, "label", "BDMAE")
         if self.restorer is None:
             self.restorer = MAERestorer(load_workbench_mae(device=str(query.device)))
@@ -282,6 +285,7 @@ class Februus:
 
     def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
                ) -> Purification:
+        """Inpaint each image's CAM region above `threshold` with the MAE, then classify (BDMAE App. C)."""
         model = white_box(model_or_query, "Februus")
         if not isinstance(model, StagedClassifier):
             raise WorkbenchError("Februus here needs a workbench model (its CAM layer is the stage before "
@@ -331,6 +335,8 @@ class RestorePurifier:
 
     def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
                ) -> Purification:
+        """Apply the purifier chosen on the clean images (Sec. III-D3) to `images`; `queries` counts only the
+        label queries on `images` (the recovery's are in `details["recovery_queries"]`)."""
         query = query_access(model_or_query, restore.OUTPUTS[self.settings.output], "REStore")
         start = time.perf_counter()
         purifier, details = self.recover(query, seed)
@@ -392,6 +398,7 @@ class NAD(_Repair):
         self.stages_given = "stages" in config
 
     def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
+        """NAD's teacher fine-tuning, then attention distillation into the student (NAD Sec. 3)."""
         if not isinstance(model, StagedClassifier):
             raise WorkbenchError("NAD distils a workbench model's stages (build_model); a wrapped model has none")
         config = config if self.stages_given else default_stages(model, config)
@@ -405,6 +412,7 @@ class ANP(_Repair):
     name, config_class = "anp", ANPConfig
 
     def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
+        """ANP's adversarial mask optimisation, then pruning by the learned masks (ANP Sec. 3-4)."""
         result = anp_with_masks(model, holdout, config, device=self.device, progress=self.progress)
         return result.model, result
 
@@ -431,6 +439,7 @@ class HeadReplacement(_Repair):
         self.split = split
 
     def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
+        """Re-initialise and retrain a copy's head from `split` on (T&R Alg. 1 lines 5-6)."""
         split = self.split or getattr(model, "default_split", None)
         if split is None:
             raise WorkbenchError("head-replacement needs split=<module name> for this model (e.g. 'layer4' for a "

@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench {datasets, reproduce, assets}`."""
+"""Command line: `python -m workbench {datasets, reproduce, assets, mae, bench, matrix}`."""
 
 from __future__ import annotations
 
@@ -131,6 +131,19 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _matrix(args: argparse.Namespace) -> int:
+    from workbench.core.scales import resolve_scale
+    from workbench.repro.matrix import build_matrix, default_folder
+
+    scale = resolve_scale(args.scale)
+    folder = args.output or default_folder(scale)
+    _, figure = build_matrix(scale, subjects=args.models or None, defences=args.defences, folder=folder,
+                                  seed=args.seed, device=args.device)
+    print((Path(folder) / "matrix.md").read_text())
+    print(f"tables: {folder}; heat map: {figure}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +171,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="images timed in the one-at-a-time loop (default: all of the batch)")
     p.add_argument("--device", default="auto")
     p.set_defaults(run=_bench)
+    p = sub.add_parser("matrix", help="every detector, purifier and repair on the same models (three tables and "
+                                      "a heat map)")
+    p.add_argument("models", nargs="*", help="subjects: names (default: the scale's) or BackdoorBench "
+                                             "attack_result.pt paths")
+    p.add_argument("--scale", choices=("smoke", "cpu", "paper"), default=None,
+                   help="scale preset (default: $WORKBENCH_SCALE or cpu)")
+    p.add_argument("--defences", nargs="+", default=None, help="registered defence names (default: all)")
+    p.add_argument("--output", help="folder of the tables and cells (default: outputs/<scale>/matrix)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=_matrix)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -37,6 +37,7 @@ from workbench.core.attacks import PoisonConfig, make_attack
 from workbench.core.data import ImageDataset, load_splits, stratified_subset
 from workbench.core.metrics import predict_labels
 from workbench.core.runtime import make_generator
+from workbench.core.scales import pick
 from workbench.core.storage import atomic_write, atomic_write_json, sha256_file
 from workbench.core.validation import WorkbenchError, check_name
 from workbench.defenses import available, create, describe
@@ -102,6 +103,7 @@ class MatrixPreset:
     deviations: dict[str, str] = field(default_factory=dict)
 
     def config(self, defence: str) -> dict[str, Any]:
+        """The settings `defence` runs with (a copy; empty = its paper's defaults)."""
         return dict(self.configs.get(defence, {}))
 
 
@@ -120,11 +122,11 @@ _REPAIRS_SMOKE = {"fine-tuning": {"epochs": 1}, "nad": {"teacher_epochs": 1, "ep
 MATRIX_PRESETS: dict[str, MatrixPreset] = {
     # smoke: the plumbing of every cell in CI, on the smoke-scale models (barely trained)
     "smoke": MatrixPreset(
-        subjects=("cifar10-badnets", "cifar10-clean"), images=4, draw=bdmae_repro.BDMAE_PRESETS["smoke"].main_images,
+        subjects=("cifar10-badnets",), images=4, draw=bdmae_repro.BDMAE_PRESETS["smoke"].main_images,
         holdout=100,
-        configs={**{name: {"images_per_class": _LRED_SMOKE.images_per_class, "max_iterations": 20}
+        configs={**{name: {"images_per_class": _LRED_SMOKE.images_per_class, "max_iterations": 10}
                     for name in ("red-a", "red-u", "red-p")},
-                 "red-a-prime": {"images_per_class": 1, "max_iterations": 20},
+                 "red-a-prime": {"images_per_class": 1, "max_iterations": 10},
                  "restore-diagnosis": {"alpha": 0.2, "per_set": 3, "splitting": {"particles": 8, "survivors": 4,
                                                                                   "passes": 1, "max_levels": 3}},
                  "restore": {"alpha": 0.2, "per_set": 3, "splitting": {"particles": 8, "survivors": 4, "passes": 1,
@@ -341,6 +343,7 @@ class Matrix:
     cells: list[dict[str, Any]]
 
     def table(self, kind: str) -> pd.DataFrame:
+        """The table of one kind: "detector", "purifier" or "repair"."""
         return {"detector": self.detections, "purifier": self.purifications, "repair": self.repairs}[
             check_name("defence kind", kind, KINDS)]
 
@@ -393,3 +396,38 @@ def purified_examples(folder: str | Path, model: str, defence: str) -> dict[str,
     """The triggered images a purification cell kept and their purified versions and labels (None if none)."""
     path = Path(folder) / "cells" / model / f"{defence}.safetensors"
     return load_file(str(path)) if path.is_file() else None
+
+
+def default_folder(scale: str) -> Path:
+    """Where the matrix of `scale` is stored: `outputs/<scale>/matrix` in the checkout (else the working folder)."""
+    from workbench.core.runtime import PROJECT_ROOT
+
+    return (PROJECT_ROOT or Path.cwd()) / "outputs" / scale / "matrix"
+
+
+def build_matrix(scale: str, *, subjects: Sequence[str] | None = None, defences: Sequence[str] | None = None,
+                 folder: str | Path | None = None, seed: int = 0, device: str = "auto",
+                 progress: bool = True) -> tuple[Matrix, Path]:
+    """Load (or train) the subjects, run every defence on each, and write the three tables as CSV and Markdown
+    (`<folder>/matrix.md`) and the heat map (`figures/50_defence_matrix_<scale>_heatmap.png`).
+
+    Returns:
+        (the matrix, the heat map's path).
+    """
+    from workbench.repro.results import save_figure
+    from workbench.viz.matrix import matrix_figure
+
+    preset = pick(scale, MATRIX_PRESETS)
+    folder = Path(folder) if folder is not None else default_folder(scale)
+    loaded = load_subjects(subjects, preset, scale, seed=seed, device=device)
+    matrix = run_matrix(loaded, preset, folder, defences=defences, seed=seed, progress=progress)
+    figure = matrix_figure(matrix.detections, matrix.purifications, matrix.repairs,
+                           f"Defence matrix at {scale} scale ({preset.images} clean + {preset.images} triggered "
+                           "test images per model)")
+    path = save_figure(figure, notebook="50_defence_matrix", name="heatmap", scale=scale)
+    lines = [f"# Defence matrix at `{scale}` scale", ""]
+    lines += [f"- {s.name}: {s.note}" for s in loaded]
+    for kind in KINDS:
+        lines += ["", f"## {kind}s", "", matrix.table(kind).to_markdown(index=False, floatfmt=".4g")]
+    atomic_write(folder / "matrix.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    return matrix, path

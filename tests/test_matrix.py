@@ -1,0 +1,116 @@
+"""The defence matrix: cells stored and reused, the same BDMAE labels as notebook 11, defences that cannot apply
+reported instead of failing, BackdoorBench records as subjects, the CLI, the heat map and the explorer."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from tests.test_backdoorbench import write_record
+from tests.test_widgets import control, outputs, shown
+from workbench.core.attacks import make_attack
+from workbench.core.mae import MAERestorer
+from workbench.core.mae_training import load_workbench_mae
+from workbench.core.preact_resnet import PreActResNet18
+from workbench.core.query import QueryModel
+from workbench.defenses.bdmae import BDMAE
+from workbench.repro import matrix as matrix_module
+from workbench.repro.bdmae_experiments import BDMAE_PRESETS, badnets_setting, evaluation_images
+from workbench.repro.cli import main
+from workbench.repro.matrix import MATRIX_PRESETS, SUBJECTS, load_subjects, record_subject, run_cell, run_matrix
+from workbench.viz.matrix import matrix_figure
+from workbench.widgets.matrix import matrix_explorer
+
+SMOKE = MATRIX_PRESETS["smoke"]
+
+
+@pytest.fixture(scope="module")
+def badnets():
+    """The smoke-scale BDMAE main-setting model as a matrix subject (trained once, then cached)."""
+    return SUBJECTS["cifar10-badnets"](SMOKE, "smoke", 0, "cpu")
+
+
+def test_bdmae_labels_equal_notebook_11s_on_the_same_images(badnets, tmp_path):
+    cell = run_cell(badnets, "bdmae", SMOKE, tmp_path)
+    # notebook 11's computation: its draw of main_images, BDMAE with its preset, one call per image set
+    setting = badnets_setting("cifar10", make_attack("bdmae_badnets_colour"), "smoke")
+    trained, attack = setting.load(device="cpu")
+    x_clean, _, x_bd, _ = evaluation_images(setting.recipe.splits().test, attack, setting.target,
+                                            BDMAE_PRESETS["smoke"].main_images, 0)
+    restorer = MAERestorer(load_workbench_mae(device="cpu"))
+    config = BDMAE_PRESETS["smoke"].bdmae
+    clean = BDMAE(QueryModel(trained.model, "label"), restorer, config).purify(x_clean, seed=0).labels
+    triggered = BDMAE(QueryModel(trained.model, "label"), restorer, config).purify(x_bd, seed=0).labels
+    count = SMOKE.images
+    assert cell["clean labels"] == clean[:count].tolist()
+    assert cell["triggered labels"] == triggered[:count].tolist()
+
+
+def test_cells_are_stored_and_reused_until_a_setting_changes(badnets, tmp_path, monkeypatch):
+    first = run_cell(badnets, "blur", SMOKE, tmp_path)
+    assert (tmp_path / "cells" / "cifar10-badnets" / "blur.json").is_file()
+    assert (tmp_path / "cells" / "cifar10-badnets" / "blur.safetensors").is_file()
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("a stored cell was recomputed")
+
+    monkeypatch.setattr(matrix_module, "create", no_compute)
+    assert run_cell(badnets, "blur", SMOKE, tmp_path) == first
+    changed = SMOKE.__class__(**{**SMOKE.__dict__, "configs": {**SMOKE.configs, "blur": {"sigma": 1.0}}})
+    with pytest.raises(AssertionError, match="recomputed"):
+        run_cell(badnets, "blur", changed, tmp_path)
+
+
+def test_a_defence_that_cannot_apply_is_reported_not_raised(tmp_path):
+    record = write_record(tmp_path / "rec", PreActResNet18(10).state_dict())
+    subject = record_subject(record.path, SMOKE)
+    assert subject.backdoored and subject.target == 0 and len(subject.triggered_images) == 3
+    cell = run_cell(subject, "februus", SMOKE, tmp_path / "m")
+    assert "workbench model" in cell["n/a"]
+    blur = run_cell(subject, "blur", SMOKE, tmp_path / "m")
+    assert 0 <= blur["ASR"] <= 100 and blur["queries/image"] == 1
+
+
+def test_unknown_subjects_and_defences_are_refused_before_any_work(badnets, tmp_path):
+    with pytest.raises(Exception, match="unknown subject 'cifar10-badnet'"):
+        load_subjects(["cifar10-badnet"], SMOKE, "smoke")
+    with pytest.raises(Exception, match="unknown defence 'blurr'"):
+        run_matrix([badnets], SMOKE, tmp_path, defences=["blurr"])
+    assert not (tmp_path / "cells").exists()
+
+
+def test_cli_writes_three_tables_and_the_heat_map(tmp_path, capsys):
+    assert main(["matrix", "cifar10-badnets", "--scale", "smoke", "--defences", "red-a-prime", "blur",
+                 "fine-tuning", "--output", str(tmp_path), "--device", "cpu"]) == 0
+    for kind in ("detectors", "purifiers", "repairs"):
+        table = pd.read_csv(tmp_path / f"{kind}.csv")
+        assert "cifar10-badnets" in set(table["model"])
+    purifiers = pd.read_csv(tmp_path / "purifiers.csv")
+    assert list(purifiers["defence"]) == ["no defence", "blur"]
+    assert "heat map:" in capsys.readouterr().out
+    cell = json.loads((tmp_path / "cells" / "cifar10-badnets" / "red-a-prime.json").read_text())
+    assert cell["kind"] == "detector" and len(cell["class_scores"]) == 10
+
+
+def test_heat_map_and_explorer_show_every_kind(badnets, tmp_path):
+    cells = [run_cell(badnets, name, SMOKE, tmp_path) for name in ("red-a-prime", "blur", "fine-tuning")]
+    matrix = run_matrix([badnets], SMOKE, tmp_path, defences=["red-a-prime", "blur", "fine-tuning"], progress=False)
+    figure = matrix_figure(matrix.detections, matrix.purifications, matrix.repairs)
+    assert [ax.get_xlabel() for ax in figure.axes[:3]] == ["defence"] * 3
+    explorer = matrix_explorer(cells, tmp_path)
+    [out] = outputs(explorer)
+    pictures = set()
+    for defence in ("red-a-prime", "blur", "fine-tuning"):
+        control(explorer, "defence").value = defence
+        bundle = shown(out) if defence != "fine-tuning" else out.outputs[0]["data"]  # a repair: its numbers
+        pictures.add(bundle.get("image/png", bundle.get("text/html")))
+    assert len(pictures) == 3  # a different view for each kind
+    assert "CA" in bundle["text/html"]
+
+
+def test_mnist_subject_draws_triggered_images_from_the_source_classes():
+    subject = SUBJECTS["mnist-lred"](SMOKE, "smoke", 0, "cpu")
+    assert subject.clean_images.shape[1:] == (1, 28, 28)
+    assert set(subject.triggered_labels.tolist()) <= {4, 6, 9} and subject.target == 8
+    assert torch.all(subject.holdout.labels < 10)
