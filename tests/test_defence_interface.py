@@ -88,16 +88,18 @@ def test_every_kind_runs_on_a_foreign_model(case, tmp_path):
     assert (tmp_path / "repair" / "model.safetensors").stat().st_size > 0
 
 
-def test_restore_diagnoses_and_purifies_a_grey_model():
+@pytest.mark.parametrize("case", ["gtsrb-43", "mnist-grey"])
+def test_restore_diagnoses_and_purifies_a_foreign_model(case):
     """REStore's clean sets need images the model classifies correctly: the untrained model's own labels."""
-    model = workbench.wrap(small_cnn(1, 10), num_classes=10, input_size=28, in_channels=1)
+    channels, size, classes = (3, 32, 43) if case == "gtsrb-43" else (1, 28, 10)
+    model = workbench.wrap(small_cnn(channels, classes), num_classes=classes, input_size=size, in_channels=channels)
     gen = torch.Generator().manual_seed(1)
-    x = torch.rand(60, 1, 28, 28, generator=gen) * torch.rand(60, 1, 1, 1, generator=gen)
+    x = torch.rand(60, channels, size, size, generator=gen) * torch.rand(60, channels, 1, 1, generator=gen)
     y = model(x).argmax(1)
     assert len(y.unique()) >= 2  # the clean set of each class needs another class's images
     settings = {**FAST["restore-diagnosis"], "per_set": 1}
     diagnosis = create("restore-diagnosis", **settings).detect(model, x, y)
-    assert diagnosis.queries > 0 and diagnosis.class_scores.shape == (10,) and 0 <= diagnosis.target < 10
+    assert diagnosis.queries > 0 and diagnosis.class_scores.shape == (classes,) and 0 <= diagnosis.target < classes
     restored = create("restore", clean_images=x, clean_labels=y, **settings).purify(model, x[:4])
     assert restored.labels.shape == (4,) and restored.details["recovery_queries"] > 0
     assert restored.queries == 4  # recovery is paid once, outside the batch's count

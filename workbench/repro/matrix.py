@@ -145,13 +145,14 @@ MATRIX_PRESETS: dict[str, MatrixPreset] = {
                                                      "max_levels": 40}},
                  "restore": {"splitting": {"particles": 20, "survivors": 10, "passes": 5, "max_levels": 40}},
                  "bdmae": _bdmae_config("cpu"), "fine-tuning": {"epochs": 5}, "nad": {"teacher_epochs": 5, "epochs": 5},
-                 "anp": {"iterations": 400}, "i-bau": {"rounds": 3}, "head-replacement": {"epochs": 20}},
+                 "anp": {"iterations": 100}, "i-bau": {"rounds": 3}, "head-replacement": {"epochs": 20}},
         deviations={
             "red-*": "notebook 31's cpu settings: 8 clean images per class (RED-A': 2), its step and max norm",
             "restore": "importance splitting with n = 20, k = 10, T = 5, J_max = 40 (paper: 500, 250, 30, 40; "
                        "notebook 21's cpu preset: 40, 20, 10, 80): about 1/60 of the paper's queries",
-            "repairs": "fine-tuning and NAD 5 epochs (paper: 10 / 20), I-BAU 3 rounds, head replacement 20 epochs "
-                       "(T&R's public code: 100), on 1,000 clean holdout images"}),
+            "repairs": "fine-tuning and NAD 5 epochs (paper: 10 / 20), ANP 100 mask updates (ANP paper: 2,000; "
+                       "400 took 20 minutes on one model with two other jobs on the 2 cores), I-BAU 3 rounds, head "
+                       "replacement 20 epochs (T&R's public code: 100), on 1,000 clean holdout images"}),
     "paper": MatrixPreset(subjects=_ALL, images=1000, draw=bdmae_repro.BDMAE_PRESETS["paper"].main_images,
                           holdout=2500),
 }
