@@ -15,7 +15,9 @@ from workbench.repro.bdmae_experiments import (
     clean_setting,
     trigger_variants,
 )
+from workbench.repro.lred_experiments import OTHER_DATASETS, classifier_config
 from workbench.repro.presets import quickstart_config
+from workbench.repro.restore_experiments import train_config as restore_train_config
 from workbench.repro.trap_replace_experiments import trap_config
 
 
@@ -32,10 +34,14 @@ def _bdmae_models() -> dict[str, TrainConfig | InputAwareConfig]:
 
 
 #: name -> config of every committed model (cpu scale); the quickstart model first. The two T&R models (normal
-#: training and stage 1 with the reconstruction head, l2-Invisible) back the Fig. 2 test of the stem features.
+#: training and stage 1 with the reconstruction head, l2-Invisible) back the Fig. 2 test of the stem features; the
+#: last two are the defence matrix's WaNet and MNIST subjects.
 COMMITTED_MODELS: dict[str, Callable[[], TrainConfig | InputAwareConfig | TrapConfig]] = {
     "quickstart-cpu": lambda: quickstart_config("cpu"),
     **{name: (lambda c=config: c) for name, config in _bdmae_models().items()},
     "tr-cifar10-l2-invisible-plain": lambda: trap_config("cifar10", "l2-Invisible", "cpu", reconstruct=False).train,
     "tr-cifar10-l2-invisible-trapped": lambda: trap_config("cifar10", "l2-Invisible", "cpu"),
+    # the defence matrix's two subjects that no paper notebook commits (notebook 50)
+    "restore-cifar10-wanet": lambda: restore_train_config("cifar10", "wanet", "cpu"),
+    "lred-mnist-0": lambda: classifier_config(OTHER_DATASETS["mnist"], 0, "cpu"),
 }

@@ -33,7 +33,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from workbench.core.artefacts import config_key
-from workbench.core.attacks import PoisonConfig, make_attack
+from workbench.core.attacks import make_attack
 from workbench.core.data import ImageDataset, load_splits, stratified_subset
 from workbench.core.metrics import predict_labels
 from workbench.core.runtime import make_generator
@@ -43,6 +43,7 @@ from workbench.core.validation import WorkbenchError, check_name
 from workbench.defenses import available, create, describe
 from workbench.defenses.interface import Detection, Purification
 from workbench.repro import bdmae_experiments as bdmae_repro
+from workbench.repro import restore_experiments as restore_repro
 from workbench.repro.lred_experiments import LRED_PRESETS, OTHER_DATASETS, classifier_config
 
 KINDS = ("detector", "purifier", "repair")
@@ -185,12 +186,10 @@ def _bdmae_subject(attack_name: str | None) -> Callable[[MatrixPreset, str, int,
         if attack_name == "blended":
             setting = bdmae_repro.challenging_settings("cifar10", scale)["Blended"]
             return _from_setting(name, setting, preset, True, seed, device, note="BDMAE Table 3's Blended model")
-        wanet = make_attack("wanet")
-        target = bdmae_repro.TARGETS["cifar10"]
-        config = bdmae_repro.bdmae_model("cifar10", PoisonConfig(wanet, target=target, ratio=0.1), scale,
-                                         reduced=True)
-        return _from_setting(name, bdmae_repro.Setting(config, wanet, target), preset, True, seed, device,
-                             note="WaNet (k = 4, s = 0.5), 10 % poison, BDMAE's reduced recipe")
+        config = restore_repro.train_config("cifar10", "wanet", scale)
+        setting = bdmae_repro.Setting(config, config.poison.attack, restore_repro.TARGET)
+        return _from_setting(name, setting, preset, True, seed, device,
+                             note="REStore Table I's WaNet model (k = 4, s = 0.5, noise mode, 5 % poison, target 3)")
     return build
 
 
