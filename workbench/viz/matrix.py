@@ -43,7 +43,7 @@ def matrix_figure(detections: pd.DataFrame, purifications: pd.DataFrame, repairs
     """Three heat maps, models x defences: detections (green: right verdict and target; red: wrong; grey: not
     applicable), and the attack success rate after each purifier and repair (darker: higher ASR), each cell
     annotated with ASR / CA in %."""
-    fig, axes = plt.subplots(1, 3, figsize=(17, 1.6 + 0.55 * max(1, detections["model"].nunique())),
+    fig, axes = plt.subplots(1, 3, figsize=(17, 2.6 + 0.5 * max(1, detections["model"].nunique())),
                              gridspec_kw={"width_ratios": [max(1, detections["defence"].nunique()),
                                                            max(1, purifications["defence"].nunique()),
                                                            max(1, repairs["defence"].nunique())]})
