@@ -15,6 +15,7 @@ from workbench.core.mae_training import load_workbench_mae
 from workbench.core.preact_resnet import PreActResNet18
 from workbench.core.query import QueryModel
 from workbench.defenses.bdmae import BDMAE
+from workbench.defenses.registered import RestoreSettings
 from workbench.repro import matrix as matrix_module
 from workbench.repro.bdmae_experiments import BDMAE_PRESETS, badnets_setting, evaluation_images
 from workbench.repro.cli import main
@@ -60,6 +61,19 @@ def test_cells_are_stored_and_reused_until_a_setting_changes(badnets, tmp_path, 
     changed = SMOKE.__class__(**{**SMOKE.__dict__, "configs": {**SMOKE.configs, "blur": {"sigma": 1.0}}})
     with pytest.raises(AssertionError, match="recomputed"):
         run_cell(badnets, "blur", changed, tmp_path)
+
+
+def test_restores_purifier_starts_from_the_diagnosis_of_the_same_run(badnets, tmp_path, monkeypatch):
+    found = {}
+    detection = run_cell(badnets, "restore-diagnosis", SMOKE, tmp_path, found=found)
+    assert found["restore-diagnosis"].suspect == detection["target"]
+
+    def no_second_diagnosis(*args, **kwargs):
+        raise AssertionError("REStore diagnosed the model again")
+
+    monkeypatch.setattr(RestoreSettings, "diagnose", no_second_diagnosis)
+    cell = run_cell(badnets, "restore", SMOKE, tmp_path, found=found)
+    assert cell["queries/image"] == 1 and 0 <= cell["ASR"] <= 100
 
 
 def test_a_defence_that_cannot_apply_is_reported_not_raised(tmp_path):

@@ -306,12 +306,18 @@ class RestorePurifier:
     """REStore's purification (Sec. III-D3, IV-F): diagnose on the defender's clean images (`clean_images`,
     `clean_labels`), estimate the suspect class's trigger from its realisations, choose the strongest transform
     that keeps clean accuracy within `max_accuracy_drop`, then apply it to every input. The recovery runs once per
-    model (the first `purify` call pays for it; `details["recovery_queries"]` says how much)."""
+    model (the first `purify` call pays for it; `details["recovery_queries"]` says how much). `diagnosis`: a
+    diagnosis of the model on these clean images with these settings already made (e.g. the `result` of
+    `restore-diagnosis`'s `Detection`), so the recovery starts from it instead of diagnosing again."""
 
     def __init__(self, *, clean_images: torch.Tensor, clean_labels: torch.Tensor, setup: str = "PI",
                  output: str = "probits", alpha: float | None = None, per_set: int = 9,
                  splitting: dict[str, Any] | None = None, transform: str = "subtract", low_pass: bool = False,
-                 max_accuracy_drop: float = 0.05) -> None:
+                 max_accuracy_drop: float = 0.05, diagnosis: restore.Diagnosis | None = None) -> None:
+        if diagnosis is not None and not isinstance(diagnosis, restore.Diagnosis):
+            raise WorkbenchError(f"diagnosis must be a REStore Diagnosis (Detection.result of restore-diagnosis), "
+                                 f"got {type(diagnosis).__name__}")
+        self.diagnosis = diagnosis
         self.clean = (clean_images, clean_labels)
         self.settings = _restore_settings(setup, output, alpha, per_set, splitting)
         self.transform, self.low_pass, self.max_accuracy_drop = transform, low_pass, max_accuracy_drop
@@ -323,7 +329,9 @@ class RestorePurifier:
             images, labels = self.clean
             classes = check_classifier(query._model, images, labels, name="clean images")
             before = query.queries
-            found = self.settings.diagnose(query, images, labels, classes, seed)
+            found = self.diagnosis
+            if found is None:
+                found = self.settings.diagnose(query, images, labels, classes, seed)
             estimate = restore.estimate_trigger(found.setup, found.realisations(found.suspect), images)
             purifier, tried = restore.select_purifier(query, estimate, images, labels, transform=self.transform,
                                                       low_pass=self.low_pass,

@@ -255,9 +255,11 @@ def _accuracies(clean_labels: torch.Tensor, triggered_labels: torch.Tensor, subj
             "ASR": 100 * (triggered_labels == subject.target).float().mean().item()}
 
 
-def _detection_cell(subject: Subject, defence: str, config: dict[str, Any], seed: int) -> dict[str, Any]:
+def _detection_cell(subject: Subject, defence: str, config: dict[str, Any], seed: int,
+                    found_by: dict[str, Any]) -> dict[str, Any]:
     found: Detection = create(defence, **config).detect(subject.model, subject.holdout.float_images(),
                                                         subject.holdout.labels, seed=seed)
+    found_by[defence] = found.result
     correct = found.detected == subject.backdoored and (not subject.backdoored or found.target == subject.target)
     return {"detected": found.detected, "target": found.target, "correct": bool(correct),
             "statistic": found.statistic, "p-value": found.p_value, "queries": found.queries,
@@ -265,9 +267,10 @@ def _detection_cell(subject: Subject, defence: str, config: dict[str, Any], seed
 
 
 def _purification_cell(subject: Subject, defence: str, config: dict[str, Any], seed: int,
-                       folder: Path) -> dict[str, Any]:
+                       folder: Path, found: dict[str, Any]) -> dict[str, Any]:
     if defence == "restore":  # REStore's purifier first recovers the trigger on the defender's clean data
-        config = {**config, "clean_images": subject.holdout.float_images(), "clean_labels": subject.holdout.labels}
+        config = {**config, "clean_images": subject.holdout.float_images(), "clean_labels": subject.holdout.labels,
+                  "diagnosis": found.get("restore-diagnosis")}
     purifier = create(defence, **config)
     clean: Purification = purifier.purify(subject.model, subject.clean_images, seed=seed)
     triggered: Purification = purifier.purify(subject.model, subject.triggered_images, seed=seed)
@@ -291,15 +294,25 @@ def _repair_cell(subject: Subject, defence: str, config: dict[str, Any], seed: i
             "holdout images": repaired.holdout_images}
 
 
+def _same_diagnosis(preset: MatrixPreset) -> bool:
+    """Whether REStore's purifier and its diagnosis run with the same diagnosis settings in `preset`."""
+    keys = ("setup", "output", "alpha", "per_set", "splitting")
+    detector, purifier = preset.config("restore-diagnosis"), preset.config("restore")
+    return all(detector.get(k) == purifier.get(k) for k in keys)
+
+
 def _cell_identity(subject: Subject, defence: str, config: dict[str, Any], preset: MatrixPreset, seed: int) -> str:
     return config_key({"subject": subject.name, "weights": subject.fingerprint, "defence": defence, "config": config,
                        "images": preset.images, "draw": preset.draw, "holdout": preset.holdout, "seed": seed})
 
 
-def run_cell(subject: Subject, defence: str, preset: MatrixPreset, folder: Path, *, seed: int = 0) -> dict[str, Any]:
+def run_cell(subject: Subject, defence: str, preset: MatrixPreset, folder: Path, *, seed: int = 0,
+             found: dict[str, Any] | None = None) -> dict[str, Any]:
     """One defence on one subject: the stored cell if its settings match, else computed and stored. A defence
     that does not apply to the subject (e.g. a white-box repair on a model it cannot train) is stored with its
-    reason in "n/a" instead of failing the matrix."""
+    reason in "n/a" instead of failing the matrix. `found` collects this subject's detector results computed in
+    this run: REStore's purifier starts from REStore's diagnosis there when the two share their settings."""
+    found = {} if found is None else found
     config = preset.config(defence)
     kind = describe(defence).kind
     cell_folder = folder / "cells" / subject.name
@@ -313,9 +326,10 @@ def run_cell(subject: Subject, defence: str, preset: MatrixPreset, folder: Path,
     start = time.perf_counter()
     try:
         if kind == "detector":
-            values = _detection_cell(subject, defence, config, seed)
+            values = _detection_cell(subject, defence, config, seed, found)
         elif kind == "purifier":
-            values = _purification_cell(subject, defence, config, seed, cell_folder)
+            shared = found if _same_diagnosis(preset) else {}
+            values = _purification_cell(subject, defence, config, seed, cell_folder, shared)
         else:
             values = _repair_cell(subject, defence, config, seed)
     except WorkbenchError as exc:
@@ -373,14 +387,16 @@ def run_matrix(subjects: Sequence[Subject], preset: MatrixPreset, folder: str | 
     names = list(defences) if defences is not None else available()
     for name in names:
         describe(name)  # an unknown name fails before any work
+    names.sort(key=lambda name: KINDS.index(describe(name).kind))  # detectors first: REStore reuses its diagnosis
     folder = Path(folder)
     cells, rows = [], {kind: [] for kind in KINDS}
     for subject in subjects:
         baseline = undefended(subject)
         rows["purifier"].append(baseline)
         rows["repair"].append({k: baseline[k] for k in ("model", "defence", "CA", "ASR")})
+        found: dict[str, Any] = {}
         for defence in tqdm(names, desc=subject.name, disable=not progress):
-            cell = run_cell(subject, defence, preset, folder, seed=seed)
+            cell = run_cell(subject, defence, preset, folder, seed=seed, found=found)
             cells.append(cell)
             extra = {"backdoored": subject.backdoored, "true target": subject.target} if cell["kind"] == "detector" \
                 else {}
