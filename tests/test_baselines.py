@@ -54,6 +54,9 @@ def test_class_activation_maps_and_februus() -> None:
     for method in ("gradcam", "xgradcam", "gradcam++"):
         cam = class_activation_map(model, x, method)
         assert cam.shape == (2, 32, 32) and float(cam.min()) >= 0 and float(cam.max()) <= 1 + 1e-6
+        # naming the layer whose output is the feature map gives the same map as the model's declared one
+        before = model.split_points[model.split_points.index(model.feature_split) - 1]
+        assert torch.equal(class_activation_map(model, x, method, layer=before), cam)
     februus = Februus(model, OracleRestorer(MaskedAutoencoderViT(GRID14)), "gradcam++", 0.7)
     purified = februus.purify(x)
     assert purified.shape == x.shape and februus.predict(x).shape == (2,)

@@ -10,11 +10,11 @@ import torchvision
 
 import workbench
 from workbench.core.validation import WorkbenchError
-from workbench.defenses import Detection, Purification, Repair, available, create
+from workbench.defenses import Detection, Purification, Repair, Training, available, create
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 FAST = {  # every defence at its smallest, so the test checks the plumbing, not the paper's numbers
-    "red-a": {"max_iterations": 20, "step": 0.05, "images_per_class": 2},
+    "red-a": {"max_iterations": 5, "step": 0.05, "images_per_class": 2},
     "restore-diagnosis": {"alpha": 0.05, "per_set": 3,
                           "splitting": {"particles": 16, "survivors": 8, "passes": 1, "max_levels": 2}},
     "bdmae": {"outer_rounds": 1, "inner_masks": 1, "refine_steps": 1},
@@ -50,6 +50,7 @@ def test_registry_lists_every_kind_and_refuses_unknown_names():
     assert {"red-a", "red-a-prime", "red-u", "red-p", "restore-diagnosis"} <= set(available("detector"))
     assert {"bdmae", "restore", "blur", "shrinkpad", "patchcleanser", "februus"} <= set(available("purifier"))
     assert {"fine-tuning", "nad", "anp", "i-bau", "head-replacement"} <= set(available("repair"))
+    assert set(available("training")) == {"trap-and-replace", "abl", "dp-sgd"}
     with pytest.raises(WorkbenchError, match="unknown defence 'bdmea'"):
         create("bdmea")
     with pytest.raises(WorkbenchError, match=r"bad configuration for defence 'fine-tuning'.*'epoch'"):
@@ -128,3 +129,65 @@ def test_white_box_methods_refuse_a_query_model():
     x, y = images_of(10, 3, 32)
     with pytest.raises(WorkbenchError, match="white-box"):
         create("red-a").detect(workbench.core.query.QueryModel(model), x, y)
+
+
+TRAINING = {  # one short epoch per phase: the test checks that any architecture trains, not the papers' numbers
+    "trap-and-replace": {"replace": {"epochs": 1, "batch_size": 16}},
+    "abl": {"isolate_epochs": 1, "finetune_epochs": 1, "unlearn_epochs": 1, "isolation_ratio": 0.1},
+    "dp-sgd": {},
+}
+
+
+@pytest.mark.parametrize("case", ["gtsrb-43", "mnist-grey"])
+def test_training_time_defences_train_any_architecture(case, tmp_path):
+    channels, size, classes = (3, 32, 43) if case == "gtsrb-43" else (1, 28, 10)
+    model = workbench.wrap(small_cnn(channels, classes), num_classes=classes, input_size=size, in_channels=channels)
+    x, y = images_of(classes, channels, size, per_class=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, config in TRAINING.items():
+        split = {"split": "3"} if name == "trap-and-replace" else {}  # the second convolution's input
+        trainer = create(name, training={"epochs": 1, "batch_size": 16}, **config, **split)
+        trained = trainer.train(model, (x, y), clean_holdout=(x[::2], y[::2]), seed=3)
+        assert isinstance(trained, Training) and trained.train_images == len(x) and trained.method == name
+        assert trained.model(x[:4]).shape == (4, classes)
+        assert trained.details["training"]["seed"] == 3 and trained.details["training"]["epochs"] == 1
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input is untouched
+        trained.save(tmp_path / name)
+        assert (tmp_path / name / "model.safetensors").stat().st_size > 0
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in trained.model.modules())  # DP-SGD: GroupNorm instead
+    with pytest.raises(WorkbenchError, match="needs clean_holdout"):
+        create("trap-and-replace", split="3", training={"epochs": 1}).train(model, (x, y))
+    with pytest.raises(WorkbenchError, match=r"unknown training settings \['epoch'\]"):
+        create("abl", training={"epoch": 1})
+    with pytest.raises(WorkbenchError, match="lr must be"):
+        create("dp-sgd", training={"lr": -1})
+
+
+def test_trap_and_replace_traps_then_replaces_a_torchvision_resnet18_head():
+    """T&R on torchvision's module names: stage 1 trains everything with the reconstruction head on layer4's input;
+    stage 2 re-trains layer4 + fc only, so the stem is the stage-1 stem, bit for bit."""
+    model = workbench.wrap(cifar_resnet18(), num_classes=10, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD)
+    x, y = images_of(10, 3, 32, per_class=2)
+    trained = create("trap-and-replace", split="layer4", training={"epochs": 1, "batch_size": 10},
+                     replace={"epochs": 1, "batch_size": 10}).train(model, (x, y), clean_holdout=(x, y))
+    trapped, replaced, initial = trained.result.state_dict(), trained.model.state_dict(), model.state_dict()
+    stem = [k for k in replaced if k.startswith(("model.conv1", "model.layer1", "model.layer3"))]
+    assert stem and all(torch.equal(trapped[k], replaced[k]) for k in stem)
+    assert not torch.equal(initial["model.layer3.0.conv1.weight"], trapped["model.layer3.0.conv1.weight"])
+    assert not torch.equal(trapped["model.fc.weight"], replaced["model.fc.weight"])
+    assert trained.details["split"] == "layer4" and len(trained.details["history"]["replace"]) == 1
+
+
+def test_cam_and_nad_take_a_torchvision_resnet18_layer_by_name():
+    model = workbench.wrap(cifar_resnet18(), num_classes=10, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD)
+    x, y = images_of(10, 3, 32, per_class=2)
+    with pytest.raises(WorkbenchError, match="name the CAM layer"):
+        create("februus").purify(model, x[:2])
+    purified = create("februus", layer="layer4").purify(model, x[:2])
+    assert purified.images.shape == (2, 3, 32, 32) and purified.details["layer"] == "layer4"
+    declared = workbench.wrap(cifar_resnet18(), num_classes=10, input_size=32, cam_layer="layer4")
+    assert create("februus").purify(declared, x[:2]).labels.shape == (2,)
+    with pytest.raises(WorkbenchError, match="no module named 'layer9'"):
+        workbench.wrap(cifar_resnet18(), num_classes=10, input_size=32, cam_layer="layer9")
+    repaired = create("nad", teacher_epochs=1, epochs=1, batch_size=10).repair(model, (x, y))
+    assert repaired.details["stages"] == ("layer2", "layer3", "layer4")  # the deepest spatial groups

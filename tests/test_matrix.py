@@ -80,10 +80,11 @@ def test_a_defence_that_cannot_apply_is_reported_not_raised(tmp_path):
     record = write_record(tmp_path / "rec", PreActResNet18(10).state_dict())
     subject = record_subject(record.path, SMOKE)
     assert subject.backdoored and subject.target == 0 and len(subject.triggered_images) == 3
-    cell = run_cell(subject, "februus", SMOKE, tmp_path / "m")
-    assert "workbench model" in cell["n/a"]
-    blur = run_cell(subject, "blur", SMOKE, tmp_path / "m")
-    assert 0 <= blur["ASR"] <= 100 and blur["queries/image"] == 1
+    cell = run_cell(subject, "februus", SMOKE, tmp_path / "m")  # the record's PreAct-ResNet18 declares layer4
+    assert 0 <= cell["ASR"] <= 100 and "n/a" not in cell
+    subject.model.cam_layer = None  # a wrapped model that does not say where its feature map is
+    cell = run_cell(subject, "februus", SMOKE, tmp_path / "n")
+    assert "name the CAM layer" in cell["n/a"] and "CA" not in cell
 
 
 def test_unknown_subjects_and_defences_are_refused_before_any_work(badnets, tmp_path):

@@ -227,7 +227,7 @@ def test_nad_stages_and_config_are_checked(toy: Toy) -> None:
     with torch.no_grad():
         _, outputs = stage_outputs(wrn, torch.rand(2, 3, 32, 32), NADConfig().stages)
     assert [tuple(o.shape[1:]) for o in outputs] == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
-    with pytest.raises(WorkbenchError, match=r"no stage 'block1_1'.*stem, stage1, stage2, stage3, pool, fc"):
+    with pytest.raises(WorkbenchError, match=r"no module named 'block1_1'.*stem, stage1, stage2, stage3, pool, fc"):
         nad(toy.model, toy.holdout, progress=False)  # WRN names on a resnet_small: fails before any training
     with pytest.raises(WorkbenchError, match=r"stage 'pool' outputs shape.*choose among stem, stage1, stage2, stage3"):
         nad(toy.model, toy.holdout, NADConfig(stages=("stage3", "pool"), betas=(1, 1)), progress=False)

@@ -187,7 +187,7 @@ def test_abl_rejects_bad_configs_and_inputs(toy: dict) -> None:
     with pytest.raises(WorkbenchError, match="poisoned mask has 3 entries for 400"):
         train_abl(toy["train"], RECIPE, poisoned=torch.zeros(3, dtype=torch.bool), device="cpu", progress=False)
     mnist = TrainConfig(dataset="mnist", model="lenet5")
-    with pytest.raises(WorkbenchError, match="expects"):
+    with pytest.raises(WorkbenchError, match="but the model takes"):
         train_abl(toy["train"], mnist, device="cpu", progress=False)
 
 

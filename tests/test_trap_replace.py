@@ -29,6 +29,7 @@ from workbench.defenses.trap_replace import (
     principal_components,
     replace_head,
     scatter_of,
+    stem_features,
     total_variation,
     trap_objective,
 )
@@ -46,7 +47,10 @@ def test_reconstruction_head_maps_stem_features_back_to_the_image(model: str, sp
     dataset = "mnist" if model == "lenet5" else "cifar10"
     net = TrapNet.build(new_model(TrainConfig(dataset=dataset, model=model)), split)
     x = torch.rand(3, *net.classifier.input_shape)
-    assert net.stem(x).shape[1:] == features
+    stem, _ = net.classifier.split(split)
+    assert stem(x).shape[1:] == features
+    # the features read inside the classifier's own forward pass are the stem's output, exactly
+    assert torch.equal(stem_features(net.classifier, x, split), stem.eval()(x).flatten(1))
     logits, reconstruction = net.forward_both(x)
     assert logits.shape == (3, 10) and reconstruction.shape == x.shape
     assert reconstruction.min() >= 0 and reconstruction.max() <= 1

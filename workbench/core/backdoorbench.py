@@ -190,7 +190,7 @@ def load_backdoorbench(path: str | Path) -> BackdoorBenchRecord:
     _load_strict(net, state_dict, model_name)
     try:
         model = wrap(net, num_classes=num_classes, input_size=image_size[:2], in_channels=image_size[2],
-                     mean=mean, std=std)
+                     mean=mean, std=std, cam_layer=getattr(net, "cam_layer", None))
     except RuntimeError as err:
         raise WorkbenchError(f"the {model_name} of {path.name} does not run on {image_size[0]}x{image_size[1]} "
                              f"images with {image_size[2]} channel(s): {_first_line(err)}") from err

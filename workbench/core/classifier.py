@@ -13,14 +13,15 @@ Split points (T&R's stem / head, the CAM layer of Februus) are named modules: a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.core.models import Normalize, StagedClassifier
-from workbench.core.validation import WorkbenchError, check_images, check_positive_int
+from workbench.core.validation import WorkbenchError, check_images, check_name, check_positive_int
 
 
 class WrappedClassifier(nn.Module):
@@ -31,16 +32,18 @@ class WrappedClassifier(nn.Module):
         input_shape: (C, H, W) of the images it is given.
         num_classes: its number of classes.
         model_size: (H, W) the wrapped model was trained on, when the images are resized to it (else None).
+        cam_layer: the module whose output is the last convolutional feature map (CAM methods' default), or None.
     """
 
     def __init__(self, model: nn.Module, normalize: Normalize, input_shape: tuple[int, int, int], num_classes: int,
-                 model_size: tuple[int, int] | None = None) -> None:
+                 model_size: tuple[int, int] | None = None, cam_layer: str | None = None) -> None:
         super().__init__()
         self.normalize = normalize
         self.model = model
         self.input_shape = input_shape
         self.num_classes = num_classes
         self.model_size = model_size
+        self.cam_layer = cam_layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.model_size is not None and tuple(x.shape[-2:]) != self.model_size:
@@ -50,7 +53,7 @@ class WrappedClassifier(nn.Module):
 
 def wrap(model: nn.Module, *, num_classes: int, input_size: int | tuple[int, int], in_channels: int = 3,
          mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-         model_size: int | tuple[int, int] | None = None) -> WrappedClassifier:
+         model_size: int | tuple[int, int] | None = None, cam_layer: str | None = None) -> WrappedClassifier:
     """Declare what an arbitrary classifier expects, so every defence can use it.
 
     Args:
@@ -62,6 +65,8 @@ def wrap(model: nn.Module, *, num_classes: int, input_size: int | tuple[int, int
             wrapper; None = the model already takes [0, 1] images.
         model_size: resize the images (bilinear) to this side before the model, when it was trained at another
             resolution; None = no resizing.
+        cam_layer: the module whose output is the last convolutional feature map (e.g. "layer4" of a torchvision
+            ResNet), the CAM layer Februus uses by default; None = Februus must be told (`layer=`).
 
     Returns:
         A `WrappedClassifier` on [0, 1] images, in eval mode, on the model's device.
@@ -84,7 +89,9 @@ def wrap(model: nn.Module, *, num_classes: int, input_size: int | tuple[int, int
     resized = None if model_size is None else _size_pair(model_size, "model_size")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     wrapped = WrappedClassifier(model, Normalize(mean, std), (in_channels, height, width), num_classes,
-                                None if resized == (height, width) else resized).to(device).eval()
+                                None if resized == (height, width) else resized, cam_layer).to(device).eval()
+    if cam_layer is not None:
+        _module_path(wrapped, cam_layer)  # a clear error now for a layer the model does not have
     produced = logit_count(wrapped)
     if produced != num_classes:
         raise WorkbenchError(f"the model outputs {produced} logits per image but num_classes={num_classes}; pass "
@@ -178,6 +185,46 @@ def _module_path(model: nn.Module, name: str) -> list[str]:
                           getattr(model, "model", model)).named_children()]
     raise WorkbenchError(f"no module named {name!r} in this {type(model).__name__}; split points are module names "
                          f"such as {', '.join(top)} (dotted names reach inside, e.g. 'layer4.1')")
+
+
+def resolve_split(model: nn.Module, split: str | None) -> str:
+    """The split point: `split`, else a workbench model's `default_split` (a wrapped model has none to offer)."""
+    split = split or getattr(model, "default_split", None)
+    if split is None:
+        top = ", ".join(n for n, _ in getattr(model, "model", model).named_children())
+        raise WorkbenchError(f"this {type(model).__name__} has no default split point: pass split=<module name> "
+                             f"(one of {top}, e.g. 'layer4' for a torchvision ResNet)")
+    return split
+
+
+@contextmanager
+def capture(model: nn.Module, name: str, *, at: str = "input", leaf: bool = False) -> Iterator[list[torch.Tensor]]:
+    """Record, for every forward pass of `model` inside the block, the input (T&R's stem features f_s(x) at split
+    point `name`) or the output (a CAM method's feature map of layer `name`) of module `name`.
+
+    With `leaf=True` the recorded tensor is detached into a leaf that requires grad and the forward pass goes on
+    from it, so gradients with respect to the features can be taken (`torch.autograd.grad(score, features)`),
+    as Grad-CAM needs, whether or not the model's own parameters require grad.
+
+    Yields the list the tensors are appended to, one per forward pass.
+    """
+    check_name("capture point", at, ("input", "output"))
+    module = model.get_submodule(".".join(_module_path(model, name)))
+    recorded: list[torch.Tensor] = []
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().requires_grad_(True) if leaf else tensor
+        recorded.append(tensor)
+        return tensor
+
+    if at == "input":
+        handle = module.register_forward_pre_hook(lambda _module, args: (keep(args[0]), *args[1:]))
+    else:
+        handle = module.register_forward_hook(lambda _module, _args, output: keep(output))
+    try:
+        yield recorded
+    finally:
+        handle.remove()
 
 
 def head_modules(model: nn.Module, split: str) -> list[nn.Module]:

@@ -57,6 +57,8 @@ class PreActResNet18(nn.Module):
             PreActResNet18 has none, some derived code bases do (their state dicts hold `bn.*` keys).
     """
 
+    cam_layer = "layer4"  # the last convolutional feature map, for CAM methods (Februus)
+
     def __init__(self, num_classes: int = 10, *, in_channels: int = 3, final_norm: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, STAGE_WIDTHS[0], kernel_size=3, stride=1, padding=1, bias=False)

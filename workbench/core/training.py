@@ -28,6 +28,7 @@ from workbench.core.attacks.input_aware import (
     stamp,
     train_generators_and_classifier,
 )
+from workbench.core.classifier import check_labels, input_shape_of, num_classes_of
 from workbench.core.data import DataSplits, ImageDataset, dataset_spec, load_splits
 from workbench.core.metrics import attack_success_rate, clean_accuracy
 from workbench.core.models import MODELS, StagedClassifier, build_model
@@ -174,6 +175,16 @@ def new_model(config: TrainConfig) -> StagedClassifier:
         torch.manual_seed(config.seed)
         return build_model(config.model, in_channels=spec.channels, num_classes=spec.num_classes,
                            image_size=spec.image_size, mean=spec.mean, std=spec.std, **dict(config.model_options))
+
+
+def check_training_images(train: ImageDataset, model: torch.nn.Module) -> None:
+    """Refuse a training set whose images do not have the shape the model takes, or whose labels are outside its
+    class count (which comes from the model)."""
+    expected = input_shape_of(model)
+    if tuple(train.images.shape[1:]) != expected:
+        raise WorkbenchError(f"training images are {tuple(train.images.shape[1:])} but the model takes {expected}; "
+                             "train on images of the model's input shape (or build the model for these images)")
+    check_labels(train.labels, len(train), num_classes_of(model))
 
 
 def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator, pad: int = 4) -> torch.Tensor:

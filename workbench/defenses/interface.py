@@ -6,13 +6,17 @@
     purified = purifier.purify(model_or_query, test_images)                # -> Purification
     repair = create("fine-tuning", epochs=5)
     repaired = repair.repair(model, (holdout_images, holdout_labels))      # -> Repair
+    trainer = create("trap-and-replace", split="layer4", training={"epochs": 30})
+    trained = trainer.train(untrained_model, (train_images, train_labels),
+                            clean_holdout=(holdout_images, holdout_labels))  # -> Training
 
 Kinds: "detector" (post-training detection: L-RED, REStore's diagnosis), "purifier" (test-time purification:
-BDMAE, REStore, Blur, ShrinkPad, PatchCleanser, Februus) and "repair" (post-training repair on clean data:
-fine-tuning, NAD, ANP, I-BAU, T&R's head replacement). The defences themselves live in their own modules
-(`workbench.defenses.lred`, `.restore`, `.bdmae`, `.trap_replace`, `.baselines`); the registered classes in
-`workbench.defenses.registered` are thin adapters over them. Results are dataclasses that serialise to a folder
-(`save`: safetensors for tensors, JSON for the rest).
+BDMAE, REStore, Blur, ShrinkPad, PatchCleanser, Februus), "repair" (post-training repair on clean data:
+fine-tuning, NAD, ANP, I-BAU, T&R's head replacement) and "training" (training-time defences that train a model
+of the caller's architecture on a possibly poisoned training set: T&R stages 1 + 2, ABL, DP-SGD). The defences
+themselves live in their own modules (`workbench.defenses.lred`, `.restore`, `.bdmae`, `.trap_replace`,
+`.baselines`); the registered classes in `workbench.defenses.registered` are thin adapters over them. Results
+are dataclasses that serialise to a folder (`save`: safetensors for tensors, JSON for the rest).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from workbench.core.query import QueryModel
 from workbench.core.storage import atomic_write, atomic_write_json
 from workbench.core.validation import UnknownNameError, WorkbenchError
 
-KINDS = ("detector", "purifier", "repair")
+KINDS = ("detector", "purifier", "repair", "training")
 
 
 def _json_ready(value: Any) -> Any:
@@ -119,8 +123,19 @@ class Purification(_Serialises):
     _tensor_fields = ("images", "labels")
 
 
+class _SavesModel(_Serialises):
+    """`save` also writes the model's weights to `model.safetensors` beside the summary."""
+
+    def save(self, folder: str | Path) -> Path:
+        """The summary (see `_Serialises.save`) and the model's weights."""
+        folder = super().save(folder)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        atomic_write(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+        return folder
+
+
 @dataclass
-class Repair(_Serialises):
+class Repair(_SavesModel):
     """A post-training repair: the repaired copy of the model (the input is not modified) and its cost.
 
     `save` writes the repaired weights to `model.safetensors` beside the summary.
@@ -133,12 +148,26 @@ class Repair(_Serialises):
     details: dict[str, Any] = field(default_factory=dict)
     result: Any = field(default=None, repr=False)
 
-    def save(self, folder: str | Path) -> Path:
-        """The summary (see `_Serialises.save`) and the repaired weights."""
-        folder = super().save(folder)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        atomic_write(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
-        return folder
+
+@dataclass
+class Training(_SavesModel):
+    """A training-time defence's model: the caller's architecture trained on the training set (the module passed
+    in is not modified) and what it cost.
+
+    Attributes:
+        method: the registered name.
+        model: the trained classifier (eval mode).
+        seconds: wall-clock time of the whole training.
+        train_images: size of the (possibly poisoned) training set.
+        details: the settings used and the per-phase training history; `result` the method's own result.
+    """
+
+    method: str
+    model: nn.Module
+    seconds: float
+    train_images: int
+    details: dict[str, Any] = field(default_factory=dict)
+    result: Any = field(default=None, repr=False)
 
 
 class Detector(Protocol):
@@ -161,6 +190,13 @@ class Repairer(Protocol):
     def repair(self, model: nn.Module, clean_holdout: Any, *, seed: int = 0) -> Repair: ...
 
 
+class TrainingDefence(Protocol):
+    """Training-time defence on a possibly poisoned training set: T&R stages 1 + 2 (Alg. 1), and its baselines
+    ABL and DP-SGD (T&R Sec. 4.1)."""
+
+    def train(self, model: nn.Module, train_set: Any, *, clean_holdout: Any = None, seed: int = 0) -> Training: ...
+
+
 @dataclass(frozen=True)
 class Entry:
     """A registered defence: its kind, its class and the first line of its docstring."""
@@ -175,8 +211,8 @@ _REGISTRY: dict[str, Entry] = {}
 
 
 def register(name: str, kind: str) -> Callable[[type], type]:
-    """Class decorator: register a defence under `name` (lower case, unique) as a `kind` ("detector", "purifier"
-    or "repair"). Its constructor's keyword arguments are the defence's configuration."""
+    """Class decorator: register a defence under `name` (lower case, unique) as a `kind` ("detector", "purifier",
+    "repair" or "training"). Its constructor's keyword arguments are the defence's configuration."""
     if kind not in KINDS:
         raise WorkbenchError(f"unknown defence kind {kind!r}; choose one of {', '.join(KINDS)}")
 

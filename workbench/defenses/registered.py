@@ -18,16 +18,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from workbench.core.classifier import check_classifier, input_shape_of, num_classes_of
+from workbench.core.classifier import check_classifier, input_shape_of, num_classes_of, resolve_split
 from workbench.core.data import ImageDataset
 from workbench.core.mae import MAERestorer
 from workbench.core.mae_training import load_workbench_mae
-from workbench.core.models import StagedClassifier
 from workbench.core.query import ACCESS_LEVELS, QueryModel
 from workbench.core.training import TrainConfig
 from workbench.core.validation import WorkbenchError, check_name
 from workbench.defenses import lred, restore
+from workbench.defenses.baselines.abl import ABLConfig, train_abl
 from workbench.defenses.baselines.anp import ANPConfig, anp_with_masks
+from workbench.defenses.baselines.dp import DPConfig, train_dp
 from workbench.defenses.baselines.februus import Februus as _Februus
 from workbench.defenses.baselines.finetune import FineTuneConfig, fine_tune, registered_model_name
 from workbench.defenses.baselines.ibau import IBAUConfig, ibau
@@ -37,8 +38,8 @@ from workbench.defenses.baselines.transforms import Blur as _Blur
 from workbench.defenses.baselines.transforms import ShrinkPad as _ShrinkPad
 from workbench.defenses.bdmae import BDMAE as _BDMAE
 from workbench.defenses.bdmae import VARIANTS
-from workbench.defenses.interface import Detection, Purification, Repair, register
-from workbench.defenses.trap_replace import ReplaceConfig, replace_head
+from workbench.defenses.interface import Detection, Purification, Repair, Training, register
+from workbench.defenses.trap_replace import ReplaceConfig, TrapNet, replace_head, train_trap
 
 # --- access --------------------------------------------------------------------------------------------------------
 
@@ -63,21 +64,44 @@ def query_access(model_or_query: nn.Module | QueryModel, access: str, method: st
     return QueryModel(model_or_query, access)
 
 
-def holdout_dataset(clean_holdout: ImageDataset | tuple[torch.Tensor, torch.Tensor], model: nn.Module
-                    ) -> ImageDataset:
-    """The clean holdout as an `ImageDataset` (the repairs' training set): an `ImageDataset`, or (images in [0, 1]
-    (N, C, H, W), labels (N,)), stored as uint8 like every training set here (exact for images that came from
-    8-bit files)."""
-    if isinstance(clean_holdout, ImageDataset):
-        check_classifier(model, clean_holdout.float_images(), clean_holdout.labels, name="holdout images")
-        return clean_holdout
-    if not (isinstance(clean_holdout, tuple) and len(clean_holdout) == 2):
-        raise WorkbenchError("clean_holdout must be an ImageDataset or a tuple (images, labels)")
-    images, labels = clean_holdout
-    classes = check_classifier(model, images, labels, name="holdout images")
-    name = "mnist" if images.shape[1] == 1 else "cifar10"  # a registered name: it only labels the progress bar
-    return ImageDataset(name, images.mul(255).round().to(torch.uint8).cpu(), labels.long().cpu(),
-                        tuple(str(k) for k in range(classes)), "caller's holdout")
+def as_dataset(data: ImageDataset | tuple[torch.Tensor, torch.Tensor], model: nn.Module, name: str = "clean_holdout"
+               ) -> ImageDataset:
+    """A set the defence trains on (a repair's clean holdout, a training-time defence's training set) as an
+    `ImageDataset`: an `ImageDataset`, or (images in [0, 1] (N, C, H, W), labels (N,)), stored as uint8 like every
+    training set here (exact for images that came from 8-bit files). Checked against `model`."""
+    if isinstance(data, ImageDataset):
+        check_classifier(model, data.float_images(), data.labels, name=f"{name} images")
+        return data
+    if not (isinstance(data, tuple) and len(data) == 2):
+        raise WorkbenchError(f"{name} must be an ImageDataset or a tuple (images, labels)")
+    images, labels = data
+    classes = check_classifier(model, images, labels, name=f"{name} images")
+    label = "mnist" if images.shape[1] == 1 else "cifar10"  # a registered name: it only labels the progress bar
+    return ImageDataset(label, images.mul(255).round().to(torch.uint8).cpu(), labels.long().cpu(),
+                        tuple(str(k) for k in range(classes)), f"caller's {name}")
+
+
+#: the `TrainConfig` fields a defence that trains takes as its `training` settings (the rest name data and model)
+TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+                   "warmup_fraction", "label_smoothing", "augment")
+
+
+def training_settings(training: dict[str, Any] | None) -> dict[str, Any]:
+    """`training` checked: only `TRAINING_FIELDS`, with values `TrainConfig` accepts."""
+    training = dict(training or {})
+    unknown = sorted(set(training) - set(TRAINING_FIELDS))
+    if unknown:
+        raise WorkbenchError(f"unknown training settings {unknown}; choose among {', '.join(TRAINING_FIELDS)}")
+    TrainConfig(dataset="cifar10", model="lenet5", **training)  # checks the values (the names are placeholders)
+    return training
+
+
+def training_recipe(model: nn.Module, data: ImageDataset, training: dict[str, Any] | None = None, seed: int = 0
+                    ) -> TrainConfig:
+    """The optimisation settings for training `model` on `data` as a `TrainConfig` (its defaults where `training`
+    is silent); the config's dataset and model names only label the progress bar."""
+    return TrainConfig(dataset=data.name, model=registered_model_name(model), seed=seed,
+                       **training_settings(training))
 
 
 def _seeded(config: Any, seed: int) -> Any:
@@ -276,29 +300,27 @@ class PatchCleanser(_Transform):
 
 @register("februus", "purifier")
 class Februus:
-    """Februus (Doan et al. 2020; BDMAE App. C): inpaint the Grad-CAM++ region with the MAE (white-box: needs a
-    workbench model, whose last feature map is known)."""
+    """Februus (Doan et al. 2020; BDMAE App. C): inpaint the Grad-CAM++ region with the MAE (white-box). `layer`:
+    the module whose output is the last convolutional feature map (e.g. "layer4" of a torchvision ResNet); by
+    default a workbench model's own, or the `cam_layer` a wrapped model declares (BackdoorBench records do)."""
 
-    def __init__(self, *, restorer: MAERestorer | None = None, method: str = "gradcam++", threshold: float = 0.7
-                 ) -> None:
-        self.restorer, self.method, self.threshold = restorer, method, threshold
+    def __init__(self, *, restorer: MAERestorer | None = None, method: str = "gradcam++", threshold: float = 0.7,
+                 layer: str | None = None) -> None:
+        self.restorer, self.method, self.threshold, self.layer = restorer, method, threshold, layer
 
     def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
                ) -> Purification:
         """Inpaint each image's CAM region above `threshold` with the MAE, then classify (BDMAE App. C)."""
         model = white_box(model_or_query, "Februus")
-        if not isinstance(model, StagedClassifier):
-            raise WorkbenchError("Februus here needs a workbench model (its CAM layer is the stage before "
-                                 "feature_split); a wrapped model has no declared feature map yet")
         check_classifier(model, images)
         self.restorer = self.restorer or MAERestorer(load_workbench_mae(device=str(next(model.parameters()).device)))
-        defence = _Februus(model, self.restorer, self.method, self.threshold)
+        defence = _Februus(model, self.restorer, self.method, self.threshold, self.layer)
         start = time.perf_counter()
         purified = defence.purify(images, seed=seed)
         with torch.no_grad():
             labels = torch.cat([model(b).argmax(1) for b in purified.split(256)]).cpu()
         return Purification("februus", purified, labels, None, time.perf_counter() - start,
-                            {"method": self.method, "threshold": self.threshold})
+                            {"method": self.method, "threshold": self.threshold, "layer": self.layer})
 
 
 @register("restore", "purifier")
@@ -377,12 +399,14 @@ class _Repair:
 
     def repair(self, model: nn.Module, clean_holdout: ImageDataset | tuple[torch.Tensor, torch.Tensor], *,
                seed: int = 0) -> Repair:
-        holdout = holdout_dataset(clean_holdout, model)
+        holdout = as_dataset(clean_holdout, model)
         config = _seeded(self.config, seed)
         start = time.perf_counter()
         repaired, result = self.run(model, holdout, config)
-        return Repair(self.name, repaired.eval(), time.perf_counter() - start, len(holdout),
-                      dataclasses.asdict(config), result)
+        details = dataclasses.asdict(config)
+        if isinstance(result, dict):  # what the adapter chose (NAD's stages, the split) overrides the defaults
+            details.update(result)
+        return Repair(self.name, repaired.eval(), time.perf_counter() - start, len(holdout), details, result)
 
 
 @register("fine-tuning", "repair")
@@ -396,8 +420,8 @@ class FineTuning(_Repair):
 @register("nad", "repair")
 class NAD(_Repair):
     """Neural Attention Distillation (Li et al. 2021): fine-tuned teacher, attention-distilled student. Without
-    `stages`, a model that lacks WRN-16-1's residual groups distils its deepest spatial stages
-    (`workbench.defenses.baselines.nad.default_stages`)."""
+    `stages`, a model that lacks WRN-16-1's residual groups distils its deepest spatial stages (a wrapped model's
+    deepest spatial top-level modules, e.g. torchvision's layer2-4; `nad.default_stages`)."""
 
     name, config_class = "nad", NADConfig
 
@@ -407,8 +431,6 @@ class NAD(_Repair):
 
     def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
         """NAD's teacher fine-tuning, then attention distillation into the student (NAD Sec. 3)."""
-        if not isinstance(model, StagedClassifier):
-            raise WorkbenchError("NAD distils a workbench model's stages (build_model); a wrapped model has none")
         config = config if self.stages_given else default_stages(model, config)
         return nad(model, holdout, config, device=self.device, progress=self.progress), {"stages": config.stages}
 
@@ -448,11 +470,132 @@ class HeadReplacement(_Repair):
 
     def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
         """Re-initialise and retrain a copy's head from `split` on (T&R Alg. 1 lines 5-6)."""
-        split = self.split or getattr(model, "default_split", None)
-        if split is None:
-            raise WorkbenchError("head-replacement needs split=<module name> for this model (e.g. 'layer4' for a "
-                                 "torchvision ResNet): the head from there on is replaced")
+        split = resolve_split(model, self.split)
         repaired = copy.deepcopy(model).requires_grad_(True)
-        base = TrainConfig(dataset=holdout.name, model=registered_model_name(model))  # labels the progress bar
-        history = replace_head(repaired, holdout, config, base, split, device=self.device, progress=self.progress)
+        history = replace_head(repaired, holdout, config, training_recipe(model, holdout), split, device=self.device,
+                               progress=self.progress)
         return repaired, {"split": split, "history": history}
+
+
+# --- training-time defences ---------------------------------------------------------------------------------------
+
+class _TrainingDefence:
+    """A training-time defence: trains a copy of the caller's (freshly initialised) architecture on the training
+    set through the method's own function. `training`: the optimisation settings (`TRAINING_FIELDS`: epochs, lr,
+    ...; `TrainConfig`'s defaults where silent); other keywords are the method's config dataclass fields."""
+
+    name = ""
+    config_class: type = object
+
+    def __init__(self, *, training: dict[str, Any] | None = None, device: str = "auto", progress: bool = False,
+                 **config: Any) -> None:
+        self.config = self.config_class(**config)
+        self.training = training_settings(training)
+        self.device, self.progress = device, progress
+
+    def run(self, model: nn.Module, train: ImageDataset, recipe: TrainConfig, config: Any,
+            clean_holdout: ImageDataset | None) -> tuple[nn.Module, dict[str, Any], Any]:
+        """(trained model, JSON-ready details, the method's own result)."""
+        raise NotImplementedError
+
+    def train(self, model: nn.Module, train_set: ImageDataset | tuple[torch.Tensor, torch.Tensor], *,
+              clean_holdout: ImageDataset | tuple[torch.Tensor, torch.Tensor] | None = None,
+              seed: int = 0) -> Training:
+        """Train a copy of `model` (the caller's architecture, freshly initialised; it is not modified) on
+        `train_set` (ImageDataset or (images in [0, 1], labels)); `seed` seeds data order, augmentation and the
+        method's own draws."""
+        white_box(model, self.name)
+        data = as_dataset(train_set, model, "train_set")
+        holdout = None if clean_holdout is None else as_dataset(clean_holdout, model)
+        recipe = training_recipe(model, data, self.training, seed)
+        config = _seeded(self.config, seed)
+        start = time.perf_counter()
+        trained, details, result = self.run(copy.deepcopy(model).requires_grad_(True), data, recipe, config, holdout)
+        settings = {"config": dataclasses.asdict(config),
+                    "training": {k: getattr(recipe, k) for k in (*TRAINING_FIELDS, "seed")}}
+        return Training(self.name, trained.eval(), time.perf_counter() - start, len(data), {**settings, **details},
+                        result)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrapSettings:
+    """T&R's settings for any model (Sec. 3.2, App. B.2).
+
+    Args:
+        split: the module where the classification head starts (None = a workbench model's default; e.g. "layer4"
+            for a torchvision ResNet).
+        rec_weight, tv_weight: lambda1 = 10 and lambda2 = 0.1 of Eq. 1.
+        replace: stage 2's `ReplaceConfig` fields (Eq. 2: Adam 1e-3, cosine, batch 32, dropout 0.5, CutMix, 100
+            epochs by default).
+        seed: seed of the reconstruction head's initialisation and of stage 2.
+    """
+
+    split: str | None = None
+    rec_weight: float = 10.0
+    tv_weight: float = 0.1
+    replace: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "replace", tuple(sorted(dict(self.replace).items())))
+        self.replace_config()  # validates the stage-2 fields now
+
+    def replace_config(self) -> ReplaceConfig:
+        return ReplaceConfig(**{**dict(self.replace), "seed": self.seed})
+
+
+@register("trap-and-replace", "training")
+class TrapAndReplace(_TrainingDefence):
+    """Trap and Replace (Wang et al., NeurIPS 2022, Alg. 1) on any architecture: stage 1 trains the model with a
+    reconstruction head on the stem (Eq. 1) on the poisoned training set, stage 2 re-initialises the head from
+    `split` on and retrains it on `clean_holdout` with the stem frozen (Eq. 2)."""
+
+    name, config_class = "trap-and-replace", TrapSettings
+
+    def __init__(self, *, replace: dict[str, Any] | None = None, **config: Any) -> None:
+        super().__init__(replace=tuple((replace or {}).items()), **config)
+
+    def run(self, model: nn.Module, train: ImageDataset, recipe: TrainConfig, config: TrapSettings,
+            clean_holdout: ImageDataset | None) -> tuple[nn.Module, dict[str, Any], Any]:
+        """Stage 1 (Alg. 1 lines 1-3), then stage 2 (lines 4-6) on the stage-1 classifier."""
+        if clean_holdout is None:
+            raise WorkbenchError("trap-and-replace needs clean_holdout=(images, labels): stage 2 retrains the head on "
+                                 "it (T&R Alg. 1 line 6)")
+        split = resolve_split(model, config.split)
+        with torch.random.fork_rng(devices=[]):  # the reconstruction head's initialisation, from the seed
+            torch.manual_seed(config.seed + 2)
+            net = TrapNet.build(model, split)
+        trap = train_trap(net, train, recipe, rec_weight=config.rec_weight, tv_weight=config.tv_weight,
+                          device=self.device, progress=self.progress)
+        trapped = copy.deepcopy(net.classifier)  # the stage-1 model, trap head included (T&R's "no replacement")
+        replace = replace_head(net.classifier, clean_holdout, config.replace_config(), recipe, split,
+                               device=self.device, progress=self.progress)
+        return net.classifier, {"split": split, "history": {"trap": trap, "replace": replace},
+                                "holdout_images": len(clean_holdout)}, trapped.eval()
+
+
+@register("abl", "training")
+class ABL(_TrainingDefence):
+    """Anti-Backdoor Learning (Li et al. 2021; a T&R baseline, Sec. 4.1): LGA isolation, fine-tuning, unlearning
+    of the isolated examples, on any architecture."""
+
+    name, config_class = "abl", ABLConfig
+
+    def run(self, model: nn.Module, train: ImageDataset, recipe: TrainConfig, config: ABLConfig,
+            clean_holdout: ImageDataset | None) -> tuple[nn.Module, dict[str, Any], Any]:
+        """ABL's three phases (ABL Sec. 3, Eq. 3) with `train_abl`."""
+        result = train_abl(train, recipe, config, model=model, device=self.device, progress=self.progress)
+        return result.model, {"history": result.history, "isolated": len(result.isolated)}, result
+
+
+@register("dp-sgd", "training")
+class DPSGD(_TrainingDefence):
+    """DP-SGD as a backdoor defence (Du et al. 2020; a T&R baseline, App. B.2): per-example clipping and Gaussian
+    noise, on any architecture (its BatchNorm layers become GroupNorm)."""
+
+    name, config_class = "dp-sgd", DPConfig
+
+    def run(self, model: nn.Module, train: ImageDataset, recipe: TrainConfig, config: DPConfig,
+            clean_holdout: ImageDataset | None) -> tuple[nn.Module, dict[str, Any], Any]:
+        """DP-SGD (Abadi et al. Alg. 1) with `train_dp`."""
+        return train_dp(train, recipe, config, model=model, device=self.device, progress=self.progress), {}, None

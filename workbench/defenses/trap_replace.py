@@ -1,9 +1,9 @@
 """Trap and Replace (T&R; Wang et al., NeurIPS 2022): bait the backdoor into a small classification head, then
 replace that head using a small clean holdout.
 
-Stage 1 (Sec. 3.2, Eq. 1; Alg. 1 lines 1-3): split a classifier into a stem f_s and a light head f_c
-(`StagedClassifier.split`), add a reconstruction head f_r on the stem's features and train all three end to end
-on the (possibly poisoned) training set with
+Stage 1 (Sec. 3.2, Eq. 1; Alg. 1 lines 1-3): split a classifier into a stem f_s and a light head f_c at a
+named module (`TrapNet`: a workbench stage or any module of any classifier), add a reconstruction head f_r on the
+stem's features and train all three end to end on the (possibly poisoned) training set with
 
     L = CE(f_c(f_s(x)), y) + lambda1 MSE(f_r(f_s(x)), x) + lambda2 TV(f_r(f_s(x))).
 
@@ -16,7 +16,8 @@ Stage 2 (Eq. 2; Alg. 1 lines 4-6): discard f_r, re-initialise f_c, freeze f_s (B
 and train f_c on the clean holdout with dropout 0.5, label smoothing 0.1 and CutMix (beta 1, as in the public
 code), with the stage-1 optimiser settings and batch size 32 (App. B.2).
 
-Both stages are cached in the artefact store by their configs and the exact data they saw.
+`get_or_trap` / `get_or_replace` cache both stages of the reproduction's models in the artefact store by their
+configs and the exact data they saw; `train_trap` / `replace_head` run them on any classifier and data.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute
-from workbench.core.classifier import FrozenStem, head_modules
+from workbench.core.classifier import FrozenStem, capture, head_modules, input_shape_of, resolve_split
 from workbench.core.data import DataSplits, ImageDataset, stratified_subset
 from workbench.core.models import StagedClassifier, set_dropout
 from workbench.core.runtime import make_generator, resolve_device
@@ -49,7 +50,13 @@ from workbench.core.training import (
     test_metrics,
     train_classifier,
 )
-from workbench.core.validation import WorkbenchError, check_images, check_name, check_positive_int
+from workbench.core.validation import (
+    WorkbenchError,
+    check_images,
+    check_name,
+    check_non_negative,
+    check_positive_int,
+)
 
 TRAP_KIND, REPLACE_KIND = "trap", "replaced"
 #: the three sample groups of Fig. 2
@@ -191,38 +198,35 @@ def trap_objective(logits: torch.Tensor, reconstruction: torch.Tensor, x: torch.
 class TrapNet(nn.Module):
     """A classifier split into stem and head at `split`, with a reconstruction head on the stem (Fig. 1, stage 1).
 
-    `forward` returns the classifier's logits (so metrics and query wrappers see a plain classifier);
+    The classifier is any `nn.Module` on [0, 1] images: a workbench model (split points are its stage names) or a
+    wrapped one (`workbench.wrap`; any module name, e.g. torchvision's "layer4"). The stem's features f_s(x) are the
+    input of the split module, read during the classifier's own forward pass (`capture`), so the classifier runs
+    exactly as it does alone. `forward` returns its logits (metrics and query wrappers see a plain classifier);
     `forward_both` also returns the reconstruction. `reconstruction` is None for a model trained without it.
     """
 
-    def __init__(self, classifier: StagedClassifier, split: str, reconstruction: nn.Module | None) -> None:
+    def __init__(self, classifier: nn.Module, split: str, reconstruction: nn.Module | None) -> None:
         super().__init__()
         self.classifier = classifier
         self.split = split
         self.reconstruction = reconstruction
-        self._parts = classifier.split(split)  # a tuple: the modules are registered once, under `classifier`
+        head_modules(classifier, split)  # a clear error now for a split point the classifier does not have
 
     @classmethod
-    def build(cls, classifier: StagedClassifier, split: str | None = None) -> TrapNet:
-        """A TrapNet with a fresh reconstruction head sized from a probe of the stem."""
-        split = split or classifier.default_split
-        stem, _ = classifier.split(split)
-        with torch.no_grad():
-            was_training = stem.training
-            features = stem.eval()(torch.zeros(1, *classifier.input_shape))
-            stem.train(was_training)
-        if features.ndim != 4:
-            raise WorkbenchError(f"the stem up to {split!r} gives {tuple(features.shape[1:])} features; a "
+    def build(cls, classifier: nn.Module, split: str | None = None) -> TrapNet:
+        """A TrapNet with a fresh reconstruction head sized from a probe of the stem (`split` defaults to a
+        workbench model's `default_split`)."""
+        split = resolve_split(classifier, split)
+        shape = input_shape_of(classifier)
+        device = next(classifier.parameters()).device
+        was_training = classifier.training
+        with torch.no_grad(), capture(classifier, split) as features:
+            classifier.eval()(torch.zeros(1, *shape, device=device))
+        classifier.train(was_training)
+        if features[0].ndim != 4:
+            raise WorkbenchError(f"the stem up to {split!r} gives {tuple(features[0].shape[1:])} features; a "
                                  "reconstruction head needs a spatial (C, H, W) map: split at an earlier stage")
-        return cls(classifier, split, reconstruction_head(tuple(features.shape[1:]), classifier.input_shape))
-
-    @property
-    def stem(self) -> nn.Sequential:
-        return self._parts[0]
-
-    @property
-    def head(self) -> nn.Sequential:
-        return self._parts[1]
+        return cls(classifier, split, reconstruction_head(tuple(features[0].shape[1:]), shape).to(device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
@@ -230,8 +234,33 @@ class TrapNet(nn.Module):
     def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reconstruction is None:
             raise WorkbenchError("this model was trained without a reconstruction head (rec_weight = 0)")
-        features = self.stem(x)
-        return self.head(features), self.reconstruction(features)
+        with capture(self.classifier, self.split) as features:
+            logits = self.classifier(x)
+        return logits, self.reconstruction(features[0])
+
+
+def train_trap(net: TrapNet, train: ImageDataset, recipe: TrainConfig, *, rec_weight: float = 10.0,
+               tv_weight: float = 0.1, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
+               monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
+               progress: bool = True) -> list[dict[str, float]]:
+    """Stage 1 in place (Eq. 1; Alg. 1 lines 1-3): train classifier and reconstruction head of `net` end to end on
+    the (possibly poisoned) `train` set with CE + `rec_weight` MSE + `tv_weight` TV, with the optimiser, schedule,
+    augmentation, label smoothing and seed of `recipe` (its model / dataset names only label the progress bar).
+
+    Returns the per-epoch training history (`train_classifier`'s).
+    """
+    for name, value in (("rec_weight", rec_weight), ("tv_weight", tv_weight)):
+        check_non_negative(value, name, meaning_of_zero="0 switches the term off")
+    if net.reconstruction is None:
+        raise WorkbenchError("net has no reconstruction head: build it with TrapNet.build(classifier, split)")
+
+    def joint_loss(model: TrapNet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        logits, reconstruction = model.forward_both(x)
+        return trap_objective(logits, reconstruction, x, y, rec_weight=rec_weight, tv_weight=tv_weight,
+                              label_smoothing=recipe.label_smoothing)
+
+    return train_classifier(net, train, recipe, monitor=monitor, monitor_backdoor=monitor_backdoor, device=device,
+                            progress=progress, batch_loss=joint_loss)
 
 
 @dataclass
@@ -285,18 +314,13 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
         net.load_state_dict(found.tensors, strict=True)
         return net
 
-    def joint_loss(model: TrapNet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        logits, reconstruction = model.forward_both(x)
-        return trap_objective(logits, reconstruction, x, y, rec_weight=config.rec_weight,
-                              tv_weight=config.tv_weight, label_smoothing=config.train.label_smoothing)
-
     def train() -> tuple[TrapNet, dict[str, torch.Tensor], dict[str, Any]]:
         data = prepare_training_data(config.train, splits, store=store, device=device, progress=progress,
                                      monitor_size=monitor_size)
         start = time.time()
-        history = train_classifier(net, data.train, config.train, monitor=data.monitor,
-                                   monitor_backdoor=data.monitor_backdoor, device=device, progress=progress,
-                                   batch_loss=joint_loss)
+        history = train_trap(net, data.train, config.train, rec_weight=config.rec_weight,
+                             tv_weight=config.tv_weight, monitor=data.monitor, monitor_backdoor=data.monitor_backdoor,
+                             device=device, progress=progress)
         net.eval()
         metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(net, config.train, splits),
                    "test_rec_mse": reconstruction_error(net, splits.test.float_images())}
@@ -432,14 +456,18 @@ def get_or_replace(trapped: TrappedModel, config: ReplaceConfig, *, store: Artef
 # --- Sec. 4.3, Fig. 2: is the stem backdoor-free? --------------------------------------------------------------------
 
 @torch.no_grad()
-def stem_features(classifier: StagedClassifier, images: torch.Tensor, split: str | None = None,
+def stem_features(classifier: nn.Module, images: torch.Tensor, split: str | None = None,
                   batch_size: int = 500) -> torch.Tensor:
-    """The stem's output f_s(x) for `images` (N, C, H, W) in [0, 1], flattened to (N, D)."""
+    """The stem's output f_s(x) (the input of split module `split`; default a workbench model's `default_split`)
+    for `images` (N, C, H, W) in [0, 1], flattened to (N, D); the classifier is put in eval mode."""
     check_images(images)
-    stem, _ = classifier.split(split)
-    stem.eval()
+    split = resolve_split(classifier, split)
+    classifier.eval()
     device = next(classifier.parameters()).device
-    return torch.cat([stem(batch.to(device)).flatten(1).cpu() for batch in images.split(batch_size)])
+    with capture(classifier, split) as features:
+        for batch in images.split(batch_size):
+            classifier(batch.to(device))
+    return torch.cat([f.flatten(1).cpu() for f in features])
 
 
 def principal_components(features: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -499,7 +527,7 @@ def scatter_of(features: dict[str, torch.Tensor]) -> FeatureScatter:
     return FeatureScatter(points, distances, explained)
 
 
-def feature_scatter(classifier: StagedClassifier, clean_target: torch.Tensor, clean_source: torch.Tensor,
+def feature_scatter(classifier: nn.Module, clean_target: torch.Tensor, clean_source: torch.Tensor,
                     poisoned_source: torch.Tensor, split: str | None = None) -> FeatureScatter:
     """Fig. 2 for one source class: stem features of clean target-class, clean source-class and triggered
     source-class images (each (N_g, C, H, W) in [0, 1]), projected by `scatter_of`."""
@@ -507,7 +535,7 @@ def feature_scatter(classifier: StagedClassifier, clean_target: torch.Tensor, cl
     return scatter_of({name: stem_features(classifier, images, split) for name, images in groups.items()})
 
 
-def scatters_by_source(classifier: StagedClassifier, images: torch.Tensor, labels: torch.Tensor,
+def scatters_by_source(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                        triggered: torch.Tensor, target: int, split: str | None = None) -> dict[int, FeatureScatter]:
     """`feature_scatter` for every source class at once (the stem runs once over all images): `images` (N, C, H, W)
     clean test images with `labels` (N,), `triggered` the same images with the trigger. Keys: source classes."""

@@ -46,9 +46,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.core.data import ImageDataset
-from workbench.core.models import StagedClassifier
 from workbench.core.runtime import resolve_device
-from workbench.core.training import TrainConfig, augment_batch, new_model, train_classifier
+from workbench.core.training import TrainConfig, augment_batch, check_training_images, new_model, train_classifier
 from workbench.core.validation import (
     WorkbenchError,
     check_fraction,
@@ -137,7 +136,7 @@ class ABLResult:
         losses: (N,) per-example CE of the isolation model, the isolation score (lowest = isolated).
     """
 
-    model: StagedClassifier
+    model: nn.Module
     isolated: torch.Tensor
     isolation_precision: float | None
     history: list[dict[str, Any]]
@@ -218,16 +217,21 @@ def _phase_recipe(recipe: TrainConfig, config: ABLConfig, phase: str, epochs: in
 
 
 def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLConfig(), *,
-              poisoned: torch.Tensor | None = None, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
+              model: nn.Module | None = None, poisoned: torch.Tensor | None = None,
+              monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
               monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
               progress: bool = True) -> ABLResult:
-    """Train `new_model(recipe)` on the (poisoned) `train` set with ABL.
+    """Train a classifier on the (poisoned) `train` set with ABL.
 
     Args:
         train: the training set, e.g. `prepare_training_data(recipe).train`.
-        recipe: model, optimiser, lr, schedule, weight decay, batch size, label smoothing and augmentation of the
-            isolation and fine-tuning phases; `recipe.seed` initialises the model; `recipe.epochs` is ignored.
+        recipe: optimiser, lr, schedule, weight decay, batch size, label smoothing and augmentation of the
+            isolation and fine-tuning phases; `recipe.epochs` is ignored. Without `model`, its model (seeded from
+            `recipe.seed`) is the one trained; with `model`, its model and dataset names only label progress.
         config: ABL's phases and hyper-parameters.
+        model: the architecture to train, freshly initialised (any `nn.Module` on [0, 1] images with an
+            `input_shape`, e.g. `workbench.wrap(torchvision.models.resnet18(num_classes=10), ...)`); it is trained
+            in place. None = `new_model(recipe)`.
         poisoned: (N,) bool mask (or indices) of the truly poisoned examples, only to report the isolation precision.
         monitor: (clean images, labels) for per-epoch CA in the history.
         monitor_backdoor: (triggered non-target images, target) for per-epoch ASR in the history.
@@ -240,10 +244,8 @@ def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLC
     if not isinstance(train, ImageDataset) or len(train) < 2:
         raise WorkbenchError("train must be an ImageDataset with at least 2 images")
     mask = _poisoned_mask(poisoned, len(train))
-    model = new_model(recipe)
-    if tuple(train.images.shape[1:]) != model.input_shape:
-        raise WorkbenchError(f"training images are {tuple(train.images.shape[1:])} but the recipe's {recipe.model} on "
-                             f"{recipe.dataset} expects {model.input_shape}; use the recipe of this dataset")
+    model = new_model(recipe) if model is None else model
+    check_training_images(train, model)
     dev = resolve_device(device)
     history: list[dict[str, Any]] = []
 

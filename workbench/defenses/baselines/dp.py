@@ -40,9 +40,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
 from workbench.core.data import ImageDataset
-from workbench.core.models import StagedClassifier
 from workbench.core.runtime import make_generator, resolve_device
-from workbench.core.training import TrainConfig, new_model, train_classifier
+from workbench.core.training import TrainConfig, check_training_images, new_model, train_classifier
 from workbench.core.validation import WorkbenchError, check_non_negative, check_positive, check_positive_int, check_seed
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -89,7 +88,7 @@ def replace_batchnorm(module: nn.Module, max_groups: int = 32) -> nn.Module:
     return module
 
 
-def dp_model(recipe: TrainConfig, config: DPConfig = DPConfig()) -> StagedClassifier:
+def dp_model(recipe: TrainConfig, config: DPConfig = DPConfig()) -> nn.Module:
     """The untrained DP model of `recipe`: `new_model(recipe)` (seeded from `recipe.seed`) with its BatchNorm layers
     replaced by GroupNorm. Use it to rebuild a DP model before `load_state_dict` of saved DP weights."""
     return replace_batchnorm(new_model(recipe), config.max_groups)
@@ -170,16 +169,19 @@ def private_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_
 
 
 def train_dp(train: ImageDataset, recipe: TrainConfig, config: DPConfig = DPConfig(), *,
-             monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
+             model: nn.Module | None = None, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
              monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
-             progress: bool = True) -> StagedClassifier:
-    """Train `dp_model(recipe, config)` on `train` with DP-SGD.
+             progress: bool = True) -> nn.Module:
+    """Train a classifier on `train` with DP-SGD.
 
     Args:
         train: the (possibly poisoned) training set.
-        recipe: model, optimiser, lr, schedule, weight decay, epochs, batch size, label smoothing, augmentation and
-            seed (initialisation, data order, augmentation) of the training.
+        recipe: optimiser, schedule, weight decay, epochs, batch size, label smoothing, augmentation and seed (data
+            order, augmentation; without `model` also the initialisation) of the training.
         config: clipping norm, noise multiplier, GroupNorm groups and the noise seed.
+        model: the architecture to train, freshly initialised (any `nn.Module` on [0, 1] images with an
+            `input_shape`); its BatchNorm layers are replaced in place (`replace_batchnorm`) and it is trained in
+            place. None = `dp_model(recipe, config)`.
         monitor, monitor_backdoor: as in `train_classifier` (per-epoch CA / ASR, printed on the progress bar).
         device: where to train ("auto" = GPU if available).
         progress: show a tqdm bar.
@@ -189,10 +191,8 @@ def train_dp(train: ImageDataset, recipe: TrainConfig, config: DPConfig = DPConf
     """
     if not isinstance(train, ImageDataset) or len(train) == 0:
         raise WorkbenchError("train must be a non-empty ImageDataset")
-    model = dp_model(recipe, config)
-    if tuple(train.images.shape[1:]) != model.input_shape:
-        raise WorkbenchError(f"training images are {tuple(train.images.shape[1:])} but the recipe's {recipe.model} on "
-                             f"{recipe.dataset} expects {model.input_shape}; use the recipe of this dataset")
+    model = dp_model(recipe, config) if model is None else replace_batchnorm(model, config.max_groups)
+    check_training_images(train, model)
     noise_gen = make_generator(config.seed)
     names = [k for k, p in model.named_parameters() if p.requires_grad]
 

@@ -12,22 +12,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+from workbench.core.classifier import capture
 from workbench.core.mae import MAERestorer
 from workbench.core.models import StagedClassifier
 from workbench.core.validation import WorkbenchError, check_fraction, check_images
 
 
-def class_activation_map(model: StagedClassifier, x: torch.Tensor, method: str = "gradcam++",
-                         target: torch.Tensor | None = None) -> torch.Tensor:
+def class_activation_map(model: nn.Module, x: torch.Tensor, method: str = "gradcam++",
+                         target: torch.Tensor | None = None, layer: str | None = None) -> torch.Tensor:
     """CAM of the predicted (or given) class on the model's last convolutional feature map.
 
     Args:
-        model: a workbench classifier (white-box access).
+        model: the classifier (white-box access): a workbench model or any wrapped one.
         x: images (N, C, H, W) in [0, 1].
         method: "gradcam", "xgradcam" or "gradcam++".
         target: classes to explain (default: the predicted ones).
+        layer: the module whose output is the feature map, by name (pytorch-grad-cam's target layer, e.g. "layer4"
+            of a torchvision ResNet); None = the model's declared one: a wrapped model's `cam_layer`, or a workbench
+            model's last convolutional map (the input of its `feature_split` stage).
 
     Returns:
         (N, H, W) maps in [0, 1], each min-max normalised (as pytorch-grad-cam's `scale_cam_image`, which the
@@ -35,13 +40,20 @@ def class_activation_map(model: StagedClassifier, x: torch.Tensor, method: str =
     """
     if method not in ("gradcam", "xgradcam", "gradcam++"):
         raise WorkbenchError(f"unknown CAM method {method!r}; choose gradcam, xgradcam or gradcam++")
-    stem, head = model.split(model.feature_split)
+    layer = layer or getattr(model, "cam_layer", None)
+    if layer is None and not isinstance(model, StagedClassifier):
+        raise WorkbenchError("name the CAM layer of this model: layer=<module whose output is the last convolutional "
+                             "feature map> (e.g. 'layer4' for a torchvision ResNet), or wrap it with cam_layer=")
+    name, at = (model.feature_split, "input") if layer is None else (layer, "output")
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad():
-            feats = stem(x).detach().requires_grad_(True)
-            logits = head(feats)
+        with torch.enable_grad(), capture(model, name, at=at, leaf=True) as recorded:
+            logits = model(x)
+            feats = recorded[0]
+            if feats.ndim != 4:
+                raise WorkbenchError(f"the CAM layer {name!r} gives {tuple(feats.shape[1:])} features, not a "
+                                     "(C, H, W) feature map: name a convolutional layer")
             cls = logits.argmax(dim=1) if target is None else target.to(logits.device)
             score = logits.gather(1, cls.view(-1, 1)).sum()
             grads = torch.autograd.grad(score, feats)[0]
@@ -73,12 +85,14 @@ class Februus:
         restorer: the MAE that inpaints the removed region.
         method: "xgradcam" or "gradcam++" (BDMAE's choices) or "gradcam".
         threshold: CAM level that defines the removed region (BDMAE tries 0.6, 0.7, 0.8).
+        layer: the CAM layer (see `class_activation_map`); None = a workbench model's last feature map.
     """
 
-    model: StagedClassifier
+    model: nn.Module
     restorer: MAERestorer
     method: str = "gradcam++"
     threshold: float = 0.7
+    layer: str | None = None
 
     def __post_init__(self) -> None:
         check_fraction(self.threshold, "Februus threshold")
@@ -87,7 +101,7 @@ class Februus:
         """Images with the CAM region (threshold) inpainted, clipped to [0, 1] (the MAE's output is not bounded);
         deterministic (`seed` unused)."""
         check_images(x)
-        cam = class_activation_map(self.model, x, self.method)
+        cam = class_activation_map(self.model, x, self.method, layer=self.layer)
         grid = self.restorer.grid
         tokens = F.adaptive_max_pool2d((cam >= self.threshold).float().unsqueeze(1), (grid, grid)).flatten(1) > 0
         restored, _ = self.restorer.restore(x, tokens)

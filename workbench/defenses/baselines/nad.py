@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from workbench.core.classifier import capture, input_shape_of
 from workbench.core.data import ImageDataset
 from workbench.core.models import StagedClassifier
 from workbench.core.validation import WorkbenchError, check_positive, check_seed
@@ -61,7 +63,7 @@ class NADConfig:
             of both teacher and student, as in `FineTuneConfig` (64; 0.1 -> 0.01 at epoch 2; 0.9; 1e-4;
             crop + flip; Cutout 2 x 2 px).
         stages: names of the stages whose outputs are distilled (WRN-16-1's residual groups; any spatial stage of a
-            `StagedClassifier` works, see `model.split_points`).
+            workbench model, see `model.split_points`, or any module name of a wrapped model, e.g. "layer3").
         betas: one weight per stage ((500, 1000, 1000), public `config.py`).
         p: the power of the attention operator (2).
         distance: "mse" (public code: mean squared difference of the normalised maps) or "l2" (paper: batch mean of
@@ -154,64 +156,59 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0,
     raise WorkbenchError(f"distance must be 'mse' or 'l2', got {distance!r}")
 
 
-def stage_outputs(model: StagedClassifier, x: torch.Tensor, names: tuple[str, ...] | list[str], *,
+def stage_outputs(model: nn.Module, x: torch.Tensor, names: tuple[str, ...] | list[str], *,
                   logits: bool = True) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
-    """Run `model` on images x (N, C, H, W) in [0, 1] and return (logits, [output of each named stage]).
-
-    With `logits=False` the forward stops after the last named stage and the logits are None (the teacher's pass).
-    """
-    missing = [name for name in names if name not in model.split_points]
-    if missing:
-        raise WorkbenchError(f"model has no stage {missing[0]!r}; NAD's stages must be among model.split_points: "
-                             f"{', '.join(model.split_points)}")
-    wanted, found = set(names), {}
-    h = model.normalize(x)
-    for name, stage in model.stages.named_children():
-        h = stage(h)
-        if name in wanted:
-            found[name] = h
-            if not logits and len(found) == len(wanted):
-                return None, [found[n] for n in names]
-    return h, [found[n] for n in names]
+    """Run `model` on images x (N, C, H, W) in [0, 1] and return (logits, [output of each named module]): stages of
+    a workbench model, or any module names of a wrapped one (e.g. torchvision's "layer3"). With `logits=False` the
+    logits are None (the teacher's pass). A module called several times in one pass gives its last output."""
+    with ExitStack() as stack:
+        recorded = [stack.enter_context(capture(model, name, at="output")) for name in names]
+        out = model(x)
+    return (out if logits else None), [r[-1] for r in recorded]
 
 
-def check_stages(model: StagedClassifier, stages: tuple[str, ...]) -> None:
+def _candidate_stages(model: nn.Module) -> list[str]:
+    """A workbench model's stages, or the top-level modules of a wrapped one, in order."""
+    if isinstance(model, StagedClassifier):
+        return model.split_points
+    return [name for name, _ in getattr(model, "model", model).named_children()]
+
+
+def check_stages(model: nn.Module, stages: tuple[str, ...]) -> None:
     """Every stage must exist and give a spatial (N, C, H, W) output (an attention map needs positions)."""
     probe = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
-        _, outputs = stage_outputs(probe, torch.zeros(1, *model.input_shape), stages, logits=False)
+        _, outputs = stage_outputs(probe, torch.zeros(1, *input_shape_of(model)), stages, logits=False)
     for name, out in zip(stages, outputs, strict=True):
-        if out.ndim != 4:
+        if out.ndim != 4 or out.shape[2] * out.shape[3] < 2:
             raise WorkbenchError(f"stage {name!r} outputs shape {tuple(out.shape[1:])}; NAD needs a spatial (C, H, W) "
                                  f"activation: choose among {', '.join(spatial_stages(model))}")
 
 
-def spatial_stages(model: StagedClassifier) -> list[str]:
-    """The stages of `model` whose outputs are spatial (N, C, H, W) maps, in order."""
+def spatial_stages(model: nn.Module) -> list[str]:
+    """The stages of `model` (a wrapped model's top-level modules) whose outputs are spatial (N, C, H, W) maps of
+    more than one position, in order."""
     probe = copy.deepcopy(model).cpu().eval()
-    spatial = []
+    names = _candidate_stages(model)
     with torch.no_grad():
-        h = probe.normalize(torch.zeros(1, *model.input_shape))
-        for stage_name, stage in probe.stages.named_children():
-            h = stage(h)
-            if h.ndim == 4:
-                spatial.append(stage_name)
-    return spatial
+        _, outputs = stage_outputs(probe, torch.zeros(1, *input_shape_of(model)), names, logits=False)
+    return [name for name, out in zip(names, outputs, strict=True) if out.ndim == 4 and out.shape[2] * out.shape[3] > 1]
 
 
-def default_stages(model: StagedClassifier, config: NADConfig) -> NADConfig:
+def default_stages(model: nn.Module, config: NADConfig) -> NADConfig:
     """`config` for `model`: its stages when `model` has them (WRN-16-1's residual groups, the paper's choice),
     else the model's last spatial stages after the stem, as many as `config.betas` has weights (the outputs of its
     deepest feature groups, NAD Sec. 3's choice for ResNets), with the last betas."""
-    if all(name in model.split_points for name in config.stages):
+    candidates = _candidate_stages(model)
+    if all(name in candidates for name in config.stages):
         return config
-    stages = [name for name in spatial_stages(model) if name != model.split_points[0]][-len(config.betas):]
+    stages = [name for name in spatial_stages(model) if name != candidates[0]][-len(config.betas):]
     if not stages:
         raise WorkbenchError("NAD needs a spatial stage after the stem to distil attention from; this model has none")
     return dataclasses.replace(config, stages=tuple(stages), betas=config.betas[-len(stages):])
 
 
-def nad_loss(student: StagedClassifier, teacher: StagedClassifier, x: torch.Tensor, y: torch.Tensor,
+def nad_loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor,
              config: NADConfig) -> torch.Tensor:
     """The student's loss on one batch x (N, C, H, W) in [0, 1] with labels y (N,):
     CE(f_S(x), y) + sum_k beta_k L_AT(a_S^k(x), a_T^k(x)), the teacher's activations taken without gradients."""
@@ -225,8 +222,8 @@ def nad_loss(student: StagedClassifier, teacher: StagedClassifier, x: torch.Tens
     return loss
 
 
-def nad(model: StagedClassifier, holdout: ImageDataset, config: NADConfig = NADConfig(), *, device: str = "auto",
-        progress: bool = True) -> StagedClassifier:
+def nad(model: nn.Module, holdout: ImageDataset, config: NADConfig = NADConfig(), *, device: str = "auto",
+        progress: bool = True) -> nn.Module:
     """Neural Attention Distillation on a copy of `model`.
 
     Args:
