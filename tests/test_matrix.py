@@ -14,6 +14,7 @@ from workbench.core.mae import MAERestorer
 from workbench.core.mae_training import load_workbench_mae
 from workbench.core.preact_resnet import PreActResNet18
 from workbench.core.query import QueryModel
+from workbench.core.validation import WorkbenchError
 from workbench.defenses.bdmae import BDMAE
 from workbench.defenses.registered import RestoreSettings
 from workbench.repro import matrix as matrix_module
@@ -92,6 +93,8 @@ def test_unknown_subjects_and_defences_are_refused_before_any_work(badnets, tmp_
         load_subjects(["cifar10-badnet"], SMOKE, "smoke")
     with pytest.raises(Exception, match="unknown defence 'blurr'"):
         run_matrix([badnets], SMOKE, tmp_path, defences=["blurr"])
+    with pytest.raises(WorkbenchError, match="'abl' is a training-time defence"):
+        run_matrix([badnets], SMOKE, tmp_path, defences=["blur", "abl"])
     assert not (tmp_path / "cells").exists()
 
 

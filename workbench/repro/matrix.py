@@ -380,13 +380,16 @@ def _table(kind: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def run_matrix(subjects: Sequence[Subject], preset: MatrixPreset, folder: str | Path, *,
                defences: Sequence[str] | None = None, seed: int = 0, progress: bool = True) -> Matrix:
-    """Every defence in `defences` (default: every registered one) on every subject; cells are stored in
-    `folder` as they finish and reused by a re-run with the same settings."""
+    """Every defence in `defences` (default: every registered detector, purifier and repair) on every subject;
+    cells are stored in `folder` as they finish and reused by a re-run with the same settings. Training-time
+    defences are not matrix cells: they need the poisoned training set, not a trained model."""
     from tqdm.auto import tqdm
 
-    names = list(defences) if defences is not None else available()
+    names = list(defences) if defences is not None else [name for kind in KINDS for name in available(kind)]
     for name in names:
-        describe(name)  # an unknown name fails before any work
+        if describe(name).kind not in KINDS:  # an unknown name or a training-time defence fails before any work
+            raise WorkbenchError(f"{name!r} is a {describe(name).kind}-time defence: it trains a model on the poisoned "
+                                 f"training set, so it has no cell in the matrix; choose among {', '.join(KINDS)}s")
     names.sort(key=lambda name: KINDS.index(describe(name).kind))  # detectors first: REStore reuses its diagnosis
     folder = Path(folder)
     cells, rows = [], {kind: [] for kind in KINDS}
