@@ -106,6 +106,8 @@ def test_cli_writes_three_tables_and_the_heat_map(tmp_path, capsys):
         assert "cifar10-badnets" in set(table["model"])
     purifiers = pd.read_csv(tmp_path / "purifiers.csv")
     assert list(purifiers["defence"]) == ["no defence", "blur"]
+    detections = pd.read_csv(tmp_path / "detectors.csv")  # the undefended ASR beside the truth it is scored against
+    assert detections["model ASR"].tolist() == purifiers.loc[purifiers["defence"] == "no defence", "ASR"].tolist()
     assert "heat map:" in capsys.readouterr().out
     cell = json.loads((tmp_path / "cells" / "cifar10-badnets" / "red-a-prime.json").read_text())
     assert cell["kind"] == "detector" and len(cell["class_scores"]) == 10

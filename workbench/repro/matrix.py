@@ -363,8 +363,8 @@ class Matrix:
 
 
 _COLUMNS = {
-    "detector": ["model", "defence", "backdoored", "true target", "detected", "target", "correct", "statistic",
-                 "p-value", "queries", "seconds"],
+    "detector": ["model", "defence", "backdoored", "true target", "model ASR", "detected", "target", "correct",
+                 "statistic", "p-value", "queries", "seconds"],
     "purifier": ["model", "defence", "CA", "BA", "ASR", "s/image", "queries/image"],
     "repair": ["model", "defence", "CA", "ASR", "seconds", "holdout images"],
 }
@@ -401,8 +401,10 @@ def run_matrix(subjects: Sequence[Subject], preset: MatrixPreset, folder: str | 
         for defence in tqdm(names, desc=subject.name, disable=not progress):
             cell = run_cell(subject, defence, preset, folder, seed=seed, found=found)
             cells.append(cell)
-            extra = {"backdoored": subject.backdoored, "true target": subject.target} if cell["kind"] == "detector" \
-                else {}
+            # the undefended model's measured ASR beside the truth: a backdoor the training did not instil (ASR near
+            # the clean twin's) is in the model's history, not in its behaviour, and a detector cannot see it
+            extra = {"backdoored": subject.backdoored, "true target": subject.target, "model ASR": baseline["ASR"]} \
+                if cell["kind"] == "detector" else {}
             rows[cell["kind"]].append({**cell, **extra})
     matrix = Matrix(_table("detector", rows["detector"]), _table("purifier", rows["purifier"]),
                     _table("repair", rows["repair"]), cells)
