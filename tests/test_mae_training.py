@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import workbench.core.mae_training as mae_training
+import workbench.core.pretraining as pretraining
 from workbench.core.mae import MAEArchitecture
 from workbench.core.mae_training import MAETrainConfig, train_mae
 
@@ -21,16 +21,16 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_mirror: Path, tmp
     straight, metrics = train_mae(config, checkpoint_dir=tmp_path / "straight", progress=False)
     assert metrics["train_images"] == 190 + 228  # CIFAR-10 train split + MNIST pool, minus holdouts
 
-    real_checkpoint = mae_training._checkpoint
+    real_checkpoint = pretraining._checkpoint
 
     def checkpoint_then_crash(*args: object, **kwargs: object) -> None:
         real_checkpoint(*args, **kwargs)
         raise KeyboardInterrupt  # the machine stops right after the step-100 checkpoint
 
-    monkeypatch.setattr(mae_training, "_checkpoint", checkpoint_then_crash)
+    monkeypatch.setattr(pretraining, "_checkpoint", checkpoint_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train_mae(config, checkpoint_dir=tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(mae_training, "_checkpoint", real_checkpoint)
+    monkeypatch.setattr(pretraining, "_checkpoint", real_checkpoint)
     resumed, resumed_metrics = train_mae(config, checkpoint_dir=tmp_path / "resumed", progress=False)
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name

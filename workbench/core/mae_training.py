@@ -13,16 +13,12 @@ with their recipe to `data/assets/mae/`, where `load_workbench_mae()` finds them
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.data import load_splits
@@ -34,8 +30,8 @@ from workbench.core.mae import (
     MaskedAutoencoderViT,
     random_token_masks,
 )
+from workbench.core.pretraining import run_resumable, warmup_cosine
 from workbench.core.runtime import cache_root, make_generator, resolve_device
-from workbench.core.storage import atomic_write
 from workbench.core.validation import WorkbenchError
 
 TINY_MAE = MAEArchitecture(img_size=56, patch_size=4, in_chans=3, embed_dim=128, depth=6, num_heads=4,
@@ -94,14 +90,15 @@ THIRD_STAGE = MAETrainConfig(steps=4000, lr=7e-4, warmup_steps=100, seed=2, init
 DEFAULT_MAE = MAETrainConfig(steps=6000, lr=5e-4, warmup_steps=100, seed=3, init=THIRD_STAGE)
 
 
-def training_images(config: MAETrainConfig) -> torch.Tensor:
-    """The clean training images of every dataset in the recipe, as uint8 (N, 3, 32, 32).
+def training_images(datasets: tuple[str, ...], split_seed: int = 0) -> torch.Tensor:
+    """The clean training images of `datasets`, as uint8 (N, 3, 32, 32) (grey images repeated to RGB, other sizes
+    resized): what the workbench's own pretrained models (tiny MAE, tiny diffusion model) learn from.
 
     Only the training part of each dataset's workbench split is used (never holdout or test images).
     """
     parts = []
-    for name in config.datasets:
-        train = load_splits(name, seed=config.split_seed).train
+    for name in datasets:
+        train = load_splits(name, seed=split_seed).train
         x = train.images
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -122,13 +119,6 @@ def _prepare(batch: torch.Tensor, size: int, flip: torch.Tensor | None) -> torch
     return (x - mean) / std
 
 
-def _lr_at(config: MAETrainConfig, step: int) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def train_mae(config: MAETrainConfig, *, device: str = "auto", checkpoint_dir: Path | None = None,
               progress: bool = True) -> tuple[MaskedAutoencoderViT, dict[str, Any]]:
     """Pretrain an MAE with `config`, checkpointing every 100 steps so an interrupted run resumes.
@@ -139,7 +129,7 @@ def train_mae(config: MAETrainConfig, *, device: str = "auto", checkpoint_dir: P
     dev = resolve_device(device)
     key = config_key(config.to_dict())
     checkpoint_dir = checkpoint_dir or cache_root() / "mae-checkpoints" / key
-    images = training_images(config)
+    images = training_images(config.datasets, config.split_seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         mae = MaskedAutoencoderViT(config.arch).to(dev)
@@ -149,38 +139,17 @@ def train_mae(config: MAETrainConfig, *, device: str = "auto", checkpoint_dir: P
     no_decay = [p for n, p in mae.named_parameters() if p.requires_grad and (p.ndim <= 1 or "token" in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
-    start_step, losses, seconds = 0, [], 0.0
-    state_file = checkpoint_dir / "state.safetensors"
-    if state_file.is_file():  # resume
-        state = load_file(state_file)
-        mae.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("mae.")})
-        _load_optimizer(opt, {k[4:]: v for k, v in state.items() if k.startswith("opt.")})
-        meta = state["meta"].tolist()
-        start_step, seconds = int(meta[0]), float(meta[1])
-        losses = state["losses"].tolist()
     gen = make_generator(config.seed + 1)
-    for _ in range(start_step):  # replay the data order so a resumed run equals an uninterrupted one
-        _draw(gen, len(images), config)
-    bar = tqdm(total=config.steps, initial=start_step, desc="pretrain tiny MAE", disable=not progress)
-    mae.train()
-    tick = time.time()
-    for step in range(start_step, config.steps):
+
+    def batch_loss() -> torch.Tensor:
         idx, flip, mask = _draw(gen, len(images), config)
         x = _prepare(images[idx].to(dev), config.arch.img_size, flip.to(dev) if config.flip else None)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(config, step)
-        loss = mae.loss(x, mae(x, mask.to(dev)), mask.to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.update()
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if (step + 1) % 100 == 0 or step + 1 == config.steps:
-            seconds += time.time() - tick
-            tick = time.time()
-            _checkpoint(state_file, mae, opt, step + 1, seconds, losses)
-    bar.close()
+        return mae.loss(x, mae(x, mask.to(dev)), mask.to(dev))
+
+    losses, seconds = run_resumable(
+        mae, opt, steps=config.steps, batch_loss=batch_loss, replay=lambda: _draw(gen, len(images), config),
+        lr_at=lambda step: warmup_cosine(step, lr=config.lr, warmup_steps=config.warmup_steps, steps=config.steps),
+        state_file=checkpoint_dir / "state.safetensors", desc="pretrain tiny MAE", progress=progress)
     metrics = {"train_seconds": seconds, "train_images": len(images), "loss_curve": losses[::10],
                "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "datasets": list(config.datasets)}
     return mae.eval(), metrics
@@ -191,27 +160,6 @@ def _draw(gen: torch.Generator, n: int, config: MAETrainConfig) -> tuple[torch.T
     flip = torch.rand(config.batch_size, generator=gen) < 0.5
     mask = random_token_masks(config.batch_size, config.arch.grid**2, config.mask_ratio, gen)
     return idx, flip, mask
-
-
-def _checkpoint(path: Path, mae: MaskedAutoencoderViT, opt: torch.optim.Optimizer, step: int, seconds: float,
-                losses: list[float]) -> None:
-    tensors = {f"mae.{k}": v.detach().cpu().contiguous() for k, v in mae.state_dict().items()}
-    for index, param_state in opt.state_dict()["state"].items():
-        for name, value in param_state.items():
-            tensors[f"opt.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
-    tensors["meta"] = torch.tensor([float(step), seconds], dtype=torch.float64)
-    tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
-    state = opt.state_dict()
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in flat.items():
-        index, name = key.split(".", 1)
-        per_param.setdefault(int(index), {})[name] = value
-    state["state"] = per_param
-    opt.load_state_dict(state)
 
 
 # ---------------------------------------------------------------------------------- held-out evaluation

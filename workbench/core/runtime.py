@@ -41,6 +41,12 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def image_generators(seed: int, first_index: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per image of a batch, image i of a test set seeded from (seed, i): a method that draws
+    its randomness from these gives each image the same draws however the set is split into calls."""
+    return [torch.Generator().manual_seed(seed * 1_000_003 + first_index + n) for n in range(count)]
+
+
 def cache_root() -> Path:
     """Where decoded datasets, downloads and trained artefacts are cached.
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from workbench.core.mae import MAERestorer, neighbours4
 from workbench.core.query import QueryModel
+from workbench.core.runtime import image_generators
 from workbench.core.validation import WorkbenchError, check_fraction, check_images, check_positive_int
 
 
@@ -316,7 +317,7 @@ class BDMAE:
     def _purify_batch(self, x: torch.Tensor, seed: int, first_index: int) -> BDMAEResult:
         cfg = self.config
         queries0, restorations0 = self.classifier.queries, self.restorer.restorations
-        gens = [torch.Generator().manual_seed(seed * 1_000_003 + first_index + n) for n in range(len(x))]
+        gens = image_generators(seed, first_index, len(x))
         y0 = self.classifier.labels(x)
         s_img0, s_lab0 = self.trigger_scores(x, y0, gens)
         refinement: dict[str, dict[str, torch.Tensor]] = {}
