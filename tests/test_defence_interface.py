@@ -109,7 +109,7 @@ def test_restore_diagnoses_and_purifies_a_foreign_model(case):
 def test_a_torchvision_resnet18_detects_purifies_and_repairs():
     model = workbench.wrap(cifar_resnet18(), num_classes=10, input_size=32, mean=CIFAR_MEAN, std=CIFAR_STD)
     x, y = images_of(10, 3, 32, per_class=2)
-    found = create("red-a", max_iterations=5, step=0.05, images_per_class=1).detect(model, x, y)
+    found = create("red-a", max_iterations=2, step=0.05, images_per_class=1).detect(model, x, y)
     assert found.class_scores.shape == (10,) and found.queries is None
     assert create("blur").purify(model, x[:3]).labels.shape == (3,)
 

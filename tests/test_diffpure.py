@@ -74,7 +74,7 @@ def test_each_image_draws_its_own_noise_and_sizes_and_channels_round_trip() -> N
     diffusion = micro_diffusion()
     grey = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))  # MNIST-like, the model is 16 px RGB
     for sampler in ("ddpm", "sde"):
-        settings = {"sampler": sampler, "t_star": 0.02, "sde_steps": 10}  # 20 DDPM steps: the plumbing, quickly
+        settings = {"sampler": sampler, "t_star": 0.01, "sde_steps": 5}  # 10 DDPM steps: the plumbing, quickly
         whole = DiffPure(diffusion, **settings, batch_size=5).purify(grey, seed=7)
         split = DiffPure(diffusion, **settings, batch_size=2).purify(grey, seed=7)
         assert whole.shape == grey.shape and float(whole.min()) >= 0 and float(whole.max()) <= 1

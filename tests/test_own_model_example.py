@@ -16,7 +16,7 @@ from workbench.core.data import load_splits, stratified_subset
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "own_model.py"
 SMALL = {  # budgets cut so the test checks the calls, not the papers' numbers
-    "red-a": {"max_iterations": 10, "images_per_class": 1},
+    "red-a": {"max_iterations": 3, "images_per_class": 1},
     "restore-diagnosis": {"alpha": 0.1, "per_set": 2, "splitting": {"particles": 8, "survivors": 4, "passes": 1,
                                                                     "max_levels": 2}},
     "restore": {"alpha": 0.1, "per_set": 2, "splitting": {"particles": 8, "survivors": 4, "passes": 1,

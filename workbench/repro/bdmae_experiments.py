@@ -22,11 +22,13 @@ from workbench.core.attacks import (
     make_attack,
 )
 from workbench.core.data import ImageDataset, stratified_subset
+from workbench.core.diffusion import Diffusion
 from workbench.core.mae import MAERestorer
 from workbench.core.query import QueryModel
 from workbench.core.runtime import make_generator
 from workbench.core.scales import pick
 from workbench.core.training import TrainConfig, TrainedModel, get_or_train, get_or_train_input_aware
+from workbench.defenses.baselines.diffpure import DiffPure
 from workbench.defenses.baselines.februus import Februus
 from workbench.defenses.baselines.patchcleanser import PatchCleanser
 from workbench.defenses.baselines.transforms import Blur, ShrinkPad
@@ -172,8 +174,9 @@ def evaluate(predict: Predict, x_clean: torch.Tensor, y_clean: torch.Tensor, x_b
 
 
 def defences(trained: TrainedModel, restorer: MAERestorer, bdmae_config: BDMAEConfig,
-             seed: int = 0) -> dict[str, tuple[Predict, QueryModel | None]]:
-    """The comparison of BDMAE Table 2: name -> (predict function, its QueryModel or None if white-box)."""
+             seed: int = 0, diffusion: Diffusion | None = None) -> dict[str, tuple[Predict, QueryModel | None]]:
+    """The comparison of BDMAE Table 2 (and, given a `diffusion` model, Table 1's DiffPure rows with both
+    samplers): name -> (predict function, its QueryModel or None if white-box)."""
     out: dict[str, tuple[Predict, QueryModel | None]] = {}
 
     def black_box(name: str, make: Callable[[QueryModel], object]) -> None:
@@ -192,8 +195,22 @@ def defences(trained: TrainedModel, restorer: MAERestorer, bdmae_config: BDMAECo
     black_box("Blur strong", lambda q: Blur(q, sigma=1.0))
     black_box("ShrinkPad weak", lambda q: ShrinkPad(q, pad=4))
     black_box("ShrinkPad strong", lambda q: ShrinkPad(q, pad=8))
+    if diffusion is not None:
+        for sampler in ("ddpm", "sde"):
+            black_box(f"DiffPure {sampler.upper()}", lambda q, s=sampler: _Purified(q, DiffPure(diffusion, sampler=s)))
     black_box("BDMAE (tiny MAE)", lambda q: BDMAE(q, restorer, bdmae_config))
     return out
+
+
+@dataclass(frozen=True)
+class _Purified:
+    """A purifier that only transforms images (DiffPure), followed by the model's label."""
+
+    classifier: QueryModel
+    purifier: DiffPure
+
+    def predict(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+        return self.classifier.labels(self.purifier.purify(x, seed=seed))
 
 
 @dataclass(frozen=True)
@@ -208,8 +225,10 @@ class _Identity:
 
 def compare_defences(setting: Setting, restorer: MAERestorer, images: int, bdmae_config: BDMAEConfig, *,
                      seed: int = 0, device: str = "auto", only: tuple[str, ...] | None = None,
-                     progress: bool = False) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Evaluate the defences of Table 2 (or those named in `only`) on one setting.
+                     progress: bool = False, diffusion: Diffusion | None = None
+                     ) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Evaluate the defences of Table 2 (or those named in `only`; Table 1's DiffPure rows too given `diffusion`)
+    on one setting.
 
     Februus is reported at the threshold with the best (CA + BA) / 2 for each CAM method, as the paper does.
 
@@ -221,7 +240,7 @@ def compare_defences(setting: Setting, restorer: MAERestorer, images: int, bdmae
     test = setting.recipe.splits().test
     x_clean, y_clean, x_bd, y_bd = evaluation_images(test, attack, setting.target, images, seed)
     rows = []
-    for name, (predict, wrapper) in defences(trained, restorer, bdmae_config, seed).items():
+    for name, (predict, wrapper) in defences(trained, restorer, bdmae_config, seed, diffusion).items():
         if only is not None and not name.startswith(only):
             continue
         measured = evaluate(predict, x_clean, y_clean, x_bd, y_bd, setting.target,

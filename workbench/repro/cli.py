@@ -154,7 +154,7 @@ def _diffusion(args: argparse.Namespace) -> int:
     test = load_splits(DEFAULT_DIFFUSION.datasets[0]).test
     x = test.subset(torch.randperm(len(test), generator=make_generator(0))[:8]).float_images()
     rows = [x, *(DiffPure(diffusion, sampler=sampler).purify(x) for sampler in ("ddpm", "sde"))]
-    fig = image_grid(rows, ["test image", "DiffPure, DDPM (t* = 0.1)", "DiffPure, SDE (t* = 0.1)"], scale=0.9)
+    fig = image_grid(rows, ["test", "DDPM", "SDE"], scale=0.9)  # DiffPure's two samplers at t* = 0.1
     print(f"purified images: {save_figure(fig, notebook='tiny_diffusion', name='diffpure', scale='default')}")
     return 0
 
