@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from diffusers import DDPMScheduler, UNet2DModel
 
+from tests.conftest import needs_real_data
 from workbench.core.artefacts import ArtefactStore
 from workbench.core.diffusion import Diffusion, load_diffusion
 from workbench.core.diffusion_training import (
@@ -141,3 +142,15 @@ def test_the_tiny_model_trains_stores_and_loads(tiny_mirror: Path, tmp_path: Pat
     assert 0 < held_out_denoising_error(loaded, images=8) < 10
     with pytest.raises(WorkbenchError, match="python -m workbench diffusion"):
         load_workbench_diffusion(DiffusionTrainConfig(unet=MICRO_UNET, steps=5))
+
+
+@needs_real_data
+def test_the_committed_model_reproduces_its_recorded_held_out_error() -> None:
+    from workbench.core.artefacts import config_key
+    from workbench.core.diffusion_training import DEFAULT_DIFFUSION
+
+    recorded = ArtefactStore().load("diffusion", config_key(DEFAULT_DIFFUSION.to_dict()), DEFAULT_DIFFUSION.to_dict())
+    assets = Path(__file__).resolve().parent.parent / "data" / "assets"
+    assert recorded is not None and recorded.path.is_relative_to(assets)  # the committed copy, not a cache
+    error = held_out_denoising_error(load_workbench_diffusion(device="cpu"), DEFAULT_DIFFUSION.datasets[0])
+    assert error == pytest.approx(recorded.metrics["held_out_noise_mse_at_t_star"], abs=1e-5)
