@@ -30,7 +30,7 @@ from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.data import load_splits
 from workbench.core.diffusion import Diffusion
 from workbench.core.mae_training import training_images
-from workbench.core.pretraining import run_resumable, warmup_cosine
+from workbench.core.pretraining import load_pretrained, run_resumable, warmup_cosine
 from workbench.core.runtime import cache_root, make_generator, resolve_device
 from workbench.core.validation import WorkbenchError
 
@@ -170,12 +170,10 @@ def load_workbench_diffusion(config: DiffusionTrainConfig | None = None, *, devi
         WorkbenchError: if it has not been trained; the message gives the command that trains it.
     """
     config = config or DEFAULT_DIFFUSION
-    found = ArtefactStore().load("diffusion", config_key(config.to_dict()), config.to_dict())
-    if found is None:
-        raise WorkbenchError("the workbench's tiny diffusion model for this recipe is not trained yet: run "
-                             "`python -m workbench diffusion` (resumable)")
+    weights = load_pretrained("diffusion", config, name="tiny diffusion model",
+                              command="`python -m workbench diffusion` (resumable)")
     diffusion = config.new_diffusion()
-    diffusion.unet.load_state_dict({k: v.float() for k, v in found.tensors.items()}, strict=True)
+    diffusion.unet.load_state_dict(weights, strict=True)
     return Diffusion(diffusion.unet.to(resolve_device(device)).eval(), diffusion.scheduler, config.max_time)
 
 

@@ -30,9 +30,8 @@ from workbench.core.mae import (
     MaskedAutoencoderViT,
     random_token_masks,
 )
-from workbench.core.pretraining import run_resumable, warmup_cosine
+from workbench.core.pretraining import load_pretrained, run_resumable, warmup_cosine
 from workbench.core.runtime import cache_root, make_generator, resolve_device
-from workbench.core.validation import WorkbenchError
 
 TINY_MAE = MAEArchitecture(img_size=56, patch_size=4, in_chans=3, embed_dim=128, depth=6, num_heads=4,
                            decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4, mlp_ratio=4.0)
@@ -198,12 +197,10 @@ def load_workbench_mae(config: MAETrainConfig | None = None, *, device: str = "a
         WorkbenchError: if it has not been trained; the message gives the command that trains it.
     """
     config = config or DEFAULT_MAE
-    found = ArtefactStore().load("mae", config_key(config.to_dict()), config.to_dict())
-    if found is None:
-        raise WorkbenchError("the workbench's tiny MAE for this recipe is not trained yet: run "
-                             "`python -m workbench mae` (a few hours on 2 CPU cores; resumable)")
+    weights = load_pretrained("mae", config, name="tiny MAE",
+                              command="`python -m workbench mae` (a few hours on 2 CPU cores; resumable)")
     mae = MaskedAutoencoderViT(config.arch)
-    mae.load_state_dict({k: v.float() for k, v in found.tensors.items()}, strict=True)
+    mae.load_state_dict(weights, strict=True)
     return mae.to(resolve_device(device)).eval()
 
 

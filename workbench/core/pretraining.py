@@ -10,12 +10,24 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.storage import atomic_write
+from workbench.core.validation import WorkbenchError
+
+
+def load_pretrained(kind: str, config: Any, *, name: str, command: str) -> dict[str, torch.Tensor]:
+    """The stored float32 weights of the workbench's pretrained `kind` model for recipe `config` (from the cache or
+    the committed `data/assets/<kind>`); a missing one raises with the `command` that trains it."""
+    found = ArtefactStore().load(kind, config_key(config.to_dict()), config.to_dict())
+    if found is None:
+        raise WorkbenchError(f"the workbench's {name} for this recipe is not trained yet: run {command}")
+    return {k: v.float() for k, v in found.tensors.items()}
 
 
 def warmup_cosine(step: int, *, lr: float, warmup_steps: int, steps: int) -> float:
