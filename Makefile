@@ -51,7 +51,7 @@ lab: venv
 	$(BIN)/jupyter lab notebooks
 
 lint: venv
-	$(BIN)/ruff check workbench tests
+	$(BIN)/ruff check .
 
 ## assets: retrain the small models committed under data/assets (only if their config changed)
 assets: venv

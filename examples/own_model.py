@@ -1,7 +1,7 @@
 """Every kind of defence on your own CIFAR-10 ResNet-18: python examples/own_model.py WEIGHTS.pt DATA.pt [CONFIGS.json]
 WEIGHTS.pt: its state dict; DATA.pt: {"x": clean images in [0, 1], "y": their labels, "x_test": images to purify};
 CONFIGS.json: optional {defence name: settings} replacing the papers' defaults (e.g. smaller budgets)."""
-import json, sys, torch, torchvision, workbench  # noqa: E401
+import json, sys, torch, torchvision, workbench
 from workbench.defenses import create
 net = torchvision.models.resnet18(num_classes=10)
 net.conv1, net.maxpool = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False), torch.nn.Identity()  # the usual CIFAR stem
