@@ -154,3 +154,23 @@ def test_the_committed_model_reproduces_its_recorded_held_out_error() -> None:
     assert recorded is not None and recorded.path.is_relative_to(assets)  # the committed copy, not a cache
     error = held_out_denoising_error(load_workbench_diffusion(device="cpu"), DEFAULT_DIFFUSION.datasets[0])
     assert error == pytest.approx(recorded.metrics["held_out_noise_mse_at_t_star"], abs=1e-5)
+
+
+@pytest.mark.parametrize(("channels", "size", "classes"), [(3, 32, 43), (1, 28, 10)])
+def test_the_registered_purifier_classifies_what_diffpure_returns(channels: int, size: int, classes: int) -> None:
+    import workbench
+    from workbench.defenses import create
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, classes))
+    model = workbench.wrap(net, num_classes=classes, input_size=size, in_channels=channels)
+    x = torch.rand(3, channels, size, size, generator=torch.Generator().manual_seed(0))
+    diffusion = micro_diffusion()
+    settings = {"t_star": 0.01, "sampler": "sde", "sde_steps": 3}
+    result = create("diffpure", diffusion=diffusion, **settings).purify(model, x, seed=5)
+    expected = DiffPure(diffusion, **settings).purify(x, seed=5)
+    assert torch.equal(result.images, expected) and result.queries == 3
+    assert torch.equal(result.labels, model(expected).argmax(1))
+    assert result.details == settings
+    with pytest.raises(WorkbenchError, match="unknown DiffPure setting"):
+        create("diffpure", steps=10)

@@ -11,6 +11,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,8 @@ from workbench.core.attacks.input_aware import (
     stamp,
     train_generators_and_classifier,
 )
-from workbench.core.classifier import check_labels, input_shape_of, num_classes_of
+from workbench.core.attacks.latent import latent_distance
+from workbench.core.classifier import capture, check_labels, input_shape_of, num_classes_of
 from workbench.core.data import DataSplits, ImageDataset, dataset_spec, load_splits
 from workbench.core.metrics import attack_success_rate, clean_accuracy
 from workbench.core.models import MODELS, StagedClassifier, build_model
@@ -228,7 +230,8 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
                      monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
                      monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
                      progress: bool = True, poisoned: torch.Tensor | None = None,
-                     batch_loss: BatchLoss | None = None) -> list[dict[str, float]]:
+                     batch_loss: BatchLoss | None = None,
+                     classifier: torch.nn.Module | None = None) -> list[dict[str, float]]:
     """Train `model` in place on `train` with the optimisation settings of `config`.
 
     Args:
@@ -242,6 +245,8 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
         poisoned: (N,) bool, the poisoned images of `train`; needed when `config.logit_anchor` > 0.
         batch_loss: the loss of one augmented batch, `batch_loss(model, x, y, generator)`; None = cross-entropy
             with `config.label_smoothing` (T&R passes its joint loss, Eq. 1, and the CutMix loss of stage 2).
+        classifier: the classifier inside `model` whose module `config.poison.latent` names (T&R's stage 1 trains a
+            `TrapNet` around one); None = `model`.
 
     Returns:
         One dict per epoch: mean training loss, seconds, and CA / ASR on the monitor sets if given.
@@ -249,13 +254,14 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed + 3)  # draws from the global RNG (dropout) repeat too; the caller's state is kept
-        return _train_loop(model, train, config, monitor, monitor_backdoor, dev, progress, poisoned, batch_loss)
+        return _train_loop(model, train, config, monitor, monitor_backdoor, dev, progress, poisoned, batch_loss,
+                           classifier or model)
 
 
 def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig,
                 monitor: tuple[torch.Tensor, torch.Tensor] | None, monitor_backdoor: tuple[torch.Tensor, int] | None,
                 dev: torch.device, progress: bool, poisoned: torch.Tensor | None,
-                batch_loss: BatchLoss | None) -> list[dict[str, float]]:
+                batch_loss: BatchLoss | None, classifier: torch.nn.Module) -> list[dict[str, float]]:
     fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format  # faster convolutions on CPU
     model.to(dev, memory_format=fmt).train()
     gen = make_generator(config.seed + 1)  # +1: keep the data order independent of the initialisation draws
@@ -266,9 +272,12 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
     history = []
     bar = tqdm(total=total, desc=f"train {config.model} on {config.dataset}", disable=not progress, leave=False)
     step = 0
-    if config.logit_anchor > 0 and (poisoned is None or len(poisoned) != n):
-        raise WorkbenchError("logit_anchor needs the poisoned-image mask of the training set (`poisoned`)")
+    injection = config.poison.latent if config.poison is not None else None
+    if (config.logit_anchor > 0 or injection is not None) and (poisoned is None or len(poisoned) != n):
+        raise WorkbenchError("logit_anchor and the latent injection need the poisoned-image mask of the training set "
+                             "(`poisoned`)")
     memo: torch.Tensor | None = None
+    latent_memo: torch.Tensor | None = None
     for epoch in range(config.epochs):
         start, loss_sum = time.time(), 0.0
         order = torch.randperm(n, generator=gen)
@@ -279,12 +288,17 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(config.schedule, config.warmup_fraction, step / total)
             x = x.contiguous(memory_format=fmt)
-            if batch_loss is not None:
-                loss = batch_loss(model, x, y, gen)
-            elif config.logit_anchor > 0:
-                loss, memo = _anchored_loss(model(x), y, poisoned[idx].to(dev), config, gen, memo)
-            else:
-                loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+            with capture(classifier, injection.layer) if injection is not None else nullcontext([]) as latents:
+                if batch_loss is not None:
+                    loss = batch_loss(model, x, y, gen)
+                elif config.logit_anchor > 0:
+                    loss, memo = _anchored_loss(model(x), y, poisoned[idx].to(dev), config, gen, memo)
+                else:
+                    loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
+            if injection is not None:  # LBA's injection term (Yao et al. Sec. 4.2) on this batch's triggered images
+                term, latent_memo = latent_distance(latents[-1], y, poisoned[idx].to(dev), config.poison.target,
+                                                    latent_memo)
+                loss = loss + injection.weight * term
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

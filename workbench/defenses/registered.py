@@ -20,6 +20,8 @@ import torch.nn as nn
 
 from workbench.core.classifier import check_classifier, input_shape_of, num_classes_of, resolve_split
 from workbench.core.data import ImageDataset
+from workbench.core.diffusion import Diffusion
+from workbench.core.diffusion_training import load_workbench_diffusion
 from workbench.core.mae import MAERestorer
 from workbench.core.mae_training import load_workbench_mae
 from workbench.core.query import ACCESS_LEVELS, QueryModel
@@ -28,6 +30,7 @@ from workbench.core.validation import WorkbenchError, check_name
 from workbench.defenses import lred, restore
 from workbench.defenses.baselines.abl import ABLConfig, train_abl
 from workbench.defenses.baselines.anp import ANPConfig, anp_with_masks
+from workbench.defenses.baselines.diffpure import DiffPure
 from workbench.defenses.baselines.dp import DPConfig, train_dp
 from workbench.defenses.baselines.februus import Februus as _Februus
 from workbench.defenses.baselines.finetune import FineTuneConfig, fine_tune, registered_model_name
@@ -296,6 +299,29 @@ class PatchCleanser(_Transform):
     """PatchCleanser's double masking on labels (Xiang et al. 2022; BDMAE App. C); no purified images."""
 
     name, defence = "patchcleanser", _PatchCleanser
+
+
+@register("diffpure", "purifier")
+class DiffPurePurifier(_Transform):
+    """DiffPure (Nie et al. 2022; BDMAE Sec. 5.1, Table 1): diffuse each image to `t_star` and run the reverse
+    process back (`sampler` "ddpm" or "sde"), then classify (one label query per image). `diffusion` defaults to
+    the workbench's committed tiny 32 px model; any diffusers DDPM folder loads with
+    `workbench.core.diffusion.load_diffusion`. Other keywords are `DiffPure` fields."""
+
+    name = "diffpure"
+
+    def __init__(self, *, diffusion: Diffusion | None = None, **config: Any) -> None:
+        fields = [f.name for f in dataclasses.fields(DiffPure) if f.name != "diffusion"]
+        unknown = sorted(set(config) - set(fields))
+        if unknown:
+            raise WorkbenchError(f"unknown DiffPure setting(s) {', '.join(unknown)}; choose among {', '.join(fields)}"
+                                 " (and diffusion=)")
+        super().__init__(**config)
+        self.diffusion = diffusion
+
+    def defence(self, query: QueryModel, **config: Any) -> DiffPure:
+        self.diffusion = self.diffusion or load_workbench_diffusion(device=str(query.device))
+        return DiffPure(self.diffusion, **config)
 
 
 @register("februus", "purifier")

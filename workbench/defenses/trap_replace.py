@@ -242,10 +242,13 @@ class TrapNet(nn.Module):
 def train_trap(net: TrapNet, train: ImageDataset, recipe: TrainConfig, *, rec_weight: float = 10.0,
                tv_weight: float = 0.1, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
                monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
-               progress: bool = True) -> list[dict[str, float]]:
+               progress: bool = True, poisoned: torch.Tensor | None = None) -> list[dict[str, float]]:
     """Stage 1 in place (Eq. 1; Alg. 1 lines 1-3): train classifier and reconstruction head of `net` end to end on
     the (possibly poisoned) `train` set with CE + `rec_weight` MSE + `tv_weight` TV, with the optimiser, schedule,
     augmentation, label smoothing and seed of `recipe` (its model / dataset names only label the progress bar).
+
+    `poisoned` ((N,) bool, the triggered images of `train`) is needed when the recipe's poison carries a latent
+    injection (LBA, T&R App. C.1: the adaptive attacker adds its term to this training too).
 
     Returns the per-epoch training history (`train_classifier`'s).
     """
@@ -260,7 +263,7 @@ def train_trap(net: TrapNet, train: ImageDataset, recipe: TrainConfig, *, rec_we
                               label_smoothing=recipe.label_smoothing)
 
     return train_classifier(net, train, recipe, monitor=monitor, monitor_backdoor=monitor_backdoor, device=device,
-                            progress=progress, batch_loss=joint_loss)
+                            progress=progress, batch_loss=joint_loss, poisoned=poisoned, classifier=net.classifier)
 
 
 @dataclass
@@ -320,7 +323,7 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
         start = time.time()
         history = train_trap(net, data.train, config.train, rec_weight=config.rec_weight,
                              tv_weight=config.tv_weight, monitor=data.monitor, monitor_backdoor=data.monitor_backdoor,
-                             device=device, progress=progress)
+                             device=device, progress=progress, poisoned=data.poisoned_mask())
         net.eval()
         metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(net, config.train, splits),
                    "test_rec_mse": reconstruction_error(net, splits.test.float_images())}

@@ -94,6 +94,7 @@ class MatrixPreset:
         holdout: clean holdout images per subject (stratified; the detectors' and repairs' clean data).
         configs: per defence, the settings that differ from `create(name)`'s defaults (the papers').
         deviations: why each entry of `configs` departs from the paper, for the notebook's text.
+        skipped: registered defences left out of the default set at this scale, with why (they run by name).
     """
 
     subjects: tuple[str, ...]
@@ -102,6 +103,7 @@ class MatrixPreset:
     holdout: int
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     deviations: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def config(self, defence: str) -> dict[str, Any]:
         """The settings `defence` runs with (a copy; empty = its paper's defaults)."""
@@ -153,7 +155,10 @@ MATRIX_PRESETS: dict[str, MatrixPreset] = {
                        "notebook 21's cpu preset: 40, 20, 10, 80): about 1/60 of the paper's queries",
             "repairs": "fine-tuning and NAD 5 epochs (paper: 10 / 20), ANP 100 mask updates (ANP paper: 2,000; "
                        "400 took 20 minutes on one model with two other jobs on the 2 cores), I-BAU 3 rounds, head "
-                       "replacement 20 epochs (T&R's public code: 100), on 1,000 clean holdout images"}),
+                       "replacement 20 epochs (T&R's public code: 100), on 1,000 clean holdout images"},
+        skipped={"diffpure": "100 diffusion-model passes per image (t* = 0.1 of 1,000 steps): about 10 more minutes "
+                             "over the matrix's 1,000 images on 2 CPU cores, past the hour the cpu matrix is sized "
+                             "for (notebook 11 measures its seconds per image); run it by name"}),
     "paper": MatrixPreset(subjects=_ALL, images=1000, draw=bdmae_repro.BDMAE_PRESETS["paper"].main_images,
                           holdout=2500),
 }
@@ -380,12 +385,14 @@ def _table(kind: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def run_matrix(subjects: Sequence[Subject], preset: MatrixPreset, folder: str | Path, *,
                defences: Sequence[str] | None = None, seed: int = 0, progress: bool = True) -> Matrix:
-    """Every defence in `defences` (default: every registered detector, purifier and repair) on every subject;
+    """Every defence in `defences` (default: every registered detector, purifier and repair but the preset's
+    `skipped`) on every subject;
     cells are stored in `folder` as they finish and reused by a re-run with the same settings. Training-time
     defences are not matrix cells: they need the poisoned training set, not a trained model."""
     from tqdm.auto import tqdm
 
-    names = list(defences) if defences is not None else [name for kind in KINDS for name in available(kind)]
+    names = (list(defences) if defences is not None else
+             [name for kind in KINDS for name in available(kind) if name not in preset.skipped])
     for name in names:
         if describe(name).kind not in KINDS:  # an unknown name or a training-time defence fails before any work
             raise WorkbenchError(f"{name!r} is a {describe(name).kind}-time defence: it trains a model on the poisoned "

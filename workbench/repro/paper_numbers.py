@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 #: BDMAE (000_3dfa915886641a93.txt) Table 2, "Before Defense" row: ResNet-18 trained from scratch, BadNet with
 #: 1x1-3x3 white/colour patches, aggregated over 14 runs each; CA / BA / ASR in percent.
 BDMAE_TABLE2_BEFORE_DEFENSE = {
@@ -339,6 +341,13 @@ TR_TABLE6 = {
                    "Trojan-WM": (14.28, 79.84)},
     (0.2, "I-BAU"): {"Blend": (15.57, 81.06), "l2-Invisible": (4.38, 83.06), "Smooth": (16.69, 80.44),
                      "Trojan-WM": (6.94, 83.33)},
+}
+
+#: T&R Table 7 (App. C.1, CIFAR-10): the adaptive Latent Backdoor Attack LBA-n -> (ASR, CA). The extracted text
+#: keeps the "T&R" row's CA only for LBA-14 and LBA-10 (84.52, 85.43); its ASR cells and LBA-12 are missing (NaN).
+TR_TABLE7 = {
+    "no reconstruction, replace head": {"LBA-14": (93.64, 82.06), "LBA-12": (90.62, 84.12), "LBA-10": (84.65, 83.49)},
+    "T&R": {"LBA-14": (math.nan, 84.52), "LBA-10": (math.nan, 85.43)},
 }
 
 #: T&R Table 8 (l2-Invisible, CIFAR-10): (lambda1, lambda2) -> (ASR, CA, reconstruction MSE). The ASR cell of

@@ -20,6 +20,13 @@ import torch.nn as nn
 
 from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute
 from workbench.core.attacks import AdversarialStep, PoisonConfig, make_attack
+from workbench.core.attacks.latent import (
+    LBA_LAYERS,
+    LatentInjection,
+    PatchTrigger,
+    TriggerSearch,
+    optimise_latent_trigger,
+)
 from workbench.core.data import stratified_subset
 from workbench.core.runtime import make_generator, resolve_device
 from workbench.core.scales import pick
@@ -54,6 +61,7 @@ from workbench.repro.paper_numbers import (
     TR_TABLE4,
     TR_TABLE5,
     TR_TABLE6,
+    TR_TABLE7,
     TR_TABLE8,
     TR_TABLE9,
     TR_TABLE10,
@@ -115,6 +123,7 @@ class TRPreset:
         detail_attack: the attack of Tables 8-9 and Figs. 2 and 4 (the paper's: l2-Invisible).
         clean_defences: Table 10's defences on the clean training set.
         dp_attacks: Tables 11-12's attacks (DP-SGD).
+        lba_settings: Table 7's adaptive attacks (`LBA_LAYERS`: "LBA-14", "LBA-12", "LBA-10").
         holdout_size: clean holdout images the defences use (None = the whole 5 % holdout, 2,500 on CIFAR-10).
         finetune, nad, anp, abl, ibau, dp: the baselines' settings (the papers' defaults, shortened at small scales).
     """
@@ -138,6 +147,7 @@ class TRPreset:
     detail_attack: str = "l2-Invisible"
     clean_defences: tuple[str, ...] = ("No defense", "ABL", "I-BAU", "T&R")
     dp_attacks: tuple[str, ...] = ("l2-Invisible",)
+    lba_settings: tuple[str, ...] = tuple(LBA_LAYERS)
     holdout_size: int | None = None
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
     nad: NADConfig = field(default_factory=NADConfig)
@@ -154,7 +164,8 @@ PRESETS = {
                       ablation_attacks=("BadNet-Grid",), split_points=("block3_0",), split_attacks=("BadNet-Grid",),
                       ratios=(), lambdas=((1.0, 0.1),), holdout_sizes=(100,), detail_attack="BadNet-Grid",
                       clean_defences=("No defense", "T&R"),
-                      dp_attacks=("BadNet-Grid",), holdout_size=200, finetune=FineTuneConfig(epochs=1),
+                      dp_attacks=("BadNet-Grid",), lba_settings=("LBA-12",), holdout_size=200,
+                      finetune=FineTuneConfig(epochs=1),
                       nad=NADConfig(teacher_epochs=1, epochs=1), anp=ANPConfig(iterations=5),
                       abl=ABLConfig(isolate_epochs=1, finetune_epochs=0, unlearn_epochs=1), ibau=IBAUConfig(rounds=1)),
     # cpu: WRN-16-1 on a 20,000-image subset for 20 epochs (at 12 the crop-and-flip-augmented 3x3 BadNet-Grid
@@ -164,6 +175,7 @@ PRESETS = {
     # training budget, keeping its isolation : training ratio (unlearning: the code's default 5).
     "cpu": TRPreset(train_size=20_000, epochs=20, replace_epochs=100, baseline_attacks=("l2-Invisible",),
                     split_points=(), ratios=(), lambdas=((1.0, 0.1),), clean_defences=(), dp_attacks=(),
+                    lba_settings=("LBA-12",),
                     abl=ABLConfig(isolate_epochs=4, finetune_epochs=12, unlearn_epochs=5),
                     anp=ANPConfig(iterations=400)),
     "paper": TRPreset(train_size=None, epochs=200, replace_epochs=100, attacks=tuple(ATTACKS),
@@ -193,13 +205,57 @@ def poison_config(dataset: str, attack: str, scale: str | None, *, ratio: float 
                         adversarial=adversarial, seed=seed)
 
 
-def trap_config(dataset: str, attack: str | None, scale: str | None, *, reconstruct: bool = True,
+def lba_poison_config(dataset: str, setting: str, surrogate: TrappedModel, *, seed: int = 0,
+                      store: ArtefactStore | None = None, progress: bool = True) -> PoisonConfig:
+    """Table 7's adaptive attack LBA-n (App. C.1; `workbench.core.attacks.latent`): the trigger optimised against
+    `surrogate` (the clean WRN-16-1 of the scale: `TRTables.trapped(None, reconstruct=False)`), 10 % of the training
+    set triggered and relabelled to the target, and the latent injection at layer n in the training loss."""
+    layer = LBA_LAYERS[check_name("LBA setting", setting, LBA_LAYERS)]
+    trigger = lba_trigger(surrogate, layer, TARGETS[dataset], seed=seed, store=store, progress=progress)
+    return PoisonConfig(trigger, target=TARGETS[dataset], ratio=POISON_RATIO, latent=LatentInjection(layer), seed=seed)
+
+
+def lba_trigger(surrogate: TrappedModel, layer: str, target: int, *, seed: int = 0,
+                store: ArtefactStore | None = None, progress: bool = True, images: int = 1000,
+                search: TriggerSearch | None = None) -> PatchTrigger:
+    """LBA's trigger for the latent layer `layer`, optimised (`search`; None = `TriggerSearch()`) against the clean
+    `surrogate` on `images` seeded non-target images of its training set and as many `target`-class ones; cached
+    (about a minute on a CPU)."""
+    store, search = store or ArtefactStore(), search or TriggerSearch()
+    identity = {"surrogate_key": surrogate.key, "layer": layer, "images": images, "seed": seed, "target": target,
+                "search": search.to_dict()}
+
+    def optimise() -> tuple[PatchTrigger, dict[str, torch.Tensor], dict[str, Any]]:
+        start = time.time()
+        train = surrogate.config.train.splits().train
+        gen = make_generator(seed)
+        is_target = train.labels == target
+        pools = [(~is_target).nonzero().squeeze(1), is_target.nonzero().squeeze(1)]
+        sources, targets = (train.subset(pool[torch.randperm(len(pool), generator=gen)[:images]]).float_images()
+                            for pool in pools)
+        trigger, losses = optimise_latent_trigger(surrogate.model, sources, targets, layer, search=search,
+                                                  generator=gen, progress=progress)
+        pattern = torch.tensor(trigger.values, dtype=torch.uint8).view(trigger.channels, trigger.size, trigger.size)
+        return trigger, {"pattern": pattern}, {"losses": losses, "seconds": time.time() - start}
+
+    def restore(found: Artefact) -> PatchTrigger:
+        return PatchTrigger.from_pattern(found.tensors["pattern"].float() / 255, row=search.row, col=search.col)
+
+    trigger, _, _ = get_or_compute(store, "lba_triggers", config_key(identity), identity, compute=optimise,
+                                   restore=restore)
+    return trigger
+
+
+def trap_config(dataset: str, attack: str | PoisonConfig | None, scale: str | None, *, reconstruct: bool = True,
                 ratio: float = POISON_RATIO, rec_weight: float = 10.0, tv_weight: float = 0.1,
                 split: str | None = None, seed: int = 0) -> TrapConfig:
-    """Stage 1 for one attack (None = the clean training set, Table 10). `reconstruct=False` is normal training:
-    the "No defense" model and the no-reconstruction ablation's stage 1."""
+    """Stage 1 for one attack: a Table 1 name, a poison config (Table 7's LBA: `lba_poison_config`; `ratio` is then
+    the config's), or None (the clean training set, Table 10). `reconstruct=False` is normal training: the
+    "No defense" model and the no-reconstruction ablation's stage 1."""
     recipe = base_recipe(dataset, scale, seed=seed)
-    if attack is not None:
+    if isinstance(attack, PoisonConfig):
+        recipe = replace(recipe, poison=attack)
+    elif attack is not None:
         recipe = replace(recipe, poison=poison_config(dataset, attack, scale, ratio=ratio, seed=seed))
     return TrapConfig(recipe, rec_weight=rec_weight if reconstruct else 0.0, tv_weight=tv_weight, split=split)
 
@@ -365,7 +421,7 @@ class TRTables:
         self._seen(done.key, done.loaded, done.seconds)
         return done
 
-    def trapped(self, attack: str | None, **changes: Any) -> TrappedModel:
+    def trapped(self, attack: str | PoisonConfig | None, **changes: Any) -> TrappedModel:
         """Stage 1 of `attack` (`changes`: reconstruct, rec_weight, tv_weight, split, ratio of `trap_config`)."""
         trapped = get_or_trap(trap_config(self.dataset, attack, self.scale, seed=self.seed, **changes),
                               store=self.store, device=self.device, progress=self.progress)
@@ -424,6 +480,22 @@ class TRTables:
                     done = self.defend(defence, attack, ratio=ratio)
                     rows.append({"ratio": ratio, "defence": defence, "attack": attack, **_measured(done.metrics),
                                  **_paper(TR_TABLE6.get((ratio, defence)), attack)})
+        return pd.DataFrame(rows)
+
+    def table7(self, settings: tuple[str, ...]) -> pd.DataFrame:
+        """Table 7 (App. C.1): the adaptive Latent Backdoor Attack LBA-n without defence, against the
+        no-reconstruction ablation (normal training, head replaced) and against T&R."""
+        rows = []
+        surrogate = self.trapped(None, reconstruct=False)  # the clean model LBA's trigger is optimised against
+        for setting in settings:
+            poison = lba_poison_config(self.dataset, setting, surrogate, seed=self.seed, store=self.store,
+                                       progress=self.progress)
+            plain = self.trapped(poison, reconstruct=False)
+            variants = {"No defense": plain.metrics, "no reconstruction, replace head": self.replaced(plain).metrics,
+                        "T&R": self.replaced(self.trapped(poison)).metrics}
+            for variant, metrics in variants.items():
+                rows.append({"attack": setting, "latent layer": poison.latent.layer, "variant": variant,
+                             **_measured(metrics), **_paper(TR_TABLE7.get(variant), setting)})
         return pd.DataFrame(rows)
 
     def table8(self, lambdas: tuple[tuple[float, float], ...], attack: str = "l2-Invisible") -> pd.DataFrame:

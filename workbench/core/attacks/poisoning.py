@@ -18,6 +18,7 @@ import torch
 
 from workbench.core.attacks.adversarial import pgd_perturb
 from workbench.core.attacks.base import Attack, attack_from_dict
+from workbench.core.attacks.latent import LatentInjection
 from workbench.core.attacks.patches import BadNets, per_class_triggers
 from workbench.core.data import ImageDataset
 from workbench.core.runtime import make_generator
@@ -68,6 +69,8 @@ class PoisonConfig:
         noise_ratio: WaNet noise-mode images as a multiple of the poisoned count (WaNet's cross ratio, 2).
         seed: seed of the image selection (and noise-mode offsets).
         adversarial: the label-consistent attack's PGD step (needs `clean_label`).
+        latent: the Latent Backdoor Attack's injection term, added to the training loss of the poisoned images
+            (`workbench.core.attacks.latent`; needs poison-label mode: the target's clean images are its anchor).
     """
 
     attack: Attack
@@ -81,6 +84,7 @@ class PoisonConfig:
     noise_ratio: float = 0.0
     seed: int = 0
     adversarial: AdversarialStep | None = None
+    latent: LatentInjection | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.attack, Attack):
@@ -107,6 +111,11 @@ class PoisonConfig:
         if self.adversarial is not None and not self.clean_label:
             raise WorkbenchError("the adversarial (label-consistent) step perturbs target-class images: "
                                  "set clean_label=True")
+        if self.latent is not None and not isinstance(self.latent, LatentInjection):
+            raise WorkbenchError(f"latent must be a LatentInjection, got {type(self.latent).__name__}")
+        if self.latent is not None and self.clean_label:
+            raise WorkbenchError("the latent injection pulls relabelled source images towards the target class's "
+                                 "clean images: set clean_label=False")
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -116,6 +125,10 @@ class PoisonConfig:
             data.pop("adversarial")  # keeps the keys of configs made before this field existed
         else:
             data["adversarial"] = dataclasses.asdict(self.adversarial)
+        if self.latent is None:
+            data.pop("latent")
+        else:
+            data["latent"] = self.latent.to_dict()
         return data
 
     @classmethod
@@ -126,6 +139,8 @@ class PoisonConfig:
             data["sources"] = tuple(data["sources"])
         if data.get("adversarial") is not None:
             data["adversarial"] = AdversarialStep(**data["adversarial"])
+        if data.get("latent") is not None:
+            data["latent"] = LatentInjection(**data["latent"])
         return cls(**data)
 
 
