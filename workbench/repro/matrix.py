@@ -134,7 +134,7 @@ MATRIX_PRESETS: dict[str, MatrixPreset] = {
                                                                                   "passes": 1, "max_levels": 3}},
                  "restore": {"alpha": 0.2, "per_set": 3, "splitting": {"particles": 8, "survivors": 4, "passes": 1,
                                                                        "max_levels": 3}},
-                 "bdmae": _bdmae_config("smoke"),
+                 "bdmae": _bdmae_config("smoke"), "diffpure": {"t_star": 0.01},
                  **_REPAIRS_SMOKE},
         deviations={"all": "smoke scale checks the plumbing only: every budget is cut to a few steps"}),
     # cpu: the committed / cached cpu-scale models, budgets cut so the whole matrix stays under an hour on 2 cores
