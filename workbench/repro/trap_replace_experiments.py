@@ -176,9 +176,9 @@ PRESETS = {
     # BadNet-Grid T&R ASR was 10.8 %, at 100 9.8 %); the baselines on one attack and the ablations that cost trainings
     # on the fewest rows, to stay under 2 hours from an empty cache. ABL's 20 / 60 / 20 epochs shrink with the
     # training budget, keeping its isolation : training ratio (unlearning: the code's default 5). Table 7 runs
-    # LBA-12 (a clean surrogate, two trainings, two head replacements: about 40 minutes on the machine where the
-    # rest of the notebook took 87), paid for by Table 8's lambda1 = 1 row (one stage 1 and one stage 2), which
-    # runs by parameter.
+    # LBA-12 (a clean surrogate, two trainings, two head replacements: 65 minutes on a machine whose WRN-16-1 epochs
+    # took 1.5x as long as on the one where the rest of the notebook was estimated at 87 minutes, i.e. about 44 of
+    # those), paid for by Table 8's lambda1 = 1 row (one stage 1 and one stage 2, about 15), now by parameter.
     "cpu": TRPreset(train_size=20_000, epochs=20, replace_epochs=100, baseline_attacks=("l2-Invisible",),
                     split_points=(), ratios=(), lambdas=(), clean_defences=(), dp_attacks=(),
                     lba_settings=("LBA-12",),
