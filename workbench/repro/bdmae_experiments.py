@@ -48,12 +48,16 @@ class BDMAEPreset:
     model_train_size: int | None  # training images of the reduced models (None = all)
     datasets: tuple[str, ...] = ("cifar10", "gtsrb")  # datasets of every table
     bdmae: BDMAEConfig = field(default_factory=BDMAEConfig)
+    diffpure_images: int = 500  # Table 1's clean and triggered images (the paper's 500), at most Table 2's count
+    diffpure_datasets: tuple[str, ...] = ("cifar10", "gtsrb")  # Table 1's datasets (those of `datasets`)
 
 
 BDMAE_PRESETS = {
     "smoke": BDMAEPreset(8, 4, 1, 1000, ("cifar10",), BDMAEConfig(outer_rounds=2, inner_masks=3, refine_steps=2)),
-    # cpu: 100 + 100 images outside the main setting keep notebook 11 under an hour on 2 cores
-    "cpu": BDMAEPreset(500, 100, 6, 15_000),
+    # cpu: 100 + 100 images outside the main setting keep notebook 11 under an hour on 2 cores; DiffPure (Table 1)
+    # on 200 + 200 CIFAR-10 images: its 100 network passes cost 1.0 (DDPM) and 1.3 (SDE) s per image on 2 cores,
+    # 38 minutes for the paper's 500 + 500 with both samplers
+    "cpu": BDMAEPreset(500, 100, 6, 15_000, diffpure_images=200, diffpure_datasets=("cifar10",)),
     "paper": BDMAEPreset(10_000, 10_000, 60, None),
 }
 
