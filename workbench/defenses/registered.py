@@ -89,12 +89,17 @@ TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weigh
                    "warmup_fraction", "label_smoothing", "augment")
 
 
+def refuse_unknown(settings: dict[str, Any], allowed: tuple[str, ...] | list[str], what: str) -> None:
+    """Refuse keys of `settings` outside `allowed`, naming them and the choices (`what`: e.g. "training settings")."""
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise WorkbenchError(f"unknown {what} {unknown}; choose among {', '.join(allowed)}")
+
+
 def training_settings(training: dict[str, Any] | None) -> dict[str, Any]:
     """`training` checked: only `TRAINING_FIELDS`, with values `TrainConfig` accepts."""
     training = dict(training or {})
-    unknown = sorted(set(training) - set(TRAINING_FIELDS))
-    if unknown:
-        raise WorkbenchError(f"unknown training settings {unknown}; choose among {', '.join(TRAINING_FIELDS)}")
+    refuse_unknown(training, TRAINING_FIELDS, "training settings")
     TrainConfig(dataset="cifar10", model="lenet5", **training)  # checks the values (the names are placeholders)
     return training
 
@@ -311,11 +316,7 @@ class DiffPurePurifier(_Transform):
     name = "diffpure"
 
     def __init__(self, *, diffusion: Diffusion | None = None, **config: Any) -> None:
-        fields = [f.name for f in dataclasses.fields(DiffPure) if f.name != "diffusion"]
-        unknown = sorted(set(config) - set(fields))
-        if unknown:
-            raise WorkbenchError(f"unknown DiffPure setting(s) {', '.join(unknown)}; choose among {', '.join(fields)}"
-                                 " (and diffusion=)")
+        refuse_unknown(config, [f.name for f in dataclasses.fields(DiffPure)], "DiffPure settings")
         super().__init__(**config)
         self.diffusion = diffusion
 

@@ -156,9 +156,9 @@ MATRIX_PRESETS: dict[str, MatrixPreset] = {
             "repairs": "fine-tuning and NAD 5 epochs (paper: 10 / 20), ANP 100 mask updates (ANP paper: 2,000; "
                        "400 took 20 minutes on one model with two other jobs on the 2 cores), I-BAU 3 rounds, head "
                        "replacement 20 epochs (T&R's public code: 100), on 1,000 clean holdout images"},
-        skipped={"diffpure": "100 diffusion-model passes per image (t* = 0.1 of 1,000 steps): about 10 more minutes "
-                             "over the matrix's 1,000 images on 2 CPU cores, past the hour the cpu matrix is sized "
-                             "for (notebook 11 measures its seconds per image); run it by name"}),
+        skipped={"diffpure": "100 diffusion-model passes per image (t* = 0.1 of 1,000 steps): 1.0 s per image with "
+                             "the DDPM sampler on 2 CPU cores (notebook 11), some 17 more minutes over the matrix's "
+                             "1,000 images, past the hour the cpu matrix is sized for; run it by name"}),
     "paper": MatrixPreset(subjects=_ALL, images=1000, draw=bdmae_repro.BDMAE_PRESETS["paper"].main_images,
                           holdout=2500),
 }
