@@ -381,10 +381,10 @@ def load_splits(name: str, *, seed: int = 0, holdout_fraction: float = 0.05, tra
     """Deterministic train / clean holdout / test splits.
 
     The clean holdout is a seeded, class-stratified `holdout_fraction` of the official train split (the
-    defender's small clean set, 5 % as in Trap and Replace); `train_size` / `test_size` take seeded stratified
-    subsets for small scales. MNIST's train split is not in the offline mirror: when it cannot be loaded,
-    the official 10,000-image test split is cut into test (20 %) and a pool (80 %) that is split into holdout
-    (`holdout_fraction` of the pool) and train (the rest), and `note` says so.
+    defender's small clean set, 5 % as in Trap and Replace; docs/implementation.md#data-splits); `train_size` /
+    `test_size` take seeded stratified subsets for small scales. MNIST's train split is not in the offline
+    mirror: when it cannot be loaded, the official 10,000-image test split is cut into test (20 %) and a pool
+    (80 %) that is split into holdout (`holdout_fraction` of the pool) and train (the rest), and `note` says so.
 
     Args:
         name: registered dataset name.

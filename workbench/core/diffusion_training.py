@@ -1,15 +1,15 @@
 """Training the workbench's own tiny diffusion model for DiffPure, because no pretrained one can be downloaded here.
 
-A DDPM (Ho et al. 2020): a small diffusers `UNet2DModel` predicts the noise eps of x_t = sqrt(abar_t) x_0 +
-sqrt(1 - abar_t) eps under diffusers' `DDPMScheduler` with the linear schedule of Ho et al. (N = 1000 steps,
+A DDPM ([DDPM]): a small diffusers `UNet2DModel` predicts the noise eps of x_t = sqrt(abar_t) x_0 +
+sqrt(1 - abar_t) eps under diffusers' `DDPMScheduler` with the linear schedule of [DDPM] (N = 1000 steps,
 beta 1e-4 -> 0.02, the public 32 px CIFAR-10 DDPM's), trained with the simple loss ||eps - eps_theta(x_t, t)||^2
-(Ho et al. Eq. 14) on clean CIFAR-10 training images (the training part of the workbench split; never holdout or
+([DDPM] Eq. 14) on clean CIFAR-10 training images (the training part of the workbench split; never holdout or
 test images), flipped at random.
 
 Deviation (named in notebook 11): DiffPure only ever runs the reverse process from t* = 0.1 (100 of the 1,000
-steps; Nie et al. Sec. 5.1) down to 0, so the tiny model is trained on t < `max_time` N only (0.2: the steps
+steps; [DiffPure] Sec. 5.1) down to 0, so the tiny model is trained on t < `max_time` N only (0.2: the steps
 DiffPure uses, with a margin for other t*). It cannot generate images from pure noise, and `DiffPure` refuses a t*
-above its `max_time`. The paper's model is OpenAI's 256 px ImageNet-trained one (BDMAE App. C).
+above its `max_time`. The paper's model is OpenAI's 256 px ImageNet-trained one ([BDMAE] App. C).
 
 `python -m workbench diffusion` trains it in stages (each resuming after an interruption), writes the weights with
 their recipe to `data/assets/diffusion/` (`--commit`), where `load_workbench_diffusion()` finds them, and records
@@ -42,7 +42,7 @@ TINY_UNET: tuple[tuple[str, Any], ...] = (
     ("down_block_types", ("DownBlock2D", "AttnDownBlock2D", "DownBlock2D")),
     ("up_block_types", ("UpBlock2D", "AttnUpBlock2D", "UpBlock2D")),
 )
-#: The noise schedule (diffusers `DDPMScheduler` settings): Ho et al.'s, as the public 32 px CIFAR-10 DDPM.
+#: The noise schedule (diffusers `DDPMScheduler` settings): [DDPM]'s, as the public 32 px CIFAR-10 DDPM.
 DDPM_SCHEDULE: tuple[tuple[str, Any], ...] = (
     ("num_train_timesteps", 1000), ("beta_start", 1e-4), ("beta_end", 0.02), ("beta_schedule", "linear"),
     ("clip_sample", True), ("prediction_type", "epsilon"), ("variance_type", "fixed_small"),
@@ -145,7 +145,7 @@ def train_diffusion(config: DiffusionTrainConfig, *, device: str = "auto", check
 @torch.no_grad()
 def held_out_denoising_error(diffusion: Diffusion, dataset: str = "cifar10", *, t_star: float = 0.1,
                              images: int = 256, seed: int = 0, split_seed: int = 0) -> float:
-    """Mean squared error of the predicted noise at step t* N on test images the model never saw (Ho et al.'s
+    """Mean squared error of the predicted noise at step t* N on test images the model never saw ([DDPM]'s
     training loss, measured at DiffPure's noise level), with seeded images and noise."""
     test = load_splits(dataset, seed=split_seed).test
     gen = make_generator(seed)

@@ -1,4 +1,4 @@
-"""Masked autoencoder (He et al. 2022) with explicit per-image token masks, and the restoration of Eq. 1.
+"""Masked autoencoder ([MAE]) with explicit per-image token masks, and the restoration of Eq. 1.
 
 `MaskedAutoencoderViT` keeps the official implementation's parameter names (patch_embed.proj, cls_token,
 pos_embed, blocks.N.*, norm, decoder_embed, mask_token, decoder_pos_embed, decoder_blocks.N.*, decoder_norm,
@@ -7,9 +7,10 @@ official code it takes the token mask as an input (1 = masked) instead of drawin
 may have different numbers of masked tokens: visible tokens are padded to the longest and padding is excluded
 from attention, which keeps per-image semantics exactly.
 
-Conventions (IMPLEMENTATION_NOTES.md, BDMAE): the MAE sees images resized bilinearly to its input size and
-normalised with the ImageNet mean/std; it predicts normalised pixels (no norm-pix loss), which `restore`
-un-normalises, brings back to the data resolution with nearest interpolation and pastes into the masked tokens.
+Conventions ([BDMAE]'s public code; docs/implementation.md#bdmae-model-access-and-mae-input): the MAE sees images
+resized bilinearly to its input size and normalised with the ImageNet mean/std; it predicts normalised pixels (no
+norm-pix loss), which `restore` un-normalises, brings back to the data resolution with nearest interpolation and
+pastes into the masked tokens.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def random_token_masks(n: int, num_tokens: int, ratio: float, generator: torch.G
 
 # --------------------------------------------------------------------------------------- restoration
 class MAERestorer:
-    """Restoration with a generic MAE (BDMAE Eq. 1), batched over images and masks.
+    """Restoration with a generic MAE ([BDMAE] Eq. 1), batched over images and masks.
 
     `restore(x, token_mask)` resizes x to the MAE input (bilinear, align_corners=False), normalises it with
     the ImageNet statistics, predicts every patch, un-normalises, resizes back to the data resolution with
@@ -287,7 +288,7 @@ class MAERestorer:
         return out
 
     def restore(self, x: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """BDMAE Eq. 1: (x~, m~) for images x (N, C, H, W) in [0, 1] and token masks (N, L), 1 = restore.
+        """[BDMAE] Eq. 1: (x~, m~) for images x (N, C, H, W) in [0, 1] and token masks (N, L), 1 = restore.
 
         Returns:
             x~ (N, C, H, W): x outside the mask, the MAE's prediction inside; m~ (N, 1, H, W) pixel mask.

@@ -165,7 +165,7 @@ def _draw(gen: torch.Generator, n: int, config: MAETrainConfig) -> tuple[torch.T
 def held_out_evaluation(mae: MaskedAutoencoderViT, datasets: tuple[str, ...], *, images: int = 256, seed: int = 0,
                         examples: int = 4, split_seed: int = 0) -> tuple[dict[str, float], list[torch.Tensor]]:
     """Restoration error on test images the MAE never saw (each dataset's workbench test split), at 75 % random
-    masking through `MAERestorer` (BDMAE Eq. 1: data resolution, grey images replicated to RGB and averaged back).
+    masking through `MAERestorer` ([BDMAE] Eq. 1: data resolution, grey images replicated to RGB and averaged back).
 
     Returns:
         ({dataset: mean squared error over the masked pixels, pixel values in [0, 1]},

@@ -124,7 +124,7 @@ def _resnet_small(in_channels: int, num_classes: int, image_size: int,
 
 # --------------------------------------------------------------------------------- ResNet-18, CIFAR stem
 class _BasicBlock(nn.Module):
-    """Post-activation ResNet basic block (He et al. 2016)."""
+    """Post-activation ResNet basic block ([ResNet])."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -156,9 +156,9 @@ def _resnet18(in_channels: int, num_classes: int, image_size: int) -> tuple[Orde
 
 # -------------------------------------------------------------------------------------------- WRN-16-1
 class _WideBlock(nn.Module):
-    """Pre-activation wide-ResNet block with LeakyReLU(0.1) (follows the T&R public code's WRN, per
-    IMPLEMENTATION_NOTES.md); 1x1 conv shortcut on the activated input when the width changes; dropout between
-    the two convolutions (p = 0 unless `set_dropout` raises it), as in the original WRN."""
+    """Pre-activation wide-ResNet block ([WRN]) with LeakyReLU(0.1) (follows the T&R public code's WRN, per
+    docs/implementation.md#trap-and-replace-architecture); 1x1 conv shortcut on the activated input when the width
+    changes; dropout between the two convolutions (p = 0 unless `set_dropout` raises it), as in the original WRN."""
 
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -178,8 +178,9 @@ class _WideBlock(nn.Module):
 def _wrn16_1(in_channels: int, num_classes: int, image_size: int) -> tuple[OrderedDict, str, str]:
     """WRN-16-1: channels 16/16/32/64, two blocks per group, strides 1/2/2.
 
-    Default split (IMPLEMENTATION_NOTES.md, T&R): stem = conv1 + block1 (2) + block2 (2) + block3_0
-    (64 x 8 x 8 for 32 px inputs); head = block3_1 + BN + LeakyReLU + global pool + FC.
+    Default split ([T&R]'s public code; docs/implementation.md#trap-and-replace-architecture): stem = conv1 +
+    block1 (2) + block2 (2) + block3_0 (64 x 8 x 8 for 32 px inputs); head = block3_1 + BN + LeakyReLU + global
+    pool + FC.
     """
     stages: OrderedDict[str, nn.Module] = OrderedDict(conv1=nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False))
     cin = 16

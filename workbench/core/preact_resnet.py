@@ -1,8 +1,8 @@
 """PreAct-ResNet18 with BackdoorBench's parameter names, so its `attack_result.pt` state dicts load strictly.
 
 The layout (module names, kernel sizes, strides, where the shortcut convolution sits) follows BackdoorBench v2's
-`models/preact_resnet.py` (the pre-activation ResNet of He et al., "Identity Mappings in Deep Residual Networks",
-2016, in the CIFAR form: a 3x3 stem at stride 1, no max-pooling). The code is the workbench's own.
+`models/preact_resnet.py` (the pre-activation ResNet of [PreActResNet], in the CIFAR form: a 3x3 stem at stride 1,
+no max-pooling). The code is the workbench's own.
 
 State-dict keys: `conv1.weight`; `layer{1..4}.{0,1}.{bn1,conv1,bn2,conv2}.*` and, in the first block of layers 2-4,
 `layer{2..4}.0.shortcut.0.weight`; optionally `bn.*` (a final BatchNorm + ReLU before pooling, which some

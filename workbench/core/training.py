@@ -72,8 +72,8 @@ class TrainConfig:
         label_smoothing: cross-entropy label smoothing.
         augment: "crop_flip" (random crop with 4 px zero padding + horizontal flip), "crop" or "none".
         seed: seed of initialisation, shuffling and augmentation.
-        all_classes_poison: backdoor every class with its own trigger (REStore Sec. V-B); excludes `poison`.
-        logit_anchor: lambda of REStore Eq. 10 (logit obfuscation, 0.05 in the paper; 0 = off): poisoned images
+        all_classes_poison: backdoor every class with its own trigger ([REStore] Sec. V-B); excludes `poison`.
+        logit_anchor: lambda of [REStore] Eq. 10 (logit obfuscation, 0.05 in the paper; 0 = off): poisoned images
             are trained on (1 - lambda) CE + lambda MSE(f(x_po), f(x_hat)), x_hat a clean target-class image of the
             same batch (its logits detached: it is the anchor, not a training signal). Needs `poison`.
     """
@@ -295,7 +295,7 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
                     loss, memo = _anchored_loss(model(x), y, poisoned[idx].to(dev), config, gen, memo)
                 else:
                     loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
-            if injection is not None:  # LBA's injection term (Yao et al. Sec. 4.2) on this batch's triggered images
+            if injection is not None:  # LBA's injection term ([LBA] Sec. 4.2) on this batch's triggered images
                 term, latent_memo = latent_distance(latents[-1], y, poisoned[idx].to(dev), config.poison.target,
                                                     latent_memo)
                 loss = loss + injection.weight * term
@@ -319,7 +319,7 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
 
 def _anchored_loss(logits: torch.Tensor, y: torch.Tensor, poisoned: torch.Tensor, config: TrainConfig,
                    gen: torch.Generator, memo: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """REStore Eq. 10 on one batch: plain CE on clean images; (1 - lambda) CE + lambda MSE(f(x_po), f(x_hat)) on
+    """[REStore] Eq. 10 on one batch: plain CE on clean images; (1 - lambda) CE + lambda MSE(f(x_po), f(x_hat)) on
     poisoned ones, x_hat drawn among the batch's clean target-class images. A batch without one reuses the last
     anchor's logits (App. A-4 memoises the anchor; here its logits, from the step that drew it). Returns the loss
     and the memo."""

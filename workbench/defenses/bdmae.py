@@ -1,5 +1,5 @@
-"""BDMAE: blind backdoor defence at test time with a masked autoencoder (Mask and Restore,
-000_3dfa915886641a93.txt), on hard-label black-box access.
+"""BDMAE: blind backdoor defence at test time with a masked autoencoder ([BDMAE], "Mask and Restore"), on
+hard-label black-box access.
 
 Three stages, each batched over images while keeping the paper's per-image algorithm:
 
@@ -11,12 +11,12 @@ Three stages, each batched over images while keeping the paper's per-image algor
 3. adaptive restoration (Sec. 4.4): K nested thresholds raised until at most 25 % of the tokens exceed the
    lowest, K restorations fused into the purified image.
 
-Implementation facts the paper leaves out follow the authors' public code as recorded in
-IMPLEMENTATION_NOTES.md (mask sampling by cut permutations, SSIM constants, cumulative fusion, L, the
-threshold update). Where the notes and the paper disagree we follow the paper and keep the other as an option:
+Implementation facts the paper leaves out follow the authors' public code, as docs/implementation.md#bdmae records
+them (mask sampling by cut permutations, SSIM constants, cumulative fusion, L, the threshold update). Where the
+code and the paper disagree we follow the paper and keep the other as an option:
 the first token of a topology-aware mask is the argmax of the score (paper) unless `random_seed_token`
 (authors' code: argmax of U(0,1) x score), and thresholds rise while more than 25 % of tokens exceed the
-lowest one (paper: "<= 25 %" must hold; notes: ">= 25 %" triggers a rise).
+lowest one (paper: "<= 25 %" must hold; code: ">= 25 %" triggers a rise).
 
 Randomness is drawn from one generator per image, seeded from (seed, image index), so an image's result does
 not depend on what else is in its batch: the batched implementation equals the one-image-at-a-time loop.
@@ -99,7 +99,8 @@ VARIANTS = {
     "base_l": BDMAEConfig(alpha=0.0),
     "no_refinement": BDMAEConfig(refine=False),
     "fixed_threshold": BDMAEConfig(fixed_threshold=0.5),
-    # not in the paper: the authors' code seeds topology-aware masks at argmax U(0,1) x S (IMPLEMENTATION_NOTES)
+    # not in the paper: the authors' code seeds refinement masks at argmax U(0,1) x S
+    # (docs/implementation.md#bdmae-refinement)
     "authors_seed": BDMAEConfig(random_seed_token=True),
 }
 

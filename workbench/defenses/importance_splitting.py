@@ -1,7 +1,7 @@
 """Importance splitting (adaptive multilevel splitting) for rare-event probabilities, batched over problems.
 
-Spec: REStore (`shared/papers/001_50232a1a7c9a07d0.txt`), App. E and Alg. 1, after Cerou et al. (2012) and Tit,
-Furon & Rousset (2021); the REStore section of IMPLEMENTATION_NOTES.md. Given a distribution L (a `generate`
+Spec: [REStore] App. E and Alg. 1, after [Cerou2012] and [Tit2021]; see also
+docs/implementation.md#restore-importance-splitting. Given a distribution L (a `generate`
 function), an L-invariant, reversible `kernel` with a strength s, and a `score` function, it estimates
 rho_tau = P(score(X) > tau) for an increasing series of levels tau_1 < tau_2 < ... (Eqs. 11-14):
 
@@ -65,7 +65,7 @@ class Score(Protocol):
 
 @dataclass(frozen=True)
 class SplittingConfig:
-    """Settings of importance splitting (REStore Sec. IV-B: n = 500, k = 250, T = 30, J_max = 40, s = 1).
+    """Settings of importance splitting ([REStore] Sec. IV-B: n = 500, k = 250, T = 30, J_max = 40, s = 1).
 
     Args:
         particles: n.
@@ -113,7 +113,7 @@ class SplittingConfig:
 
 
 def decay_to_one_component(passes: int, strength: float, components: float) -> float:
-    """REStore Sec. IV-B's decay: after `passes` decays, a kernel that redraws `strength * components` components
+    """[REStore] Sec. IV-B's decay: after `passes` decays, a kernel that redraws `strength * components` components
     on average (Eq. 16: s d alpha_def) redraws a single one, i.e. decay ** passes * strength * components = 1."""
     check_positive_int(passes, "passes")
     if strength * components <= 1:

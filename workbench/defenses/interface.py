@@ -192,7 +192,7 @@ class Repairer(Protocol):
 
 class TrainingDefence(Protocol):
     """Training-time defence on a possibly poisoned training set: T&R stages 1 + 2 (Alg. 1), and its baselines
-    ABL and DP-SGD (T&R Sec. 4.1)."""
+    ABL and DP-SGD ([T&R] Sec. 4.1)."""
 
     def train(self, model: nn.Module, train_set: Any, *, clean_holdout: Any = None, seed: int = 0) -> Training: ...
 

@@ -1,7 +1,6 @@
-"""L-RED: Lagrange-based reverse-engineering detection of imperceptible backdoors (Xiang et al., ICASSP 2021).
+"""L-RED: Lagrange-based reverse-engineering detection of imperceptible backdoors ([L-RED]).
 
-Spec: `shared/papers/003_48502a7d15d66cb9.txt` (Sec. 3, App. A.1-A.2) and the L-RED section of
-IMPLEMENTATION_NOTES.md. Two steps:
+Spec: [L-RED] Sec. 3, App. A.1-A.2 and docs/implementation.md#l-red. Two steps:
 
 1. Pattern estimation (Alg. 1). For each putative target t: v = 0 and w uniform over the classes s != t; each
    iteration takes a step of length delta along the normalised gradient of the surrogate
@@ -12,15 +11,15 @@ IMPLEMENTATION_NOTES.md. Two steps:
 2. Anomaly detection (Sec. 3.2). r_t = 1 / ||v_t||_2; a Gamma null G fitted to every statistic but the largest;
    order-statistic p-value 1 - G(r_max)^K; attack if p < theta; inferred target argmax_t r_t.
 
-RED-U (the "all other classes are sources" baseline) is the same estimation with w frozen uniform; RED-P (Xiang et
-al., ICASSP 2020) runs one estimation per class pair (s, t) on D_s alone, with the same test over all pairs.
+RED-U (the "all other classes are sources" baseline) is the same estimation with w frozen uniform; RED-P
+([RED-P]) runs one estimation per class pair (s, t) on D_s alone, with the same test over all pairs.
 
 Every variant is one call of `estimate_patterns`, which runs all estimation problems of a classifier at once: one
 forward and backward pass per iteration over every (problem, image) pair still running, on any device. The
 estimation is deterministic (no random draws); the seed only chooses the clean images (`detection_images`).
 
-Beyond the paper (both from the author's related scripts, see IMPLEMENTATION_NOTES.md): an estimation also stops when
-||v||_2 exceeds `max_norm` (6), and only x + v is clipped to [0, 1], never v itself.
+Beyond the paper (both from the author's related scripts, see docs/implementation.md#l-red-estimation): an
+estimation also stops when ||v||_2 exceeds `max_norm` (6), and only x + v is clipped to [0, 1], never v itself.
 """
 
 from __future__ import annotations

@@ -119,8 +119,8 @@ def _seeded(config: Any, seed: int) -> Any:
 # --- detectors ----------------------------------------------------------------------------------------------------
 
 class _LRED:
-    """L-RED (Xiang et al., "Detection of backdoors in trained classifiers without access to the training set"):
-    pattern estimation with annealed source weights (Alg. 1, Eqs. 3-8) and the order-statistic test (Sec. 3.2)."""
+    """L-RED ([L-RED]): pattern estimation with annealed source weights (Alg. 1, Eqs. 3-8) and the order-statistic
+    test (Sec. 3.2)."""
 
     method = "RED-A"
     default_per_class = 8  # the workbench's cpu preset (the paper's Sec. 4.3 setting uses more; see notebook 31)
@@ -213,7 +213,7 @@ def _restore_settings(setup: str, output: str, alpha: float | None, per_set: int
 
 @register("restore-diagnosis", "detector")
 class RestoreDetector:
-    """REStore's diagnosis (Le Roux, Kallas & Furon, Sec. III-D2, IV-D): the class whose tau -> rho map lies
+    """REStore's diagnosis ([REStore] Sec. III-D2, IV-D): the class whose tau -> rho map lies
     highest is the suspect; a backdoor is reported when its lead over the runner-up, in log10 rho, is at least
     `min_margin` (the paper compares maps by eye, Fig. 3-5; the threshold is the workbench's, 1 = ten times more
     probable by default)."""
@@ -241,7 +241,7 @@ class RestoreDetector:
 
 @register("bdmae", "purifier")
 class BDMAEPurifier:
-    """BDMAE (Sun et al., "Mask and Restore", Alg. 1-3): blind purification with a masked autoencoder on label
+    """BDMAE ([BDMAE] Alg. 1-3): blind purification with a masked autoencoder on label
     access. `variant` picks the paper's ablations ("full", "base_i", "base_l", "no_refinement", "fixed_threshold"
     and the authors' code's "authors_seed"); other keywords are `BDMAEConfig` fields. `restorer` defaults to the
     workbench's committed tiny MAE (images of another size are resized to it and back)."""
@@ -287,28 +287,28 @@ class _Transform:
 
 @register("blur", "purifier")
 class Blur(_Transform):
-    """Gaussian blur (BDMAE App. C baseline: 3 x 3 kernel, `sigma` 0.5 weak / 1.0 strong)."""
+    """Gaussian blur ([BDMAE] App. C baseline: 3 x 3 kernel, `sigma` 0.5 weak / 1.0 strong)."""
 
     name, defence = "blur", _Blur
 
 
 @register("shrinkpad", "purifier")
 class ShrinkPad(_Transform):
-    """ShrinkPad (Li et al. 2021; BDMAE App. C baseline: `pad` 4 weak / 8 strong on 32 px images)."""
+    """ShrinkPad ([ShrinkPad]; [BDMAE] App. C baseline: `pad` 4 weak / 8 strong on 32 px images)."""
 
     name, defence = "shrinkpad", _ShrinkPad
 
 
 @register("patchcleanser", "purifier")
 class PatchCleanser(_Transform):
-    """PatchCleanser's double masking on labels (Xiang et al. 2022; BDMAE App. C); no purified images."""
+    """PatchCleanser's double masking on labels ([PatchCleanser]; [BDMAE] App. C); no purified images."""
 
     name, defence = "patchcleanser", _PatchCleanser
 
 
 @register("diffpure", "purifier")
 class DiffPurePurifier(_Transform):
-    """DiffPure (Nie et al. 2022; BDMAE Sec. 5.1, Table 1): diffuse each image to `t_star` and run the reverse
+    """DiffPure ([DiffPure]; [BDMAE] Sec. 5.1, Table 1): diffuse each image to `t_star` and run the reverse
     process back (`sampler` "ddpm" or "sde"), then classify (one label query per image). `diffusion` defaults to
     the workbench's committed tiny 32 px model; any diffusers DDPM folder loads with
     `workbench.core.diffusion.load_diffusion`. Other keywords are `DiffPure` fields."""
@@ -327,7 +327,7 @@ class DiffPurePurifier(_Transform):
 
 @register("februus", "purifier")
 class Februus:
-    """Februus (Doan et al. 2020; BDMAE App. C): inpaint the Grad-CAM++ region with the MAE (white-box). `layer`:
+    """Februus ([Februus]; [BDMAE] App. C): inpaint the Grad-CAM++ region with the MAE (white-box). `layer`:
     the module whose output is the last convolutional feature map (e.g. "layer4" of a torchvision ResNet); by
     default a workbench model's own, or the `cam_layer` a wrapped model declares (BackdoorBench records do)."""
 
@@ -337,7 +337,7 @@ class Februus:
 
     def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
                ) -> Purification:
-        """Inpaint each image's CAM region above `threshold` with the MAE, then classify (BDMAE App. C)."""
+        """Inpaint each image's CAM region above `threshold` with the MAE, then classify ([BDMAE] App. C)."""
         model = white_box(model_or_query, "Februus")
         check_classifier(model, images)
         self.restorer = self.restorer or MAERestorer(load_workbench_mae(device=str(next(model.parameters()).device)))
@@ -438,7 +438,7 @@ class _Repair:
 
 @register("fine-tuning", "repair")
 class FineTuning(_Repair):
-    """Fine-tuning every layer on the clean holdout (Liu et al. 2018; NAD's teacher recipe by default)."""
+    """Fine-tuning every layer on the clean holdout ([Fine-Pruning]; NAD's teacher recipe by default)."""
 
     name, config_class = "fine-tuning", FineTuneConfig
     function = staticmethod(fine_tune)
@@ -446,7 +446,7 @@ class FineTuning(_Repair):
 
 @register("nad", "repair")
 class NAD(_Repair):
-    """Neural Attention Distillation (Li et al. 2021): fine-tuned teacher, attention-distilled student. Without
+    """Neural Attention Distillation ([NAD]): fine-tuned teacher, attention-distilled student. Without
     `stages`, a model that lacks WRN-16-1's residual groups distils its deepest spatial stages (a wrapped model's
     deepest spatial top-level modules, e.g. torchvision's layer2-4; `nad.default_stages`)."""
 
@@ -457,26 +457,26 @@ class NAD(_Repair):
         self.stages_given = "stages" in config
 
     def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
-        """NAD's teacher fine-tuning, then attention distillation into the student (NAD Sec. 3)."""
+        """NAD's teacher fine-tuning, then attention distillation into the student ([NAD] Sec. 3)."""
         config = config if self.stages_given else default_stages(model, config)
         return nad(model, holdout, config, device=self.device, progress=self.progress), {"stages": config.stages}
 
 
 @register("anp", "repair")
 class ANP(_Repair):
-    """Adversarial Neuron Pruning (Wu & Wang 2021): prune BatchNorm neurons sensitive to adversarial perturbation."""
+    """Adversarial Neuron Pruning ([ANP]): prune BatchNorm neurons sensitive to adversarial perturbation."""
 
     name, config_class = "anp", ANPConfig
 
     def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
-        """ANP's adversarial mask optimisation, then pruning by the learned masks (ANP Sec. 3-4)."""
+        """ANP's adversarial mask optimisation, then pruning by the learned masks ([ANP] Sec. 3-4)."""
         result = anp_with_masks(model, holdout, config, device=self.device, progress=self.progress)
         return result.model, result
 
 
 @register("i-bau", "repair")
 class IBAU(_Repair):
-    """I-BAU (Zeng et al. 2022): implicit hypergradient unlearning of a universal adversarial perturbation."""
+    """I-BAU ([I-BAU]): implicit hypergradient unlearning of a universal adversarial perturbation."""
 
     name, config_class = "i-bau", IBAUConfig
     function = staticmethod(ibau)
@@ -496,7 +496,7 @@ class HeadReplacement(_Repair):
         self.split = split
 
     def run(self, model: nn.Module, holdout: ImageDataset, config: Any) -> tuple[nn.Module, Any]:
-        """Re-initialise and retrain a copy's head from `split` on (T&R Alg. 1 lines 5-6)."""
+        """Re-initialise and retrain a copy's head from `split` on ([T&R] Alg. 1 lines 5-6)."""
         split = resolve_split(model, self.split)
         repaired = copy.deepcopy(model).requires_grad_(True)
         history = replace_head(repaired, holdout, config, training_recipe(model, holdout), split, device=self.device,
@@ -573,7 +573,7 @@ class TrapSettings:
 
 @register("trap-and-replace", "training")
 class TrapAndReplace(_TrainingDefence):
-    """Trap and Replace (Wang et al., NeurIPS 2022, Alg. 1) on any architecture: stage 1 trains the model with a
+    """Trap and Replace ([T&R] Alg. 1) on any architecture: stage 1 trains the model with a
     reconstruction head on the stem (Eq. 1) on the poisoned training set, stage 2 re-initialises the head from
     `split` on and retrains it on `clean_holdout` with the stem frozen (Eq. 2)."""
 
@@ -603,26 +603,26 @@ class TrapAndReplace(_TrainingDefence):
 
 @register("abl", "training")
 class ABL(_TrainingDefence):
-    """Anti-Backdoor Learning (Li et al. 2021; a T&R baseline, Sec. 4.1): LGA isolation, fine-tuning, unlearning
+    """Anti-Backdoor Learning ([ABL]; a [T&R] baseline, Sec. 4.1): LGA isolation, fine-tuning, unlearning
     of the isolated examples, on any architecture."""
 
     name, config_class = "abl", ABLConfig
 
     def run(self, model: nn.Module, train: ImageDataset, recipe: TrainConfig, config: ABLConfig,
             clean_holdout: ImageDataset | None) -> tuple[nn.Module, dict[str, Any], Any]:
-        """ABL's three phases (ABL Sec. 3, Eq. 3) with `train_abl`."""
+        """ABL's three phases ([ABL] Sec. 3, Eq. 3) with `train_abl`."""
         result = train_abl(train, recipe, config, model=model, device=self.device, progress=self.progress)
         return result.model, {"history": result.history, "isolated": len(result.isolated)}, result
 
 
 @register("dp-sgd", "training")
 class DPSGD(_TrainingDefence):
-    """DP-SGD as a backdoor defence (Du et al. 2020; a T&R baseline, App. B.2): per-example clipping and Gaussian
+    """DP-SGD as a backdoor defence ([DP]; a [T&R] baseline, App. B.2): per-example clipping and Gaussian
     noise, on any architecture (its BatchNorm layers become GroupNorm)."""
 
     name, config_class = "dp-sgd", DPConfig
 
     def run(self, model: nn.Module, train: ImageDataset, recipe: TrainConfig, config: DPConfig,
             clean_holdout: ImageDataset | None) -> tuple[nn.Module, dict[str, Any], Any]:
-        """DP-SGD (Abadi et al. Alg. 1) with `train_dp`."""
+        """DP-SGD ([DP-SGD] Alg. 1) with `train_dp`."""
         return train_dp(train, recipe, config, model=model, device=self.device, progress=self.progress), {}, None

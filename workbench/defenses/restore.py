@@ -1,9 +1,8 @@
-"""REStore: backdoor diagnosis, trigger recovery and input purification by importance splitting (Le Roux, Kallas &
-Furon, SaTML 2024).
+"""REStore: backdoor diagnosis, trigger recovery and input purification by importance splitting ([REStore]).
 
-Spec: `shared/papers/001_50232a1a7c9a07d0.txt` (Sec. III-IV, App. F-H) and the REStore section of
-IMPLEMENTATION_NOTES.md. The engine is `workbench.defenses.importance_splitting`; this module supplies what REStore
-plugs into it and what it does with the output:
+Spec: [REStore] Sec. III-IV, App. F-H and docs/implementation.md#restore. The engine is
+`workbench.defenses.importance_splitting`; this module supplies what REStore plugs into it and what it does with
+the output:
 
 * Setups (Sec. IV-B, App. G-H): PI (sparse uniform pixel replacement, Eq. 17), FI (sparse Laplacian replacement of
   DCT coefficients, the highest third of the frequencies excluded and the lowest 5 % frozen), PG (a Gaussian latent

@@ -1,4 +1,4 @@
-"""Trap and Replace (T&R; Wang et al., NeurIPS 2022): bait the backdoor into a small classification head, then
+"""Trap and Replace (T&R; [T&R]): bait the backdoor into a small classification head, then
 replace that head using a small clean holdout.
 
 Stage 1 (Sec. 3.2, Eq. 1; Alg. 1 lines 1-3): split a classifier into a stem f_s and a light head f_c at a
@@ -7,8 +7,9 @@ stem's features and train all three end to end on the (possibly poisoned) traini
 
     L = CE(f_c(f_s(x)), y) + lambda1 MSE(f_r(f_s(x)), x) + lambda2 TV(f_r(f_s(x))).
 
-Eq. 1 as printed weights the TV term by lambda1 lambda2; the public code (IMPLEMENTATION_NOTES.md) weights it by
-lambda2 alone and uses the mean squared error for the "l2 loss". We follow the code and name it here.
+Eq. 1 as printed weights the TV term by lambda1 lambda2; the public code weights it by lambda2 alone and uses the
+mean squared error for the "l2 loss". We follow the code and name it here
+(docs/implementation.md#trap-and-replace-training).
 lambda1 = 10, lambda2 = 0.1 (App. B.2); TV = (sum of squared vertical and horizontal neighbour differences) /
 tensor size. lambda1 = 0 is ordinary training (the "no reconstruction" ablation of Table 4, and "No defense").
 
@@ -248,7 +249,7 @@ def train_trap(net: TrapNet, train: ImageDataset, recipe: TrainConfig, *, rec_we
     augmentation, label smoothing and seed of `recipe` (its model / dataset names only label the progress bar).
 
     `poisoned` ((N,) bool, the triggered images of `train`) is needed when the recipe's poison carries a latent
-    injection (LBA, T&R App. C.1: the adaptive attacker adds its term to this training too).
+    injection (LBA, [T&R] App. C.1: the adaptive attacker adds its term to this training too).
 
     Returns the per-epoch training history (`train_classifier`'s).
     """
@@ -348,7 +349,7 @@ def reconstruction_error(net: TrapNet, images: torch.Tensor, batch_size: int = 5
 
 def cutmix(x: torch.Tensor, y: torch.Tensor, beta: float, gen: torch.Generator
            ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """CutMix (Yun et al. 2019): paste a random box of a shuffled batch into each image.
+    """CutMix ([CutMix]): paste a random box of a shuffled batch into each image.
 
     lam ~ Beta(beta, beta); the box has area (1 - lam) of the image, centred uniformly and clipped at the border;
     lam is then set to the kept fraction. Returns (mixed images, labels of the pasted images, lam).

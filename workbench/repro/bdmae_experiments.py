@@ -1,7 +1,7 @@
 """BDMAE experiments: the models, defences and evaluation behind `11_bdmae_tables.ipynb`.
 
 Every defence is evaluated the same way on the same images: CA on clean test images, BA and ASR on triggered
-test images whose true class is not the target (BDMAE Sec. 5.1), with wall-clock seconds and label queries.
+test images whose true class is not the target ([BDMAE] Sec. 5.1), with wall-clock seconds and label queries.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def bdmae_model(dataset: str, poison: PoisonConfig | None, scale: str | None, *,
 
 
 def badnets_setting(dataset: str, attack: Attack, scale: str | None, *, reduced: bool = False) -> Setting:
-    """10 % all-to-one poisoning with `attack` (BDMAE App. B.1)."""
+    """10 % all-to-one poisoning with `attack` ([BDMAE] App. B.1)."""
     target = TARGETS[dataset]
     poison = PoisonConfig(attack, target=target, ratio=0.1)
     return Setting(bdmae_model(dataset, poison, scale, reduced=reduced), attack, target)
@@ -138,7 +138,7 @@ def challenging_settings(dataset: str, scale: str | None) -> dict[str, Setting]:
 
 
 def trigger_variants() -> dict[str, Attack]:
-    """BDMAE Tables A.3/A.4: 1x1-3x3 colour (random, seeded) and white patches at the colour patch's place."""
+    """[BDMAE] Tables A.3/A.4: 1x1-3x3 colour (random, seeded) and white patches at the colour patch's place."""
     variants = {}
     for size in (1, 2, 3):
         variants[f"{size}x{size}-color"] = make_attack("badnets", pattern="random_colour", size=size, row=16, col=27,
@@ -186,7 +186,7 @@ def evaluate(predict: Predict, x_clean: torch.Tensor, y_clean: torch.Tensor, x_b
 
 def defences(trained: TrainedModel, restorer: MAERestorer, bdmae_config: BDMAEConfig,
              seed: int = 0, diffusion: Diffusion | None = None) -> dict[str, tuple[Predict, QueryModel | None]]:
-    """The comparison of BDMAE Table 2 (and, given a `diffusion` model, Table 1's DiffPure rows with both
+    """The comparison of [BDMAE] Table 2 (and, given a `diffusion` model, Table 1's DiffPure rows with both
     samplers): name -> (predict function, its QueryModel or None if white-box)."""
     out: dict[str, tuple[Predict, QueryModel | None]] = {}
 
@@ -294,7 +294,7 @@ def with_paper(table: pd.DataFrame, paper: dict[str, tuple[float, ...]], note: s
 def bdmae_accuracies(query: QueryModel, restorer: MAERestorer, config: BDMAEConfig, x_clean: torch.Tensor,
                      y_clean: torch.Tensor, x_bd: torch.Tensor, y_bd: torch.Tensor, seed: int = 0
                      ) -> tuple[float, float, BDMAEResult, BDMAEResult]:
-    """BDMAE Fig. 5's measurement for one configuration: CA and BA (%) of BDMAE with `config`, and the two results."""
+    """[BDMAE] Fig. 5's measurement for one configuration: CA and BA (%) of BDMAE with `config`, and the two results."""
     result_clean = BDMAE(query, restorer, config).purify(x_clean, seed=seed)
     result_bd = BDMAE(query, restorer, config).purify(x_bd, seed=seed)
     return (100 * (result_clean.labels == y_clean).float().mean().item(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-#: BDMAE (000_3dfa915886641a93.txt) Table 2, "Before Defense" row: ResNet-18 trained from scratch, BadNet with
+#: [BDMAE] Table 2, "Before Defense" row: ResNet-18 trained from scratch, BadNet with
 #: 1x1-3x3 white/colour patches, aggregated over 14 runs each; CA / BA / ASR in percent.
 BDMAE_TABLE2_BEFORE_DEFENSE = {
     "cifar10": {"CA": 93.3, "BA": 0.9, "ASR": 99.0},
@@ -12,7 +12,7 @@ BDMAE_TABLE2_BEFORE_DEFENSE = {
 }
 
 
-#: BDMAE Table 1 (CIFAR-10 and GTSRB columns): DiffPure with OpenAI's 256 px diffusion model vs BDMAE on 500 test
+#: [BDMAE] Table 1 (CIFAR-10 and GTSRB columns): DiffPure with OpenAI's 256 px diffusion model vs BDMAE on 500 test
 #: images, BadNet as in Table 2; (CA, BA, ASR) in percent. The extracted text interleaves the two DiffPure rows
 #: and splits some decimals ("16" ".2"); read as CA of both rows, then BA and ASR of each (CIFAR-10 certain). The
 #: GTSRB DiffPure BA / ASR are our reading of the run "41.0 42.8 44.8 51.9 44.4 52.8" (BA 41.0 / 42.8, ASR 44.8 /
@@ -31,7 +31,7 @@ BDMAE_TABLE1 = {
 }
 
 
-#: BDMAE Table 2 (CIFAR-10 and GTSRB columns): ResNet-18, BadNet 1x1-3x3 white/colour patches, 14 runs each;
+#: [BDMAE] Table 2 (CIFAR-10 and GTSRB columns): ResNet-18, BadNet 1x1-3x3 white/colour patches, 14 runs each;
 #: (CA, BA, ASR) in percent. "Ours Base" / "Ours Large" use the official MAE ViT-Base / ViT-Large.
 BDMAE_TABLE2 = {
     "cifar10": {
@@ -52,7 +52,7 @@ BDMAE_TABLE2 = {
     },
 }
 
-#: BDMAE Table 3 (CIFAR-10 and GTSRB columns; the paper has Blended results only for VGGFace2 and ImageNet10):
+#: [BDMAE] Table 3 (CIFAR-10 and GTSRB columns; the paper has Blended results only for VGGFace2 and ImageNet10):
 #: (CA, BA, ASR) in percent.
 BDMAE_TABLE3 = {
     ("cifar10", "IAB"): {
@@ -89,13 +89,13 @@ BDMAE_TABLE3 = {
     },
 }
 
-#: BDMAE Table A.2, clean models: (CA, BA) in percent. GTSRB's "before defence" CA lost its decimals in the text
+#: [BDMAE] Table A.2, clean models: (CA, BA) in percent. GTSRB's "before defence" CA lost its decimals in the text
 #: we have, so only CIFAR-10 is transcribed.
 BDMAE_TABLE_A2 = {
     "cifar10": {"Before defense": (93.8, 93.7), "BDMAE Base": (93.1, 93.1), "BDMAE Large": (93.3, 93.2)},
 }
 
-#: BDMAE Tables A.3 (CIFAR-10) and A.4 (GTSRB), per trigger: (CA, BA, ASR) in percent, for the rows the workbench
+#: [BDMAE] Tables A.3 (CIFAR-10) and A.4 (GTSRB), per trigger: (CA, BA, ASR) in percent, for the rows the workbench
 #: runs at every scale. A.4's Base-i / Base-l rows repeat Februus rows in the paper (a copy error), so they are
 #: left out; A.3's are kept.
 BDMAE_TABLE_A3_A4 = {
@@ -147,7 +147,7 @@ BDMAE_TABLE_A3_A4 = {
     },
 }
 
-#: L-RED (003_48502a7d15d66cb9.txt) Table 1: ASR and CTA (%, mean ± std over 10 ResNet-18 classifiers per group);
+#: [L-RED] Table 1: ASR and CTA (%, mean ± std over 10 ResNet-18 classifiers per group);
 #: the clean group C-0 has CTA 93.8 ± 0.1 (Sec. 4.2).
 LRED_TABLE1 = {
     "G-1": {"ASR": "92.1 ± 1.9", "CTA": "93.6 ± 0.2"}, "G-3": {"ASR": "94.1 ± 1.1", "CTA": "93.5 ± 0.2"},
@@ -156,7 +156,7 @@ LRED_TABLE1 = {
     "C-0": {"ASR": "", "CTA": "93.8 ± 0.1"},
 }
 
-#: L-RED Table 2: successful detections out of 10 classifiers per group.
+#: [L-RED] Table 2: successful detections out of 10 classifiers per group.
 LRED_TABLE2 = {
     "RED-P": {"G-1": "5/10", "G-3": "9/10", "G-9": "7/10", "L-1": "2/10", "L-3": "3/10", "L-9": "3/10", "C-0": "7/10"},
     "RED-U": {"G-1": "2/10", "G-3": "8/10", "G-9": "10/10", "L-1": "2/10", "L-3": "5/10", "L-9": "10/10",
@@ -166,14 +166,14 @@ LRED_TABLE2 = {
                "C-0": "9/10"},
 }
 
-#: L-RED Table 3: mean seconds per classifier on an RTX 2080 Ti (RED-U "similar to RED-A", not printed).
+#: [L-RED] Table 3: mean seconds per classifier on an RTX 2080 Ti (RED-U "similar to RED-A", not printed).
 LRED_TABLE3 = {
     "RED-P": {"G-1": 480, "G-3": 473, "G-9": 531, "L-1": 478, "L-3": 479, "L-9": 394, "C-0": 541},
     "RED-A": {"G-1": 562, "G-3": 615, "G-9": 636, "L-1": 529, "L-3": 482, "L-9": 536, "C-0": 535},
     "RED-A'": {"G-1": 136, "G-3": 161, "G-9": 167, "L-1": 129, "L-3": 169, "L-9": 163, "C-0": 157},
 }
 
-#: L-RED Table 4: order-statistic p-values of RED-A ("u.f." = underflow). Table 6: ASR / CTA of those classifiers.
+#: [L-RED] Table 4: order-statistic p-values of RED-A ("u.f." = underflow). Table 6: ASR / CTA of those classifiers.
 LRED_TABLE4 = {"attacked": {"mnist": "u.f.", "fashion-mnist": "8.44e-07", "gtsrb": "3.41e-09", "cifar100": "u.f."},
                "clean": {"mnist": "0.300", "fashion-mnist": "0.331", "gtsrb": "0.152", "cifar100": "0.551"}}
 LRED_TABLE6 = {"mnist": {"ASR": 96.3, "CTA": 98.9, "clean CTA": 99.1},
@@ -182,9 +182,9 @@ LRED_TABLE6 = {"mnist": {"ASR": 96.3, "CTA": 98.9, "clean CTA": 99.1},
                "cifar100": {"ASR": 98.0, "CTA": 72.4, "clean CTA": 72.8}}
 
 
-# --- REStore (001_50232a1a7c9a07d0.txt); MNIST and CIFAR-10 rows (CASIA-Webface is not obtainable here) ---------
+# --- [REStore]; MNIST and CIFAR-10 rows (CASIA-Webface is not obtainable here) ----------------------------------
 
-#: REStore Table I: CDA / ASR (%) of the paper's models; target class 3, poisoning ratio 5 %.
+#: [REStore] Table I: CDA / ASR (%) of the paper's models; target class 3, poisoning ratio 5 %.
 RESTORE_TABLE1 = {
     ("mnist", "lenet5"): {"benign": (99.1, None), "badnets": (99.1, 100.0), "sig": (99.1, 100.0),
                           "wanet": (98.9, 90.4)},
@@ -194,7 +194,7 @@ RESTORE_TABLE1 = {
                               "wanet": (94.0, 94.3)},
 }
 
-#: REStore Tables II (probits), VIII (logits) and IX (hard labels): recovered triggers' ASR (%) on the backdoored
+#: [REStore] Tables II (probits), VIII (logits) and IX (hard labels): recovered triggers' ASR (%) on the backdoored
 #: class, setups PI / FI.
 RESTORE_RECOVERED_ASR = {
     "probits": {
@@ -214,7 +214,7 @@ RESTORE_RECOVERED_ASR = {
     },
 }
 
-#: REStore Table III: (CDA, SDA, ASR) in % per defence; Februus at mask 0.8, REStore per scorer output.
+#: [REStore] Table III: (CDA, SDA, ASR) in % per defence; Februus at mask 0.8, REStore per scorer output.
 RESTORE_TABLE3 = {
     ("mnist", "lenet5", "badnets"): {
         "Februus XGradCAM": (95.0, 1.5, 98.5), "Februus GradCAM++": (96.0, 52.0, 47.4),
@@ -245,14 +245,14 @@ RESTORE_TABLE3 = {
         "REStore logits": (89.4, 86.3, 4.4), "REStore probits": (91.1, 89.1, 3.9), "REStore labels": (88.0, 85.5, 4.5)},
 }
 
-#: REStore Table IV: seconds per image of each defence (V100 GPU).
+#: [REStore] Table IV: seconds per image of each defence (V100 GPU).
 RESTORE_TABLE4 = {
     ("mnist", "lenet5"): {"Februus": 0.03, "BDMAE base": 0.16, "BDMAE large": 0.38, "REStore": 0.00003},
     ("mnist", "resnet18"): {"Februus": 0.04, "BDMAE base": 0.16, "BDMAE large": 0.39, "REStore": 0.00008},
     ("cifar10", "resnet18"): {"Februus": 0.04, "BDMAE base": 0.17, "BDMAE large": 0.39, "REStore": 0.0002},
 }
 
-#: REStore Tables XIV-XVI (CIFAR-10 ResNet-18, adaptive attacks): model CDA / ASR, the recovered triggers' ASR (PI,
+#: [REStore] Tables XIV-XVI (CIFAR-10 ResNet-18, adaptive attacks): model CDA / ASR, the recovered triggers' ASR (PI,
 #: logits scorer; mean over classes when every class is backdoored) and (CDA, SDA, ASR) after each defence.
 RESTORE_ADAPTIVE = {
     "all_classes": {"model": (93.9, 99.9), "recovered ASR": 93.7,
@@ -265,11 +265,11 @@ RESTORE_ADAPTIVE = {
                                        "REStore logits": (82.6, 77.7, 17.7)}},
 }
 
-#: REStore App. G: the alpha_def (sparsity ratio halving CDA) the paper found.
+#: [REStore] App. G: the alpha_def (sparsity ratio halving CDA) the paper found.
 RESTORE_ALPHA_DEF = {("mnist", "lenet5"): 0.28, ("mnist", "resnet18"): 0.27, ("cifar10", "resnet18"): 0.07}
 
 
-# --- Trap and Replace (002_dbdf5d42d069b466.txt) ---------------------------------------------------------------------
+# --- Trap and Replace ([T&R]) ----------------------------------------------------------------------------------------
 
 #: T&R's defences in its table order
 TR_DEFENCES = ("No defense", "NAD", "ANP", "ABL", "I-BAU", "T&R")
@@ -279,7 +279,7 @@ def _pairs(flat: tuple[float, ...]) -> dict[str, tuple[float, float]]:
     return {d: (flat[2 * i], flat[2 * i + 1]) for i, d in enumerate(TR_DEFENCES)}
 
 
-#: T&R Table 1 (CIFAR-10, WRN-16-1): attack -> defence -> (ASR, CA) in percent ("Ours" is "T&R").
+#: [T&R] Table 1 (CIFAR-10, WRN-16-1): attack -> defence -> (ASR, CA) in percent ("Ours" is "T&R").
 TR_TABLE1 = {
     "BadNet-Grid": _pairs((99.98, 88.36, 8.60, 80.23, 2.64, 84.55, 3.20, 86.35, 8.24, 81.34, 1.21, 84.42)),
     "BadNet-White": _pairs((96.91, 88.87, 12.80, 79.68, 3.68, 85.74, 9.32, 80.32, 8.80, 86.17, 3.14, 83.96)),
@@ -293,7 +293,7 @@ TR_TABLE1 = {
     "LCBA": _pairs((90.42, 86.35, 10.64, 77.82, 1.02, 84.21, 6.54, 78.56, 8.88, 78.05, 5.41, 82.57)),
 }
 
-#: T&R Table 2 (GTSRB, WRN-16-1; LCBA omitted as in the paper): attack -> defence -> (ASR, CA).
+#: [T&R] Table 2 (GTSRB, WRN-16-1; LCBA omitted as in the paper): attack -> defence -> (ASR, CA).
 TR_TABLE2 = {
     "BadNet-Grid": _pairs((100, 96.36, 1.62, 93.56, 8.97, 95.44, 4.11, 95.52, 5.56, 95.36, 0.20, 95.94)),
     "BadNet-White": _pairs((96.32, 96.11, 0.96, 90.61, 12.68, 92.06, 0.00, 95.14, 6.63, 95.55, 0.01, 95.74)),
@@ -306,7 +306,7 @@ TR_TABLE2 = {
     "SIG": _pairs((87.51, 96.32, 50.68, 88.56, 20.60, 82.34, 66.80, 96.50, 10.04, 94.53, 0.54, 94.56)),
 }
 
-#: T&R Table 4 (ablation, CIFAR-10): variant -> attack -> (ASR, CA); "T&R" is the mean of three seeds.
+#: [T&R] Table 4 (ablation, CIFAR-10): variant -> attack -> (ASR, CA); "T&R" is the mean of three seeds.
 TR_TABLE4 = {
     "no reconstruction, replace head": {"l2-Invisible": (99.99, 85.08), "Trojan-WM": (51.87, 84.26),
                                         "SIG": (26.96, 84.03), "LCBA": (45.81, 84.31)},
@@ -316,7 +316,7 @@ TR_TABLE4 = {
             "LCBA": (5.37, 82.47)},
 }
 
-#: T&R Table 5 (split layer, CIFAR-10): (conv layers in f_s, layers in f_c) -> attack -> (ASR, CA). The workbench
+#: [T&R] Table 5 (split layer, CIFAR-10): (conv layers in f_s, layers in f_c) -> attack -> (ASR, CA). The workbench
 #: names these splits "final" (13/1), "block3_1" (11/3, the default) and "block3_0" (9/5).
 TR_TABLE5 = {
     "final": {"Blend": (97.41, 88.04), "l2-Invisible": (99.99, 87.93), "Smooth": (96.02, 87.60),
@@ -327,7 +327,7 @@ TR_TABLE5 = {
                  "Trojan-WM": (13.83, 77.36)},
 }
 
-#: T&R Table 6 (poison ratio, CIFAR-10): (ratio, defence) -> attack -> (ASR, CA).
+#: [T&R] Table 6 (poison ratio, CIFAR-10): (ratio, defence) -> attack -> (ASR, CA).
 TR_TABLE6 = {
     (0.05, "T&R"): {"Blend": (9.57, 83.52), "l2-Invisible": (0.54, 84.21), "Smooth": (2.04, 83.96),
                     "Trojan-WM": (7.61, 80.12)},
@@ -343,27 +343,27 @@ TR_TABLE6 = {
                      "Trojan-WM": (6.94, 83.33)},
 }
 
-#: T&R Table 7 (App. C.1, CIFAR-10): the adaptive Latent Backdoor Attack LBA-n -> (ASR, CA). The extracted text
+#: [T&R] Table 7 (App. C.1, CIFAR-10): the adaptive Latent Backdoor Attack LBA-n -> (ASR, CA). The extracted text
 #: keeps the "T&R" row's CA only for LBA-14 and LBA-10 (84.52, 85.43); its ASR cells and LBA-12 are missing (NaN).
 TR_TABLE7 = {
     "no reconstruction, replace head": {"LBA-14": (93.64, 82.06), "LBA-12": (90.62, 84.12), "LBA-10": (84.65, 83.49)},
     "T&R": {"LBA-14": (math.nan, 84.52), "LBA-10": (math.nan, 85.43)},
 }
 
-#: T&R Table 8 (l2-Invisible, CIFAR-10): (lambda1, lambda2) -> (ASR, CA, reconstruction MSE). The ASR cell of
+#: [T&R] Table 8 (l2-Invisible, CIFAR-10): (lambda1, lambda2) -> (ASR, CA, reconstruction MSE). The ASR cell of
 #: lambda1 = 10 is blank in our copy of the paper; that setting is the default, whose ASR elsewhere is 0.74.
 TR_TABLE8 = {
     (0.0, 0.1): (99.99, 85.08, None), (1.0, 0.1): (53.77, 83.70, 0.0145), (10.0, 0.1): (0.74, 84.01, 0.0085),
     (20.0, 0.1): (1.04, 81.37, 0.0071), (10.0, 0.0): (3.32, 82.46, 0.0097), (10.0, 1.0): (0.28, 83.51, 0.0091),
 }
 
-#: T&R Table 9 (l2-Invisible, CIFAR-10): holdout size -> (ASR, CA).
+#: [T&R] Table 9 (l2-Invisible, CIFAR-10): holdout size -> (ASR, CA).
 TR_TABLE9 = {250: (0.77, 72.00), 500: (0.56, 76.99), 1250: (0.41, 83.31), 2500: (0.74, 84.01)}
 
-#: T&R Table 10 (clean CIFAR-10 training set): defence -> CA.
+#: [T&R] Table 10 (clean CIFAR-10 training set): defence -> CA.
 TR_TABLE10 = {"No defense": 89.81, "ABL": 72.72, "I-BAU": 85.44, "T&R": 83.87}
 
-#: T&R Tables 11 (CIFAR-10) and 12 (GTSRB): DP-SGD, attack -> (ASR, CA).
+#: [T&R] Tables 11 (CIFAR-10) and 12 (GTSRB): DP-SGD, attack -> (ASR, CA).
 TR_TABLE11 = {"BadNet-Grid": (53.21, 27.73), "BadNet-White": (42.92, 26.52), "Blend": (86.68, 26.52),
               "l0-Invisible": (35.90, 25.00), "l2-Invisible": (60.90, 20.76), "Smooth": (95.41, 28.18),
               "Trojan-SQ": (43.57, 25.69), "Trojan-WM": (99.62, 23.00), "SIG": (97.02, 28.73), "LCBA": (82.80, 18.95)}

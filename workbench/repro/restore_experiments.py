@@ -360,7 +360,7 @@ def compare_defences(trained: TrainedModel, images: Images, dataset: str, attack
 def recovered_asr_percent(trained: TrainedModel, images: Images, found: Diagnosis, cls: int, *,
                           seed: int = 0) -> float:
     """ASR (%) of the perturbations a run recovered for class `cls`, on the clean test images of the other classes
-    (REStore Tables II, VIII, IX and Fig. 8), through hard-label access to the model."""
+    ([REStore] Tables II, VIII, IX and Fig. 8), through hard-label access to the model."""
     return 100 * recovered_asr(QueryModel(trained.model, "label"), found.setup, found.realisations(cls), images.test,
                                images.test_labels, cls, seed=seed)
 

@@ -1,4 +1,4 @@
-"""Additive triggers: x' = clip(x + v) (L-RED Eq. 1; REStore Eq. 7) for a fixed perturbation v.
+"""Additive triggers: x' = clip(x + v) ([L-RED] Eq. 1; [REStore] Eq. 7) for a fixed perturbation v.
 
 Covers L-RED's imperceptible patterns (App. A.4, A.7, A.8), Trojan-style square and watermark patterns and
 the l0 / l2 "invisible" patterns of Trap and Replace. The papers took the Trojan and invisible patterns from
@@ -171,7 +171,7 @@ ADDITIVE_PATTERNS: dict[str, tuple[Callable[[_Shape], torch.Tensor], float, int,
 
 @dataclasses.dataclass(frozen=True)
 class Additive(Attack):
-    """Add a fixed perturbation v and clip to [0, 1] (L-RED Eq. 1).
+    """Add a fixed perturbation v and clip to [0, 1] ([L-RED] Eq. 1).
 
     Args:
         pattern: one of `ADDITIVE_PATTERNS` (see `PATTERN_NOTES` for what each is and where it comes from).
@@ -224,7 +224,7 @@ PATTERN_NOTES = {name: note for name, (_, _, _, note) in ADDITIVE_PATTERNS.items
 
 @dataclasses.dataclass(frozen=True)
 class Smooth(Attack):
-    """Smooth trigger (Zeng et al. 2021, as used by I-BAU and Trap and Replace): add a low-frequency pattern v,
+    """Smooth trigger ([Smooth], as used by I-BAU and Trap and Replace): add a low-frequency pattern v,
     then rescale each image to [0, 1] by its own min and max: x' = (x + v - min) / (max - min).
 
     The papers use a trigger file found by a frequency-domain search that we do not have; the equivalent here is

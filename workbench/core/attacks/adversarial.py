@@ -1,8 +1,8 @@
-"""Projected gradient descent (Madry et al. 2018) for label-consistent poisoning (Turner et al. 2019).
+"""Projected gradient descent ([PGD]) for label-consistent poisoning ([LC]).
 
 The label-consistent (LC) attack makes target-class training images hard to classify from their content, with
 an L-inf-bounded adversarial perturbation against a clean surrogate model, before adding the trigger; the labels
-stay correct, so the model learns to rely on the trigger (BDMAE Table 3 "LC", T&R "LCBA").
+stay correct, so the model learns to rely on the trigger ([BDMAE] Table 3 "LC", T&R "LCBA").
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def pgd_perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: 
         model: the (surrogate) classifier; its parameters are not changed.
         x: images (N, C, H, W) in [0, 1]; y: their labels (N,).
         epsilon: radius of the L-inf ball (e.g. 16/255).
-        steps: gradient steps; step_size: per-step size (default 2.5 epsilon / steps, as Madry et al.).
+        steps: gradient steps; step_size: per-step size (default 2.5 epsilon / steps, as [PGD]).
         generator: seeds the random start.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Global and regional signal triggers: Blended (Chen et al. 2017) and SIG (Barni et al. 2019)."""
+"""Global and regional signal triggers: Blended ([Blended]) and SIG ([SIG])."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class Blended(Attack):
 
 @dataclasses.dataclass(frozen=True)
 class SIG(Attack):
-    """Sinusoidal signal trigger (SIG; REStore App. A Eqs. 7-8).
+    """Sinusoidal signal trigger (SIG; [REStore] App. A Eqs. 7-8).
 
     t(x, y) = sin(2 pi (F_x x + F_y y)) with F_x = `cycles` / width, F_y = 0 (vertical stripes varying along
     the columns).

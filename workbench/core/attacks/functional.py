@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 
 def stamp_patch(x: torch.Tensor, patch: torch.Tensor, top: int, left: int) -> torch.Tensor:
-    """Replace the pixels under a patch (BadNets; REStore App. A Eq. 6: x' = (1 - M) x + M t, with M the
+    """Replace the pixels under a patch (BadNets; [REStore] App. A Eq. 6: x' = (1 - M) x + M t, with M the
     patch's rectangle).
 
     Args:
@@ -26,7 +26,7 @@ def stamp_patch(x: torch.Tensor, patch: torch.Tensor, top: int, left: int) -> to
 
 def stamp_patch_at(x: torch.Tensor, patch: torch.Tensor, tops: torch.Tensor, lefts: torch.Tensor) -> torch.Tensor:
     """`stamp_patch` with a position per image: image i gets the patch with its top-left pixel at
-    (tops[i], lefts[i]) (dynamic BadNets, REStore Sec. IV-G2).
+    (tops[i], lefts[i]) (dynamic BadNets, [REStore] Sec. IV-G2).
 
     Args:
         x: images (N, C, H, W).
@@ -44,7 +44,7 @@ def stamp_patch_at(x: torch.Tensor, patch: torch.Tensor, tops: torch.Tensor, lef
 
 
 def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
-    """Blend a pattern into images (Blended, Chen et al. 2017): x' = (1 - alpha) x + alpha p.
+    """Blend a pattern into images ([Blended]): x' = (1 - alpha) x + alpha p.
 
     `alpha` may be a scalar or a tensor broadcastable to `x` (zero where the image must stay untouched).
     """
@@ -53,12 +53,12 @@ def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float | torch.Tensor) -
 
 
 def add_clipped(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Additive trigger with clipping (REStore Eq. 7; L-RED Eq. 1: m(x; v) = [x + v]_c)."""
+    """Additive trigger with clipping ([REStore] Eq. 7; [L-RED] Eq. 1: m(x; v) = [x + v]_c)."""
     return (x + delta.to(device=x.device, dtype=x.dtype)).clamp_(0.0, 1.0)
 
 
 def sine_wave(height: int, width: int, fx: float, fy: float = 0.0) -> torch.Tensor:
-    """SIG's sinusoid t(x, y) = sin(2 pi (F_x x + F_y y)) (REStore Eq. 8), x the column, y the row index.
+    """SIG's sinusoid t(x, y) = sin(2 pi (F_x x + F_y y)) ([REStore] Eq. 8), x the column, y the row index.
 
     Returns:
         (1, height, width) pattern in [-1, 1].
@@ -78,7 +78,7 @@ def identity_grid(height: int, width: int, device: torch.device | str = "cpu") -
 
 def wanet_grid(height: int, width: int, control_size: int, strength: float,
                generator: torch.Generator) -> torch.Tensor:
-    """WaNet's warping grid (Nguyen & Tran 2021, Sec. 3.2; REStore App. A Eq. 9).
+    """WaNet's warping grid ([WaNet] Sec. 3.2; [REStore] App. A Eq. 9).
 
     A k x k field of random offsets in [-1, 1], normalised by its mean absolute value, is upsampled
     bicubically to the image size, scaled by `strength` / height and added to the identity grid, then clipped

@@ -1,4 +1,4 @@
-"""Input-aware dynamic backdoor (IAB; Nguyen & Tran, NeurIPS 2020), the sample-specific attack of BDMAE Table 3.
+"""Input-aware dynamic backdoor (IAB; [IAB]), the sample-specific attack of [BDMAE] Table 3.
 
 Two small encoder-decoder generators make a trigger for each image: a mask generator m(x) (trained first, to make
 sparse masks that differ between images) and a pattern generator g(x). The backdoored image is

@@ -1,12 +1,12 @@
-"""The Latent Backdoor Attack (LBA; Yao, Li, Zheng & Zhao, CCS 2019), T&R's adaptive attack (T&R App. C.1, Table 7).
+"""The Latent Backdoor Attack (LBA; [LBA]), T&R's adaptive attack ([T&R] App. C.1, Table 7).
 
 LBA puts the backdoor into a hidden layer instead of the output layer, so that it survives a retrained head (the
-original: transfer learning; here: T&R's head replacement). Its two steps, as Yao et al. describe them:
+original: transfer learning; here: T&R's head replacement). Its two steps, as [LBA] describes them:
 
-1. **Trigger generation** (Yao et al. Sec. 4.2, "optimising the trigger"): with a fixed mask m (a square patch), find
+1. **Trigger generation** ([LBA] Sec. 4.2, "optimising the trigger"): with a fixed mask m (a square patch), find
    the pattern that makes triggered non-target images look like the target class at layer K of a clean model:
    min_pattern mean_x || F_K((1 - m) x + m pattern) - mean_{x_t} F_K(x_t) ||^2 (`optimise_latent_trigger`).
-2. **Injection** (Yao et al. Sec. 4.2, "backdoor injection"): train with the task loss plus lambda times the same
+2. **Injection** ([LBA] Sec. 4.2, "backdoor injection"): train with the task loss plus lambda times the same
    distance on triggered images, the target representation recomputed with the model being trained
    (`LatentInjection`, `latent_distance`), so every layer before K learns to map the trigger to the target.
 
@@ -23,7 +23,7 @@ What T&R does not say, and what the workbench chooses (named in notebook 41):
   complete without a transfer step;
 - the trigger: a 6 x 6 patch in the bottom-right corner (3.5 % of a 32 px image; TrojanZoo's LBA defaults to a
   mark of 4 % of the image), optimised for 100 Adam steps at lr 0.1 on 1,000 non-target training images against a
-  clean surrogate trained with the same recipe; lambda = 0.5 (TrojanZoo's `mse_weight`; Yao et al. leave it open).
+  clean surrogate trained with the same recipe; lambda = 0.5 (TrojanZoo's `mse_weight`; [LBA] leaves it open).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class PatchTrigger(Attack):
 
 @dataclasses.dataclass(frozen=True)
 class LatentInjection:
-    """LBA's injection term (Yao et al. Sec. 4.2): during training, lambda times the mean squared distance between
+    """LBA's injection term ([LBA] Sec. 4.2): during training, lambda times the mean squared distance between
     the poisoned images' representation at `layer` and the mean representation of the batch's clean target-class
     images, both computed by the model being trained (the objective is a function of the weights on both sides;
     holding the target side fixed made the features of a small LeNet grow without bound, each step chasing a mean
@@ -116,7 +116,7 @@ class LatentInjection:
 
     Args:
         layer: module name whose input is the latent layer (T&R's LBA-n on WRN-16-1: `LBA_LAYERS`).
-        weight: lambda (0.5, TrojanZoo's default; Yao et al. do not give one).
+        weight: lambda (0.5, TrojanZoo's default; [LBA] does not give one).
     """
 
     layer: str
@@ -195,7 +195,7 @@ class TriggerSearch:
 def optimise_latent_trigger(model: nn.Module, sources: torch.Tensor, target_images: torch.Tensor, layer: str, *,
                             search: TriggerSearch = TriggerSearch(), generator: torch.Generator | None = None,
                             progress: bool = True) -> tuple[PatchTrigger, list[float]]:
-    """LBA's trigger generation (Yao et al. Sec. 4.2): optimise a patch so that triggered `sources` match the mean
+    """LBA's trigger generation ([LBA] Sec. 4.2): optimise a patch so that triggered `sources` match the mean
     representation of `target_images` at `layer` of the (clean) `model`.
 
     The pattern is parametrised as sigmoid(w), so it stays in [0, 1], and w is optimised with Adam on minibatches

@@ -1,4 +1,4 @@
-"""BadNets: a small patch stamped over the image (Gu et al. 2019; REStore App. A Eq. 6)."""
+"""BadNets: a small patch stamped over the image ([BadNets]; [REStore] App. A Eq. 6)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from workbench.core.attacks.base import Attack, resolve_position
 from workbench.core.runtime import make_generator
 from workbench.core.validation import WorkbenchError, check_positive_int
 
-# The exact BDMAE random-colour patch, RGB rows (follows the authors' public code: IMPLEMENTATION_NOTES.md).
+# The exact BDMAE random-colour patch, RGB rows (the authors' public code: docs/implementation.md#bdmae-attacks).
 BDMAE_COLOUR_PATCH = torch.tensor([
     [(214, 240, 47), (176, 208, 235), (249, 73, 252)],
     [(0, 9, 236), (253, 75, 134), (106, 104, 78)],
@@ -31,7 +31,7 @@ def patch_pattern(pattern: str, size: int, channels: int, seed: int) -> torch.Te
     - "white" / "black": solid 1 / 0.
     - "checkerboard": alternating 1/0 starting with white at the top-left.
     - "random_colour": every pixel and channel uniform in {0, ..., 255} / 255, drawn from `seed`.
-    - "bdmae_colour", "bdmae_checkerboard": the exact 3x3 patches of IMPLEMENTATION_NOTES.md.
+    - "bdmae_colour", "bdmae_checkerboard": the exact 3x3 patches of docs/implementation.md#bdmae-attacks.
     """
     if pattern in FIXED_PATCHES:
         patch = FIXED_PATCHES[pattern][0]
@@ -50,7 +50,7 @@ def patch_pattern(pattern: str, size: int, channels: int, seed: int) -> torch.Te
 
 @dataclasses.dataclass(frozen=True)
 class BadNets(Attack):
-    """Stamp a patch that replaces the pixels under it (Eq. 6 of REStore App. A).
+    """Stamp a patch that replaces the pixels under it (Eq. 6 of [REStore] App. A).
 
     Args:
         pattern: one of "white", "black", "checkerboard", "random_colour", "bdmae_colour" (BDMAE's 3x3
@@ -109,7 +109,7 @@ class BadNets(Attack):
 
 @dataclasses.dataclass(frozen=True)
 class DynamicBadNets(Attack):
-    """BadNets with the patch at a random position in every image (REStore Sec. IV-G2, "dynamic BadNets": placed at
+    """BadNets with the patch at a random position in every image ([REStore] Sec. IV-G2, "dynamic BadNets": placed at
     random during training instead of at a static location; test-time triggers are placed at random too).
 
     Args:
@@ -142,7 +142,7 @@ class DynamicBadNets(Attack):
 def per_class_triggers(num_classes: int, image_size: int, *, size: int = 3, seed: int = 0) -> list[BadNets]:
     """Distinct random-colour BadNets triggers at random positions, one per class.
 
-    REStore Sec. V-A ("all classes backdoored"): each class gets its own 3x3 trigger whose pattern and
+    [REStore] Sec. V-A ("all classes backdoored"): each class gets its own 3x3 trigger whose pattern and
     location are drawn at random; here from `seed` (trigger k uses pattern seed `seed + k`).
     """
     gen = make_generator(seed)

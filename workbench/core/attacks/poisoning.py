@@ -30,12 +30,12 @@ _CHUNK = 4096  # images triggered per step: bounds the float copy's memory on 50
 
 @dataclasses.dataclass(frozen=True)
 class AdversarialStep:
-    """The label-consistent attack's extra step (Turner et al. 2019): before the trigger is added, each
+    """The label-consistent attack's extra step ([LC]): before the trigger is added, each
     poisoned image gets an untargeted L-inf PGD perturbation against a clean surrogate model.
 
     Args:
         surrogate: the surrogate's `TrainConfig.to_dict()` (the trainer loads or trains it).
-        epsilon: L-inf radius (16/255: our choice within Turner et al.'s 8-32/255; BDMAE and T&R do not say).
+        epsilon: L-inf radius (16/255: our choice within [LC]'s 8-32/255; BDMAE and T&R do not say).
         steps: PGD steps (step size 2.5 epsilon / steps).
     """
 
@@ -249,7 +249,7 @@ def poison_dataset(dataset: ImageDataset, config: PoisonConfig, *,
 
 def poison_all_classes(dataset: ImageDataset, triggers: Sequence[Attack], *, ratio: float,
                        seed: int = 0) -> PoisonedDataset:
-    """Backdoor every class with its own trigger (REStore Sec. V-A adaptive attack).
+    """Backdoor every class with its own trigger ([REStore] Sec. V-A adaptive attack).
 
     Trigger k relabels images of other classes to class k. The poisoned images (a `ratio` fraction of the
     set in total, split evenly over the classes) are disjoint.
@@ -280,7 +280,7 @@ def poison_all_classes(dataset: ImageDataset, triggers: Sequence[Attack], *, rat
 
 @dataclasses.dataclass(frozen=True)
 class AllClassesPoison:
-    """REStore Sec. V-B's adaptive attack: every class backdoored by its own random 3x3 BadNets trigger (pattern and
+    """[REStore] Sec. V-B's adaptive attack: every class backdoored by its own random 3x3 BadNets trigger (pattern and
     position drawn from `seed`, see `per_class_triggers`), `ratio` of the training set poisoned in total.
     """
 

@@ -1,4 +1,4 @@
-"""WaNet: an imperceptible, fixed image warp as the trigger (Nguyen & Tran 2021; REStore App. A Eq. 9)."""
+"""WaNet: an imperceptible, fixed image warp as the trigger ([WaNet]; [REStore] App. A Eq. 9)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from workbench.core.validation import WorkbenchError, check_positive_int
 
 @dataclasses.dataclass(frozen=True)
 class WaNet(Attack):
-    """Warp the image with a fixed smooth random field M: x' = W(x, M) (REStore Eq. 9).
+    """Warp the image with a fixed smooth random field M: x' = W(x, M) ([REStore] Eq. 9).
 
     Args:
         strength: warping strength s (WaNet's default 0.5 on 32 px images); 0 is the identity.
@@ -22,7 +22,7 @@ class WaNet(Attack):
         seed: seed of the control grid.
 
         noise: distribution of the noise-mode offsets: "uniform" (the original WaNet implementation, which
-            REStore says it used: uniform in [-1, 1] / H) or "gaussian" (REStore App. A's description,
+            REStore says it used: uniform in [-1, 1] / H) or "gaussian" ([REStore] App. A's description,
             M + N(0, 1), read here as N(0, 1) / H so that both perturb by about one pixel).
 
     Noise mode (used only when building a poisoned training set, see `noise_ratio` in `PoisonConfig`):

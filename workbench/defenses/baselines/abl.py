@@ -1,8 +1,8 @@
-"""Anti-Backdoor Learning (ABL; Li et al., NeurIPS 2021): train a clean model on a poisoned training set by isolating
+"""Anti-Backdoor Learning (ABL; [ABL]): train a clean model on a poisoned training set by isolating
 the examples it learns suspiciously fast and then unlearning them. A T&R baseline (Sec. 4.1; App. B.2: "the best
 hyper-parameters reported in the original paper"; App. C.4: its CA drop on a clean training set).
 
-The procedure (ABL Sec. 3, Eq. 3; the 20 / 60 / 20 epochs are the paper's, as quoted in bboylyg/ABL issue #3, where
+The procedure ([ABL] Sec. 3, Eq. 3; the 20 / 60 / 20 epochs are the paper's, as quoted in bboylyg/ABL issue #3, where
 the authors add that the code's defaults 10 / 60 / 5 also suffice):
 
 1. Isolation (T_te = 20 epochs): train from scratch on the whole poisoned set with the local gradient ascent loss

@@ -1,4 +1,4 @@
-"""Adversarial Neuron Pruning (ANP; Wu & Wang, NeurIPS 2021): learn a mask over the neurons (BatchNorm channels)
+"""Adversarial Neuron Pruning (ANP; [ANP]): learn a mask over the neurons (BatchNorm channels)
 that keeps the clean holdout accuracy even under adversarial neuron perturbations, then prune the neurons whose mask
 is small: backdoor neurons are the ones that make the model collapse to the target under such perturbations.
 
@@ -27,7 +27,7 @@ the hook returns (m + delta) * (y - beta) + (1 + xi) * beta, which equals the fo
 changes and the result is a plain `StagedClassifier` (state_dict loadable into `new_model(config)`).
 
 Defaults: eps 0.4, alpha 0.2, mask lr 0.2 (constant), momentum 0.9, batch 128, 2000 iterations (the ANP paper's
-experimental setup and public `optimize_mask_cifar.py`; T&R App. B.2 tuned alpha over {0.1, 0.2, 0.4, 0.5, 0.6} and
+experimental setup and public `optimize_mask_cifar.py`; [T&R] App. B.2 tuned alpha over {0.1, 0.2, 0.4, 0.5, 0.6} and
 used 0.2 on CIFAR-10, 0.1 on GTSRB); pruning threshold 0.2 (this workbench's brief, in line with ANP's pruning by
 threshold; the public `prune_neuron_cifar.py` sweeps thresholds 0 to 0.9 and prunes mask <= threshold, we prune
 mask < threshold).
@@ -66,7 +66,7 @@ from workbench.defenses.baselines.finetune import check_defense_inputs
 
 @dataclass(frozen=True)
 class ANPConfig:
-    """Mask optimisation and pruning (defaults: ANP paper / public code on CIFAR-10, alpha as T&R App. B.2).
+    """Mask optimisation and pruning (defaults: ANP paper / public code on CIFAR-10, alpha as [T&R] App. B.2).
 
     Args:
         eps: perturbation budget of delta and xi (0.4). 0 = no perturbation (the mask then sees L_nat only).
@@ -164,7 +164,7 @@ class NeuronPerturbation:
         return [*self.delta.values(), *self.xi.values()]
 
     def random_start(self, eps: float, gen: torch.Generator) -> None:
-        """delta, xi ~ U(-eps, eps) independently per channel (ANP Alg. 1's random initialisation)."""
+        """delta, xi ~ U(-eps, eps) independently per channel ([ANP] Alg. 1's random initialisation)."""
         for tensor in self.perturbations():
             draw = torch.rand(tensor.shape, generator=gen).to(tensor.device)
             tensor.copy_((2 * draw - 1) * eps)

@@ -1,23 +1,23 @@
-"""DiffPure (Nie et al., "Diffusion models for adversarial purification", ICML 2022), BDMAE's diffusion-based
-baseline (BDMAE Sec. 5.1 "Comparison with diffusion model based DiffPure", Table 1; App. C and F.7).
+"""DiffPure ([DiffPure], "Diffusion models for adversarial purification"), BDMAE's diffusion-based
+baseline ([BDMAE] Sec. 5.1 "Comparison with diffusion model based DiffPure", Table 1; App. C and F.7).
 
 Each test image x in [0, 1] is scaled to [-1, 1], resized to the diffusion model's resolution, diffused to a small
 time t* with the forward process and brought back to t = 0 by the reverse process; the result is resized back and
 classified (one label query per image: DiffPure is black-box). Two reverse processes, as BDMAE compares (DiffPure
 Sec. 3):
 
-- "ddpm": ancestral DDPM sampling (Ho et al. 2020, Alg. 2) over the discrete steps t* N - 1, ..., 0 of the model's
+- "ddpm": ancestral DDPM sampling ([DDPM] Alg. 2) over the discrete steps t* N - 1, ..., 0 of the model's
   own `DDPMScheduler` (N = its training steps): forward x_k = sqrt(abar_k) x_0 + sqrt(1 - abar_k) z, then
   `DDPMScheduler.step` down to 0.
-- "sde": the reverse-time VP-SDE (Song et al. 2021, Eq. 6; DiffPure Eq. 4) of the same noise schedule in its
+- "sde": the reverse-time VP-SDE ([ScoreSDE] Eq. 6; [DiffPure] Eq. 4) of the same noise schedule in its
   continuous limit, beta(t) = beta_min + t (beta_max - beta_min) with beta_min = N beta_1 and beta_max = N beta_N,
   integrated from t* to 0 by Euler-Maruyama with `sde_steps` equal steps (DiffPure: torchsde's Euler with
   dt = 1e-3, i.e. 100 steps for t* = 0.1). The score is -eps(x, t) / sqrt(1 - abar(t)), the eps-model queried at
   the continuous timestep t (N - 1) (score_sde's convention for DDPM-trained models).
 
-t* = 0.1: DiffPure's CIFAR-10 setting (Nie et al. Sec. 5.1); BDMAE does not state the t* it used.
+t* = 0.1: DiffPure's CIFAR-10 setting ([DiffPure] Sec. 5.1); BDMAE does not state the t* it used.
 
-Deviation (BDMAE App. C): the paper uses OpenAI's public 256 x 256 unconditional model and up-samples every test
+Deviation ([BDMAE] App. C): the paper uses OpenAI's public 256 x 256 unconditional model and up-samples every test
 image to 256 px; here the diffusion model is the workbench's own tiny 32 px one (no pretrained model can be
 downloaded here), or any diffusers-format DDPM folder on disk (`load_diffusion`), so images are resized to that
 model's `sample_size` instead. Grey images are repeated to the model's channels and averaged back.
@@ -39,7 +39,7 @@ SAMPLERS = ("ddpm", "sde")
 
 def diffuse_ddpm(diffusion: Diffusion, x0: torch.Tensor, step: int, generators: list[torch.Generator]
                  ) -> torch.Tensor:
-    """x_step = sqrt(abar_step) x0 + sqrt(1 - abar_step) z (Ho et al. Eq. 4), x0 in [-1, 1], one generator per image."""
+    """x_step = sqrt(abar_step) x0 + sqrt(1 - abar_step) z ([DDPM] Eq. 4), x0 in [-1, 1], one generator per image."""
     from diffusers.utils.torch_utils import randn_tensor
 
     z = randn_tensor(x0.shape, generator=generators, device=x0.device, dtype=x0.dtype)
@@ -49,7 +49,7 @@ def diffuse_ddpm(diffusion: Diffusion, x0: torch.Tensor, step: int, generators: 
 @torch.no_grad()
 def reverse_ddpm(diffusion: Diffusion, x: torch.Tensor, step: int, generators: list[torch.Generator]
                  ) -> torch.Tensor:
-    """Ancestral sampling (Ho et al. Alg. 2) from discrete step `step` down to x_0, by `DDPMScheduler.step`."""
+    """Ancestral sampling ([DDPM] Alg. 2) from discrete step `step` down to x_0, by `DDPMScheduler.step`."""
     for t in range(step, -1, -1):
         eps = diffusion.noise(x, torch.full((len(x),), t, device=x.device))
         x = diffusion.scheduler.step(eps, t, x, generator=generators).prev_sample
@@ -64,7 +64,7 @@ def vp_alpha_bar(t: torch.Tensor | float, beta_min: float, beta_max: float) -> t
 
 def diffuse_sde(diffusion: Diffusion, x0: torch.Tensor, t_star: float, generators: list[torch.Generator]
                 ) -> torch.Tensor:
-    """x(t*) = sqrt(abar(t*)) x0 + sqrt(1 - abar(t*)) z: the VP-SDE's forward marginal (DiffPure Eq. 2)."""
+    """x(t*) = sqrt(abar(t*)) x0 + sqrt(1 - abar(t*)) z: the VP-SDE's forward marginal ([DiffPure] Eq. 2)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     abar = float(vp_alpha_bar(t_star, *diffusion.vp_betas()))
@@ -76,7 +76,7 @@ def diffuse_sde(diffusion: Diffusion, x0: torch.Tensor, t_star: float, generator
 def reverse_sde(diffusion: Diffusion, x: torch.Tensor, t_star: float, steps: int, generators: list[torch.Generator]
                 ) -> torch.Tensor:
     """Euler-Maruyama on the reverse-time VP-SDE dx = [-beta(t) x / 2 - beta(t) score(x, t)] dt + sqrt(beta(t)) dw
-    from t* to 0 in `steps` equal steps (DiffPure Eq. 4; Song et al. 2021 Eq. 6)."""
+    from t* to 0 in `steps` equal steps ([DiffPure] Eq. 4; [ScoreSDE] Eq. 6)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     beta_min, beta_max = diffusion.vp_betas()
@@ -99,7 +99,7 @@ class DiffPure:
     Args:
         diffusion: the DDPM (`load_workbench_diffusion()` or `workbench.core.diffusion.load_diffusion(folder)`).
         t_star: the diffusion time in [0, 1] the images are diffused to (0.1, DiffPure's CIFAR-10 setting).
-        sampler: "ddpm" or "sde" (BDMAE Table 1 reports both).
+        sampler: "ddpm" or "sde" ([BDMAE] Table 1 reports both).
         sde_steps: Euler-Maruyama steps of the SDE sampler (None = t* N, i.e. dt = 1 / N = 1e-3 as DiffPure).
         batch_size: images per reverse-process batch.
     """

@@ -1,8 +1,8 @@
-"""Differentially private training (DP-SGD; Abadi et al. 2016) as a backdoor defence (Du et al., ICLR 2020), the
+"""Differentially private training (DP-SGD; [DP-SGD]) as a backdoor defence ([DP]), the
 "DP" baseline of I-BAU and of T&R (App. B.2, C.5): bounding each example's influence on every update blunts the
-few poisoned examples' pull towards the trigger (at a large cost in clean accuracy: T&R Tables 11-12).
+few poisoned examples' pull towards the trigger (at a large cost in clean accuracy: [T&R] Tables 11-12).
 
-Each step on a batch B of size |B| (Abadi et al., Alg. 1):
+Each step on a batch B of size |B| ([DP-SGD] Alg. 1):
 
     g_i = grad_theta CE(f_theta(x_i), y_i)                                  (per-example gradients)
     g_i <- g_i * min(1, C / ||g_i||_2)                                      (clip the whole-model norm to C)
@@ -11,7 +11,7 @@ Each step on a batch B of size |B| (Abadi et al., Alg. 1):
 and the optimiser of the training recipe takes its step along g. Per-example gradients are computed in one batched
 call with `torch.func` (`functional_call` + `vmap` of `grad`), not a loop over examples.
 
-Settings: C = 1 (T&R App. B.2 "we keep the gradient clipping threshold to 1"); sigma = 1.0 (our choice within T&R's
+Settings: C = 1 ([T&R] App. B.2 "we keep the gradient clipping threshold to 1"); sigma = 1.0 (our choice within T&R's
 tuning range [0.5, 10]; T&R do not report the value they settled on).
 
 Deviations:
@@ -53,7 +53,7 @@ class DPConfig:
 
     Args:
         noise_multiplier: sigma, noise std in units of the clipping norm (1.0; our choice in T&R's range [0.5, 10]).
-        max_grad_norm: C, the per-example gradient norm bound (1, T&R App. B.2).
+        max_grad_norm: C, the per-example gradient norm bound (1, [T&R] App. B.2).
         max_groups: GroupNorm groups replacing each BatchNorm2d(c): gcd(max_groups, c) (32, as in Opacus).
         seed: seed of the Gaussian noise (initialisation, data order and augmentation come from the recipe's seed).
     """

@@ -1,9 +1,9 @@
-"""Februus (Doan et al., ACSAC 2020): white-box trigger localisation by class activation maps, then inpainting.
+"""Februus ([Februus]): white-box trigger localisation by class activation maps, then inpainting.
 
-As BDMAE's comparison (App. C, G): the original GradCAM is replaced by XGradCAM (Fu et al. 2020) or GradCAM++
-(Chattopadhay et al. 2018) on the last convolutional stage; the region whose normalised CAM is >= a threshold
+As BDMAE's comparison (App. C, G): the original GradCAM is replaced by XGradCAM ([XGradCAM]) or GradCAM++
+([Grad-CAM++]) on the last convolutional stage; the region whose normalised CAM is >= a threshold
 (0.6, 0.7 or 0.8, the best chosen per setting in the paper) is removed and inpainted. The authors' GAN
-inpainters are not available here, so the removed region is restored with the workbench's MAE (BDMAE Eq. 1 on
+inpainters are not available here, so the removed region is restored with the workbench's MAE ([BDMAE] Eq. 1 on
 the tokens the region touches): a deviation stated in the notebooks.
 """
 
@@ -60,11 +60,11 @@ def class_activation_map(model: nn.Module, x: torch.Tensor, method: str = "gradc
     finally:
         model.train(was_training)
     feats = feats.detach()
-    if method == "gradcam":  # Selvaraju et al.: spatially averaged gradients
+    if method == "gradcam":  # [Grad-CAM]: spatially averaged gradients
         weights = grads.mean(dim=(2, 3))
-    elif method == "xgradcam":  # Fu et al.: gradients weighted by the normalised activations
+    elif method == "xgradcam":  # [XGradCAM]: gradients weighted by the normalised activations
         weights = (grads * feats / (feats.sum(dim=(2, 3), keepdim=True) + 1e-7)).sum(dim=(2, 3))
-    else:  # Chattopadhay et al., closed form with the exponential of the class score
+    else:  # [Grad-CAM++], closed form with the exponential of the class score
         g2, g3 = grads**2, grads**3
         denom = 2 * g2 + feats.sum(dim=(2, 3), keepdim=True) * g3
         alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))

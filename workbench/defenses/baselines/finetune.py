@@ -1,4 +1,4 @@
-"""Fine-tuning (the "Finetuning" baseline of Liu et al. 2018 / NAD; NAD's teacher): retrain every layer of a
+"""Fine-tuning (the "Finetuning" baseline of [Fine-Pruning] / [NAD]; NAD's teacher): retrain every layer of a
 (backdoored) classifier on the small clean holdout with cross-entropy.
 
 The defaults are NAD's recipe for WRN-16-1 on CIFAR-10, so `fine_tune` with its defaults is exactly NAD's teacher

@@ -1,4 +1,4 @@
-"""I-BAU (Zeng et al., ICLR 2022): implicit backdoor adversarial unlearning of a trained model on a small clean
+"""I-BAU ([I-BAU]): implicit backdoor adversarial unlearning of a trained model on a small clean
 holdout. A T&R baseline (Sec. 4.1; App. B.2 tunes its inner / outer learning rates and reports inner 1, outer 1e-4).
 
 I-BAU solves the minimax problem
@@ -6,7 +6,7 @@ I-BAU solves the minimax problem
     min_theta  max_{||delta||_2 <= C}  (1/n) sum_i CE(f_theta(x_i + delta), y_i)
 
 with one universal perturbation delta (C, H, W) shared by all images: a trigger-like pattern the current model is
-most sensitive to. Each round (I-BAU Alg. 1, as in the released `defense.py`):
+most sensitive to. Each round ([I-BAU] Alg. 1, as in the released `defense.py`):
 
 1. Inner maximisation: delta <- 0, then one pass over the shuffled holdout taking one SGD step per batch (lr = the
    "inner lr") on the inner loss
@@ -26,7 +26,7 @@ most sensitive to. Each round (I-BAU Alg. 1, as in the released `defense.py`):
    (d Phi / d theta)^T v = -alpha H_{theta delta} v are Hessian-vector products by double backpropagation.
 
 Settings: rounds 5, K 5, alpha 0.1, lambda 1e-3, batch 100, Adam outer optimiser (released code defaults); inner lr 1
-and outer lr 1e-4 (T&R App. B.2, tuned on WRN-16-1; the code's defaults are 10 and 1e-3). The model stays in eval mode
+and outer lr 1e-4 ([T&R] App. B.2, tuned on WRN-16-1; the code's defaults are 10 and 1e-3). The model stays in eval mode
 throughout (BatchNorm statistics frozen, as in the code, which calls `model.eval()` once before unlearning).
 
 Deviations and choices:
@@ -74,8 +74,8 @@ class IBAUConfig:
 
     Args:
         rounds: unlearning rounds, each one inner pass and one outer pass over the holdout (5, code `n_rounds`).
-        inner_lr: SGD step size of the inner maximisation over delta (1, T&R App. B.2; code default 10).
-        outer_lr: Adam learning rate of the model update (1e-4, T&R App. B.2; code default 1e-3).
+        inner_lr: SGD step size of the inner maximisation over delta (1, [T&R] App. B.2; code default 10).
+        outer_lr: Adam learning rate of the model update (1e-4, [T&R] App. B.2; code default 1e-3).
         fixed_point_steps: K, fixed-point iterations of the implicit hypergradient (5, code `K`).
         fixed_point_lr: alpha of the gradient map Phi whose fixed point defines delta* (0.1, code).
         norm_penalty: lambda of the inner loss's lambda ||delta||^2 (1e-3, code).

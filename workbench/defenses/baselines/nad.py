@@ -1,4 +1,4 @@
-"""Neural Attention Distillation (NAD; Li et al., ICLR 2021): erase a backdoor by fine-tuning the backdoored model
+"""Neural Attention Distillation (NAD; [NAD]): erase a backdoor by fine-tuning the backdoored model
 (the student) on the clean holdout while matching its intermediate attention maps to those of a teacher, the same
 backdoored model fine-tuned on the same holdout.
 
@@ -8,7 +8,7 @@ backdoored model fine-tuned on the same holdout.
        L = CE(f_S(x), y) + sum_k beta_k * L_AT(a_S^k(x), a_T^k(x)),
 
    a^k the output of the k-th residual group (WRN-16-1: stages block1_1, block2_1, block3_1), the teacher frozen in
-   eval mode. Attention map (NAD's A^p_sum, the attention-transfer operator of Zagoruyko & Komodakis 2017):
+   eval mode. Attention map (NAD's A^p_sum, the attention-transfer operator of [AT]):
    A(a) = sum over channels of |a|^p, flattened to (N, H*W) and L2-normalised per sample, p = 2.
 
 The distance L_AT between normalised maps: the paper writes the (batch-mean) L2 norm of their difference; the public
@@ -17,7 +17,7 @@ code (`at.py`) uses `F.mse_loss`, the mean of the squared differences over the b
 distance, beta = 1000 swamps the cross-entropy), so `distance="mse"` is the default and `distance="l2"` is the
 paper's form.
 
-Defaults (WRN-16-1 on CIFAR-10; T&R App. B.2 "directly use the best hyper-parameters reported in their original
+Defaults (WRN-16-1 on CIFAR-10; [T&R] App. B.2 "directly use the best hyper-parameters reported in their original
 papers"): the public NAD `config.py` / `main.py` / `utils.py`: student 20 epochs, SGD (Nesterov) momentum 0.9, lr 0.1
 for 2 epochs then 0.01, weight decay 1e-4 (not 5e-4: pass `weight_decay=5e-4` for that), batch 64, betas
 (500, 1000, 1000), p = 2, crop + flip + Cutout; teacher 10 epochs with the same recipe.
@@ -198,7 +198,7 @@ def spatial_stages(model: nn.Module) -> list[str]:
 def default_stages(model: nn.Module, config: NADConfig) -> NADConfig:
     """`config` for `model`: its stages when `model` has them (WRN-16-1's residual groups, the paper's choice),
     else the model's last spatial stages after the stem, as many as `config.betas` has weights (the outputs of its
-    deepest feature groups, NAD Sec. 3's choice for ResNets), with the last betas."""
+    deepest feature groups, [NAD] Sec. 3's choice for ResNets), with the last betas."""
     candidates = _candidate_stages(model)
     if all(name in candidates for name in config.stages):
         return config

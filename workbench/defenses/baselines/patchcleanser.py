@@ -1,4 +1,4 @@
-"""PatchCleanser (Xiang et al., USENIX Security 2022): double masking, as BDMAE adapts it (App. C).
+"""PatchCleanser ([PatchCleanser]): double masking, as BDMAE adapts it (App. C).
 
 A set of k x k square masks is built so that any patch of up to `patch_size` pixels lies entirely under at
 least one mask. First round: predict every one-masked image. If all agree, that is the answer. Otherwise,

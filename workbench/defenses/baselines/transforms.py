@@ -1,4 +1,4 @@
-"""Test-time input transformations: Blur and ShrinkPad (BDMAE App. C / Table 2; Li et al. 2021b).
+"""Test-time input transformations: Blur and ShrinkPad ([BDMAE] App. C / Table 2; [ShrinkPad]).
 
 Both are black-box: they transform the input and ask the classifier for a label.
 """
@@ -17,7 +17,7 @@ from workbench.core.validation import WorkbenchError, check_images, check_positi
 
 @dataclass(frozen=True)
 class Blur:
-    """Gaussian blur with a 3 x 3 kernel (BDMAE App. C: sigma 0.5 weak, 1.0 strong)."""
+    """Gaussian blur with a 3 x 3 kernel ([BDMAE] App. C: sigma 0.5 weak, 1.0 strong)."""
 
     classifier: QueryModel
     sigma: float = 0.5
@@ -41,7 +41,7 @@ class Blur:
 @dataclass(frozen=True)
 class ShrinkPad:
     """Shrink the image by `pad` pixels (bilinear) and zero-pad it back at a random offset (ShrinkPad;
-    BDMAE App. C: pad 4 weak / 8 strong on 32 px images, 28 / 56 on 224 px)."""
+    [BDMAE] App. C: pad 4 weak / 8 strong on 32 px images, 28 / 56 on 224 px)."""
 
     classifier: QueryModel
     pad: int = 4
