@@ -166,10 +166,10 @@ def test_both_stages_are_cached_and_repeatable(tiny_mirror: Path, tmp_path: Path
 
 def test_cold_run_time_counts_each_artefact_once() -> None:
     tables = TRTables("cifar10", "smoke")
-    tables._seen("trained here", loaded=False, seconds=5.0)
-    tables._seen("trained here", loaded=True, seconds=5.0)  # a later table reloads it: already in the run's time
-    tables._seen("from the cache", loaded=True, seconds=7.0)
-    assert tables.loaded_seconds == {"from the cache": 7.0}
+    tables.clock.seen("trained here", loaded=False, seconds=5.0)
+    tables.clock.seen("trained here", loaded=True, seconds=5.0)  # a later table reloads it: already in the run's time
+    tables.clock.seen("from the cache", loaded=True, seconds=7.0)
+    assert tables.clock.loaded_seconds == {"from the cache": 7.0}
 
 
 def test_principal_components_on_a_line_and_feature_scatter_shapes() -> None:

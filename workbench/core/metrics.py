@@ -50,10 +50,6 @@ def attack_success_rate(classifier: QueryModel | nn.Module, x_triggered: torch.T
     return _rate(predict_labels(classifier, x_triggered) == target)
 
 
-# REStore's names for the same quantities.
-clean_data_accuracy = clean_accuracy
-sanitized_data_accuracy = backdoor_accuracy
-
 
 def confusion_matrix(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(K, K) counts: entry [t, p] = number of images of true class t predicted as p."""

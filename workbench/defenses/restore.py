@@ -190,8 +190,12 @@ def splitting_config(setup: RestoreSetup, image_shape: tuple[int, int, int], **s
 
 # --- Scorer (Eq. 4) and the clean sets it uses (Sec. III-D1) -------------------------------------------------------
 
-def clean_sets(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, classes: list[int], *, per_set: int = 9,
-               seed: int = 0) -> torch.Tensor:
+#: |X_test^cl|, the clean images per class under test: [REStore] Sec. III-D1 takes min(K - 1, 9).
+PAPER_PER_SET = 9
+
+
+def clean_sets(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, classes: list[int], *,
+               per_set: int = PAPER_PER_SET, seed: int = 0) -> torch.Tensor:
     """X_test^cl for each class c under test (Sec. III-D1): correctly classified clean images of the other classes,
     one per class in a seeded order until `per_set` (the paper: min(K - 1, 9)).
 
@@ -382,7 +386,8 @@ def _nan_if_none(value: float | None) -> float:
 
 def diagnose(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, setup: RestoreSetup, *,
              output: str = "probits", classes: list[int] | None = None, config: SplittingConfig | None = None,
-             per_set: int = 9, num_classes: int | None = None, seed: int = 0, progress: bool = False) -> Diagnosis:
+             per_set: int = PAPER_PER_SET, num_classes: int | None = None, seed: int = 0,
+             progress: bool = False) -> Diagnosis:
     """Run importance splitting for every class (Sec. IV-D): one problem per class, all batched.
 
     With a single class in `classes` the run only recovers that class's trigger (Table II): the comparison fields

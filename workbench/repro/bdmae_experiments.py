@@ -33,7 +33,7 @@ from workbench.defenses.baselines.februus import Februus
 from workbench.defenses.baselines.patchcleanser import PatchCleanser
 from workbench.defenses.baselines.transforms import Blur, ShrinkPad
 from workbench.defenses.bdmae import BDMAE, VARIANTS, BDMAEConfig, BDMAEResult, token_dissimilarity
-from workbench.repro.presets import QUICKSTART
+from workbench.repro.presets import QUICKSTART, TARGETS
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
@@ -67,11 +67,6 @@ BDMAE_PRESETS = {
     "cpu": BDMAEPreset(500, 100, 6, 15_000, diffpure_images=100, diffpure_datasets=("cifar10",), variant_images=60),
     "paper": BDMAEPreset(10_000, 10_000, 60, None),
 }
-
-
-#: BDMAE draws random targets; we fix them: class 0 on CIFAR-10 (as the quickstart), class 1 on GTSRB (as T&R;
-#: GTSRB's class 0 has too few images for the clean-label LC attack).
-TARGETS = {"cifar10": 0, "gtsrb": 1}
 
 
 @dataclass(frozen=True)

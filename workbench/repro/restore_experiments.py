@@ -33,6 +33,7 @@ from workbench.defenses.baselines.februus import Februus
 from workbench.defenses.bdmae import BDMAE, BDMAEConfig
 from workbench.defenses.restore import (
     OUTPUTS,
+    PAPER_PER_SET,
     Diagnosis,
     Purifier,
     RestoreSetup,
@@ -131,7 +132,7 @@ class RestorePreset:
     eval_images: int
     comparable_images: int
     max_cda_drop: float = 0.05
-    per_set: int = 9
+    per_set: int = PAPER_PER_SET
     alpha: float | None = None
     attacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
     runs: tuple[Run, ...] = ()
@@ -239,8 +240,9 @@ def get_or_diagnose(trained: TrainedModel, images: Images, run: Run, preset: Res
     identity = {"model": trained.key, "setup": run.setup, "output": run.output, "splitting": preset.splitting,
                 "clean_images": preset.clean_images, "seed": seed}
     # every class, the paper's |X_test^cl| and a calibrated alpha_def are the defaults; only others enter the identity
-    identity.update({k: v for k, v in (("per_set", preset.per_set), ("alpha", preset.alpha),
-                                       ("classes", list(run.classes or ()))) if v not in (9, None, [])})
+    defaults = {"per_set": PAPER_PER_SET, "alpha": None, "classes": []}
+    chosen = {"per_set": preset.per_set, "alpha": preset.alpha, "classes": list(run.classes or ())}
+    identity.update({k: v for k, v in chosen.items() if v != defaults[k]})
 
     def restore(found: Artefact) -> Diagnosis:
         loaded = Diagnosis.from_stored(found.tensors, found.metrics)

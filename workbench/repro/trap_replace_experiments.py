@@ -68,9 +68,9 @@ from workbench.repro.paper_numbers import (
     TR_TABLE11,
     TR_TABLE12,
 )
+from workbench.repro.presets import TARGETS
 from workbench.repro.results import ColdRunClock
 
-TARGETS = {"cifar10": 0, "gtsrb": 1}  # App. B.1
 POISON_RATIO = 0.1  # Sec. 4.1
 
 
@@ -295,7 +295,7 @@ class Defended:
 
 def _cached(kind: str, identity: dict[str, Any], run: Callable[[], tuple[nn.Module, dict[str, Any]]],
             blank: Callable[[], nn.Module], recipe: TrainConfig, defence: str, store: ArtefactStore,
-            device: str) -> Defended:
+            device: str, clock: ColdRunClock) -> Defended:
     """Load the artefact of `identity` or `run()` the defence, evaluate it on the test split and store it."""
     key = config_key(identity)
     dev = resolve_device(device)
@@ -312,30 +312,48 @@ def _cached(kind: str, identity: dict[str, Any], run: Callable[[], tuple[nn.Modu
         return model, model.state_dict(), metrics
 
     model, artefact, loaded = get_or_compute(store, kind, key, identity, compute=defend_now, restore=restore)
+    clock.seen(key, loaded, artefact.metrics["seconds"])
     return Defended(defence, model.to(dev).eval(), key, artefact.metrics, loaded, artefact.metrics["seconds"])
 
 
+def _trap(config: TrapConfig, clock: ColdRunClock, store: ArtefactStore | None, device: str,
+          progress: bool) -> TrappedModel:
+    """Stage 1 (or plain training when `config.reconstruct` is False), recorded on `clock`."""
+    trapped = get_or_trap(config, store=store, device=device, progress=progress)
+    clock.seen(trapped.key, trapped.loaded, trapped.metrics["train_seconds"])
+    return trapped
+
+
+def _replace(trapped: TrappedModel, config: ReplaceConfig, clock: ColdRunClock, store: ArtefactStore | None,
+             device: str, progress: bool) -> TrainedModel:
+    """Stage 2 on `trapped`, recorded on `clock`."""
+    replaced = get_or_replace(trapped, config, store=store, device=device, progress=progress)
+    clock.seen(replaced.key, replaced.loaded, replaced.metrics["train_seconds"])
+    return replaced
+
+
 def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *, ratio: float = POISON_RATIO,
-           seed: int = 0, store: ArtefactStore | None = None, device: str = "auto", progress: bool = True) -> Defended:
+           seed: int = 0, store: ArtefactStore | None = None, device: str = "auto", progress: bool = True,
+           clock: ColdRunClock | None = None) -> Defended:
     """Train or load the model `defence` gives on `dataset` poisoned by `attack` (None = clean training set).
 
     "No defense" is normal training; FT, NAD, ANP and I-BAU start from it and use the clean holdout (5 % of the
     training set); ABL and DP train on the poisoned set themselves; T&R is both stages with the paper's settings.
+    Every artefact trained or loaded is recorded on `clock` when one is given.
     """
     check_name("defence", defence, DEFENCES)
     preset = pick(scale, PRESETS)
     store = store or ArtefactStore()
+    clock = clock if clock is not None else ColdRunClock()
     plain = trap_config(dataset, attack, scale, reconstruct=False, ratio=ratio, seed=seed)
     recipe = plain.train
     if defence == "T&R":
-        trapped = get_or_trap(trap_config(dataset, attack, scale, ratio=ratio, seed=seed), store=store, device=device,
-                              progress=progress)
-        replaced = get_or_replace(trapped, replace_config(scale, seed=seed), store=store, device=device,
-                                  progress=progress)
+        trapped = _trap(trap_config(dataset, attack, scale, ratio=ratio, seed=seed), clock, store, device, progress)
+        replaced = _replace(trapped, replace_config(scale, seed=seed), clock, store, device, progress)
         return Defended(defence, replaced.model, replaced.key, replaced.metrics, replaced.loaded,
                         trapped.metrics["train_seconds"] + replaced.metrics["train_seconds"])
     if defence in ("No defense", "FT", "NAD", "ANP", "I-BAU"):
-        undefended = get_or_trap(plain, store=store, device=device, progress=progress)
+        undefended = _trap(plain, clock, store, device, progress)
         if defence == "No defense":
             return Defended(defence, undefended.model, undefended.key, undefended.metrics, undefended.loaded,
                             undefended.metrics["train_seconds"])
@@ -346,7 +364,7 @@ def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *,
                     "holdout_sha256": holdout.fingerprint()}
         return _cached(defence.lower(), identity, lambda: (method(undefended.model, holdout, config, device=device,
                                                                   progress=progress), {}),
-                       lambda: new_model(recipe), recipe, defence, store, device)
+                       lambda: new_model(recipe), recipe, defence, store, device, clock)
     identity = {"defence": defence, "train_config": recipe.to_dict(),
                 "train_data_sha256": recipe.splits().train.fingerprint()}
 
@@ -362,11 +380,11 @@ def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *,
                                progress=progress)
             return result.model, {"isolation_precision": result.isolation_precision, "history": result.history}
 
-        return _cached("abl", identity, run_abl, lambda: new_model(recipe), recipe, defence, store, device)
+        return _cached("abl", identity, run_abl, lambda: new_model(recipe), recipe, defence, store, device, clock)
     identity["config"] = preset.dp.to_dict()
     return _cached("dp", identity,
                    lambda: (train_dp(poisoned_set().train, recipe, preset.dp, device=device, progress=progress), {}),
-                   lambda: dp_model(recipe, preset.dp), recipe, defence, store, device)
+                   lambda: dp_model(recipe, preset.dp), recipe, defence, store, device, clock)
 
 
 # --- tables -----------------------------------------------------------------------------------------------------------
@@ -406,42 +424,20 @@ class TRTables:
     #: the artefacts this run trained or loaded, so that a notebook can tell how long a run from an empty cache takes
     clock: ColdRunClock = field(default_factory=ColdRunClock)
 
-    @property
-    def loaded_seconds(self) -> dict[str, float]:
-        """Artefact key -> recorded training seconds of each artefact loaded from the cache, not trained in this run."""
-        return self.clock.loaded_seconds
-
-    def _seen(self, key: str, loaded: bool, seconds: float) -> None:
-        self.clock.seen(key, loaded, seconds)
-
     def defend(self, defence: str, attack: str | None, ratio: float = POISON_RATIO) -> Defended:
-        """`defend` with this object's dataset, scale and seed."""
-        if defence in ("No defense", "T&R"):
-            trapped = self.trapped(attack, reconstruct=defence == "T&R", ratio=ratio)
-            if defence == "No defense":
-                return Defended(defence, trapped.model, trapped.key, trapped.metrics, trapped.loaded,
-                                trapped.metrics["train_seconds"])
-            replaced = self.replaced(trapped)
-            return Defended(defence, replaced.model, replaced.key, replaced.metrics, replaced.loaded,
-                            trapped.metrics["train_seconds"] + replaced.metrics["train_seconds"])
-        done = defend(defence, self.dataset, attack, self.scale, ratio=ratio, seed=self.seed, store=self.store,
-                      device=self.device, progress=self.progress)
-        self._seen(done.key, done.loaded, done.seconds)
-        return done
+        """`defend` with this object's dataset, scale, seed and clock."""
+        return defend(defence, self.dataset, attack, self.scale, ratio=ratio, seed=self.seed, store=self.store,
+                      device=self.device, progress=self.progress, clock=self.clock)
 
     def trapped(self, attack: str | PoisonConfig | None, **changes: Any) -> TrappedModel:
         """Stage 1 of `attack` (`changes`: reconstruct, rec_weight, tv_weight, split, ratio of `trap_config`)."""
-        trapped = get_or_trap(trap_config(self.dataset, attack, self.scale, seed=self.seed, **changes),
-                              store=self.store, device=self.device, progress=self.progress)
-        self._seen(trapped.key, trapped.loaded, trapped.metrics["train_seconds"])
-        return trapped
+        return _trap(trap_config(self.dataset, attack, self.scale, seed=self.seed, **changes), self.clock, self.store,
+                     self.device, self.progress)
 
     def replaced(self, trapped: TrappedModel, holdout_size: int | None = None) -> TrainedModel:
         """Stage 2 on `trapped` (all of the holdout, or `holdout_size` images of it)."""
-        replaced = get_or_replace(trapped, replace_config(self.scale, holdout_size=holdout_size, seed=self.seed),
-                                  store=self.store, device=self.device, progress=self.progress)
-        self._seen(replaced.key, replaced.loaded, replaced.metrics["train_seconds"])
-        return replaced
+        return _replace(trapped, replace_config(self.scale, holdout_size=holdout_size, seed=self.seed), self.clock,
+                        self.store, self.device, self.progress)
 
     def table1(self, attacks: tuple[str, ...], defences: tuple[str, ...],
                baseline_attacks: tuple[str, ...]) -> pd.DataFrame:

@@ -134,7 +134,8 @@ class InputAwareConfig:
 class InputAware(Attack):
     """The trigger of a trained IAB attack: B(x) with the generators stored under `artefact_key`.
 
-    Build it with `train_input_aware`; applying it loads the generators from the artefact store (once).
+    Build it with `workbench.core.training.get_or_train_input_aware`; applying it loads the generators from the
+    artefact store (once).
     """
 
     family = "input_aware"
@@ -160,7 +161,7 @@ def _generators(key: str, channels: int, width: int) -> tuple[TriggerGenerator, 
     found = ArtefactStore().load_by_key("iab", key)
     if found is None:
         raise WorkbenchError(f"IAB generators {key} are not trained here: run the notebook or "
-                             "train_input_aware(config) for this attack first")
+                             "workbench.core.training.get_or_train_input_aware(config) for this attack first")
     pattern_gen, mask_gen = TriggerGenerator(channels, channels, width), TriggerGenerator(channels, 1, width)
     pattern_gen.load_state_dict({k[8:]: v for k, v in found.tensors.items() if k.startswith("pattern.")})
     mask_gen.load_state_dict({k[5:]: v for k, v in found.tensors.items() if k.startswith("mask.")})

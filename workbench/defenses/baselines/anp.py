@@ -61,7 +61,7 @@ from workbench.core.validation import (
     check_positive_int,
     check_seed,
 )
-from workbench.defenses.baselines.finetune import check_defense_inputs
+from workbench.defenses.baselines.finetune import check_defence_inputs
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def anp_masks(model: StagedClassifier, holdout: ImageDataset, config: ANPConfig 
     Returns:
         dict BatchNorm2d module name (as in `model.named_modules()`) -> (C,) mask values in [0, 1], on the CPU.
     """
-    check_defense_inputs(model, holdout)
+    check_defence_inputs(model, holdout)
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(config.seed + 3)  # global-RNG draws (dropout, if a caller switched it on) repeat too

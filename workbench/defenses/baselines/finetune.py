@@ -121,7 +121,7 @@ class FineTuneConfig:
 
 # --- shared by the post-training baselines (fine-tuning, NAD, ANP) -------------------------------------------------
 
-def check_defense_inputs(model: StagedClassifier, holdout: ImageDataset) -> None:
+def check_defence_inputs(model: StagedClassifier, holdout: ImageDataset) -> None:
     """Fail early, with the fix, when `model` or `holdout` cannot go together."""
     if not isinstance(model, torch.nn.Module) or getattr(model, "input_shape", None) is None:
         raise WorkbenchError(f"model must be a workbench classifier (build_model, or workbench.wrap(...) around your "
@@ -207,7 +207,7 @@ def fine_tune(model: StagedClassifier, holdout: ImageDataset, config: FineTuneCo
     Returns:
         The fine-tuned copy, in eval mode, on `device`.
     """
-    check_defense_inputs(model, holdout)
+    check_defence_inputs(model, holdout)
     tuned = copy.deepcopy(model).requires_grad_(True)  # all layers, even ones the caller had frozen
     train_in_phases(tuned, holdout, config, device=device, progress=progress)
     tuned.zero_grad(set_to_none=True)  # no stale gradients of the last step on the returned model

@@ -43,7 +43,7 @@ from workbench.core.models import StagedClassifier
 from workbench.core.validation import WorkbenchError, check_positive, check_seed
 from workbench.defenses.baselines.finetune import (
     FineTuneConfig,
-    check_defense_inputs,
+    check_defence_inputs,
     fine_tune,
     train_in_phases,
 )
@@ -236,7 +236,7 @@ def nad(model: nn.Module, holdout: ImageDataset, config: NADConfig = NADConfig()
     Returns:
         The student after distillation, in eval mode, on `device`.
     """
-    check_defense_inputs(model, holdout)
+    check_defence_inputs(model, holdout)
     check_stages(model, config.stages)
     teacher = fine_tune(model, holdout, config.teacher_recipe(), device=device, progress=progress)
     teacher.requires_grad_(False).eval()  # NAD's teacher is frozen and runs in eval mode
