@@ -1,4 +1,4 @@
-"""BDMAE experiments: the models, defences and evaluation behind `11_bdmae_tables.ipynb`.
+"""BDMAE experiments: the models, defences, evaluation and tables of `11_bdmae_tables.ipynb` (`BDMAETables`).
 
 Every defence is evaluated the same way on the same images: CA on clean test images, BA and ASR on triggered
 test images whose true class is not the target ([BDMAE] Sec. 5.1), with wall-clock seconds and label queries.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
 
 import pandas as pd
 import torch
@@ -23,17 +25,27 @@ from workbench.core.attacks import (
 )
 from workbench.core.data import ImageDataset, stratified_subset
 from workbench.core.diffusion import Diffusion
-from workbench.core.mae import MAERestorer
+from workbench.core.diffusion_training import load_workbench_diffusion
+from workbench.core.mae import MAERestorer, random_token_masks
+from workbench.core.mae_training import load_workbench_mae
 from workbench.core.query import QueryModel
 from workbench.core.runtime import make_generator
-from workbench.core.scales import pick
+from workbench.core.scales import pick, resolve_scale
 from workbench.core.training import TrainConfig, TrainedModel, get_or_train, get_or_train_input_aware
 from workbench.defenses.baselines.diffpure import DiffPure
 from workbench.defenses.baselines.februus import Februus
 from workbench.defenses.baselines.patchcleanser import PatchCleanser
 from workbench.defenses.baselines.transforms import Blur, ShrinkPad
 from workbench.defenses.bdmae import BDMAE, VARIANTS, BDMAEConfig, BDMAEResult, token_dissimilarity
+from workbench.repro.paper_numbers import (
+    BDMAE_TABLE1,
+    BDMAE_TABLE2,
+    BDMAE_TABLE3,
+    BDMAE_TABLE_A2,
+    BDMAE_TABLE_A3_A4,
+)
 from workbench.repro.presets import QUICKSTART, TARGETS
+from workbench.repro.results import ResultTable
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 
@@ -87,6 +99,18 @@ class Setting:
         if isinstance(self.train, InputAwareConfig):
             return get_or_train_input_aware(self.train, device=device, progress=progress)
         return get_or_train(self.train, device=device, progress=progress), self.test_attack
+
+
+@dataclass(frozen=True)
+class ModelAccuracy:
+    """A trained model's own CA and ASR (%) on the full test split, as recorded when it was trained."""
+
+    ca: float
+    asr: float  # NaN for a clean model
+
+    @classmethod
+    def of(cls, trained: TrainedModel) -> ModelAccuracy:
+        return cls(100 * trained.metrics["test_ca"], 100 * trained.metrics.get("test_asr", float("nan")))
 
 
 def bdmae_model(dataset: str, poison: PoisonConfig | None, scale: str | None, *, reduced: bool = False,
@@ -232,7 +256,7 @@ class _Identity:
 def compare_defences(setting: Setting, restorer: MAERestorer, images: int, bdmae_config: BDMAEConfig, *,
                      seed: int = 0, device: str = "auto", only: tuple[str, ...] | None = None,
                      progress: bool = False, diffusion: Diffusion | None = None
-                     ) -> tuple[pd.DataFrame, dict[str, float]]:
+                     ) -> tuple[pd.DataFrame, ModelAccuracy]:
     """Evaluate the defences of Table 2 (or those named in `only`; Table 1's DiffPure rows too given `diffusion`)
     on one setting.
 
@@ -258,8 +282,7 @@ def compare_defences(setting: Setting, restorer: MAERestorer, images: int, bdmae
         if len(candidates) > 1:
             best = (candidates["CA"] + candidates["BA"]).idxmax()
             table = table.drop(index=[i for i in candidates.index if i != best])
-    return table.reset_index(drop=True), {"model CA": 100 * trained.metrics["test_ca"],
-                                          "model ASR": 100 * trained.metrics.get("test_asr", float("nan"))}
+    return table.reset_index(drop=True), ModelAccuracy.of(trained)
 
 
 def paper_row(defence: str) -> str:
@@ -271,12 +294,12 @@ def paper_row(defence: str) -> str:
 
 
 def with_paper(table: pd.DataFrame, paper: dict[str, tuple[float, ...]], note: str,
-               metrics: tuple[str, ...] = ("CA", "BA", "ASR"), model: dict[str, float] | None = None) -> pd.DataFrame:
+               metrics: tuple[str, ...] = ("CA", "BA", "ASR"), model: ModelAccuracy | None = None) -> pd.DataFrame:
     """`table` (one row per defence) beside the paper's numbers (NaN where the paper has no such row) and a column
     saying what differs. A backdoored model whose ASR on the full test split is below 90 % did not learn its backdoor
     at this scale: the note says so, since BA and ASR then do not test purification."""
-    if model is not None and model["model ASR"] < 90:
-        note += (f"; NO effective backdoor at this scale (model ASR {model['model ASR']:.0f} % on the full test "
+    if model is not None and model.asr < 90:
+        note += (f"; NO effective backdoor at this scale (model ASR {model.asr:.0f} % on the full test "
                  "split): BA/ASR here do not test purification")
     out = table.round({"CA": 1, "BA": 1, "ASR": 1, "s/image": 4, "queries/image": 1}).copy()
     out["paper row"] = [paper_row(d) if paper_row(d) in paper else "" for d in out["defence"]]
@@ -312,3 +335,259 @@ def score_diagnostics(result: BDMAEResult, x: torch.Tensor, restorer: MAERestore
         "S_i of an exact MAE (resampling only)": token_dissimilarity(
             x, restorer.resample(x), restorer.grid).mean().item(),
     }
+
+
+# --- the paper's tables -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MAEConsistency:
+    """How often restoring 75 % random masks keeps the classifier's label on clean images: BDMAE's label score and
+    its CA rest on this property of the MAE ([BDMAE] Sec. 4.2)."""
+
+    kept: float  # fraction of labels unchanged
+    accuracy_before: float  # % on the clean images
+    accuracy_after: float  # % on their restorations
+    images: int
+
+    def __str__(self) -> str:
+        return (f"labels kept after 75 % random-mask restoration: {100 * self.kept:.1f} % of {self.images} clean test "
+                f"images (accuracy {self.accuracy_before:.1f} % -> {self.accuracy_after:.1f} %)")
+
+
+@dataclass(frozen=True)
+class Fig5:
+    """[BDMAE] Fig. 5 measured: accuracy against N_o and N_r (`curves`: panel, value, CA, BA) and against one fixed
+    threshold on S before / after refinement (`fixed`: stage, threshold, CA, BA)."""
+
+    curves: ResultTable
+    fixed: ResultTable
+
+
+#: the thresholds of Fig. 5d
+FIXED_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+
+
+class BDMAETables:
+    """[BDMAE]'s Tables 1-3, A.2-A.4, Fig. 5 and the score diagnostics at one scale, each returned as a
+    `ResultTable` beside the paper's numbers. Models are trained once and cached; each table is computed once per
+    object (Table 1 reuses Table 2's rows where both saw the same images).
+
+    Args:
+        scale: the preset's scale (None: $WORKBENCH_SCALE, else "cpu").
+        seed: seed of the evaluation images and of every defence's draws.
+        device: where to compute.
+    """
+
+    def __init__(self, scale: str | None = None, *, seed: int = 0, device: str = "auto") -> None:
+        self.scale = resolve_scale(scale)
+        self.preset = pick(self.scale, BDMAE_PRESETS)
+        self.seed, self.device = seed, device
+        self.started = time.time()
+        self._table2: dict[str, ResultTable] = {}
+        self._fig5: tuple[Fig5, tuple[torch.Tensor, torch.Tensor, BDMAEResult, BDMAEResult]] | None = None
+
+    def __str__(self) -> str:
+        p = self.preset
+        return (f"scale {self.scale}: {p.main_images} + {p.main_images} images for the main setting, {p.other_images} "
+                f"+ {p.other_images} elsewhere; BDMAE {p.bdmae}")
+
+    @cached_property
+    def restorer(self) -> MAERestorer:
+        return MAERestorer(load_workbench_mae(device=self.device))
+
+    @cached_property
+    def diffusion(self) -> Diffusion:
+        return load_workbench_diffusion(device=self.device)
+
+    @cached_property
+    def main(self) -> Setting:
+        """The main setting: CIFAR-10, BDMAE's colour patch, 10 % poisoning (Table 2 and the acceptance checks)."""
+        return badnets_setting("cifar10", make_attack("bdmae_badnets_colour"), self.scale)
+
+    def _setting(self, dataset: str) -> Setting:
+        return self.main if dataset == "cifar10" else badnets_setting(dataset, make_attack("bdmae_badnets_colour"),
+                                                                        self.scale)
+
+    def _images(self, dataset: str) -> int:
+        return self.preset.main_images if dataset == "cifar10" else self.preset.other_images
+
+    def _compare(self, setting: Setting, images: int, **options: Any) -> tuple[pd.DataFrame, ModelAccuracy]:
+        return compare_defences(setting, self.restorer, images, self.preset.bdmae, seed=self.seed, device=self.device,
+                                **options)
+
+    @property
+    def table1_datasets(self) -> tuple[str, ...]:
+        return tuple(d for d in self.preset.datasets if d in self.preset.diffpure_datasets)
+
+    def minutes(self) -> float:
+        """Minutes since this object was made."""
+        return (time.time() - self.started) / 60
+
+    @cached_property
+    def consistency(self) -> MAEConsistency:
+        """The tiny MAE's consistency on the main setting's clean evaluation images."""
+        trained, _ = self.main.load(device=self.device)
+        x, y, _, _ = evaluation_images(self.main.recipe.splits().test, None, self.main.target,
+                                       self.preset.main_images, self.seed)
+        probe = QueryModel(trained.model, "label")
+        masks = random_token_masks(len(x), self.restorer.grid ** 2, 0.75, torch.Generator().manual_seed(self.seed))
+        restored, _ = self.restorer.restore(x, masks)
+        before, after = probe.labels(x), probe.labels(restored.clamp(0, 1))
+        return MAEConsistency((before == after).float().mean().item(), 100 * (before == y).float().mean().item(),
+                              100 * (after == y).float().mean().item(), len(x))
+
+    def table2(self, dataset: str) -> ResultTable:
+        """[BDMAE] Table 2: every defence on BadNets (the colour patch) on `dataset`."""
+        if dataset not in self._table2:
+            images = self._images(dataset)
+            table, model = self._compare(self._setting(dataset), images)
+            frame = with_paper(table, BDMAE_TABLE2[dataset],
+                               f"tiny MAE, small CNN, {images}+{images} images, one trigger", model=model)
+            self._table2[dataset] = ResultTable(
+                f"table2_{dataset}", f"BDMAE Table 2, {dataset}, scale {self.scale}: model CA {model.ca:.1f} %, "
+                                     f"ASR {model.asr:.1f} % on the full test split.", frame)
+        return self._table2[dataset]
+
+    def table1(self, dataset: str) -> ResultTable:
+        """[BDMAE] Table 1: DiffPure with both samplers beside no defence and BDMAE, on at most
+        `preset.diffpure_images` images; where Table 2 saw the very same images its rows are reused."""
+        table2_images = self._images(dataset)
+        images = min(self.preset.diffpure_images, table2_images)
+        only = ("DiffPure",) if images == table2_images else ("Before defense", "DiffPure", "BDMAE")
+        table, model = self._compare(self._setting(dataset), images, only=only, diffusion=self.diffusion)
+        if images == table2_images:
+            table2 = self.table2(dataset).frame
+            reused = table2[table2["defence"].isin(["Before defense", "BDMAE (tiny MAE)"])]
+            table = pd.concat([reused[table.columns], table]).reset_index(drop=True)
+        frame = with_paper(table, BDMAE_TABLE1[dataset], f"tiny 32 px diffusion model (t < 0.2), t* = 0.1, tiny MAE, "
+                           f"small CNN, {images}+{images} images", model=model)
+        return ResultTable(f"table1_{dataset}", f"BDMAE Table 1, {dataset}, scale {self.scale}: DiffPure (DDPM and "
+                                                "SDE samplers) vs BDMAE.", frame)
+
+    @cached_property
+    def _table_a2(self) -> ResultTable:
+        rows = []
+        for dataset in self.preset.datasets:
+            table, _ = self._compare(clean_setting(dataset, self.scale), self.preset.other_images,
+                                     only=("Before defense", "BDMAE"))
+            table = with_paper(table.drop(columns="ASR"), BDMAE_TABLE_A2.get(dataset, {}),
+                               "tiny MAE, small CNN; BA here = accuracy on patched images", metrics=("CA", "BA"))
+            table.insert(0, "dataset", dataset)
+            rows.append(table)
+        return ResultTable("tableA2_clean_models", "BDMAE Table A.2: clean models (GTSRB's paper row is not "
+                           "recoverable from the text we have).", pd.concat(rows))
+
+    def table_a2(self) -> ResultTable:
+        """[BDMAE] Table A.2: clean models; "triggered" images carry the colour patch, which they ignore."""
+        return self._table_a2
+
+    def table_a3_a4(self) -> ResultTable:
+        """[BDMAE] Tables A.3 (CIFAR-10) and A.4 (GTSRB): 1x1-3x3 colour and white patches, reduced models."""
+        rows = []
+        for dataset in self.preset.datasets:
+            for name, attack in trigger_variants().items():
+                images = self.preset.trigger_variant_images
+                table, model = self._compare(badnets_setting(dataset, attack, self.scale, reduced=True), images,
+                                             only=("Before defense", "Blur", "ShrinkPad", "BDMAE"))
+                paper = {row: cells[name] for row, cells in BDMAE_TABLE_A3_A4[dataset].items()}
+                subset = (f"{self.preset.model_train_size:,} training images" if self.preset.model_train_size
+                          else "all training images")
+                table = with_paper(table, paper, f"tiny MAE, small CNN on {subset}, {self.preset.model_epochs} epochs, "
+                                   f"{images}+{images} images" + (", one seeded colour" if "color" in name else ""),
+                                   model=model)
+                rows.append(_labelled(table, dataset, "trigger", name, model))
+        return ResultTable("tableA3_A4_trigger_sizes", "BDMAE Tables A.3 (CIFAR-10) and A.4 (GTSRB): trigger sizes "
+                           "and colours (reduced models).", pd.concat(rows))
+
+    def table3(self) -> ResultTable:
+        """[BDMAE] Table 3: IAB, LC and Blended (reduced models)."""
+        rows = []
+        for dataset in self.preset.datasets:
+            for name, setting in challenging_settings(dataset, self.scale).items():
+                table, model = self._compare(setting, self.preset.other_images)
+                paper = BDMAE_TABLE3.get((dataset, name))
+                note = ("reduced small CNN, tiny MAE" if paper else
+                        "no paper counterpart (the paper runs Blended on VGGFace2 and ImageNet10 only)")
+                table = with_paper(table, paper or {}, f"{note}; {setting.note}" if setting.note else note,
+                                   model=model)
+                rows.append(_labelled(table, dataset, "attack", name, model))
+        return ResultTable("table3_challenging", "BDMAE Table 3: IAB, LC and Blended (reduced models).",
+                           pd.concat(rows))
+
+    def fig5(self) -> Fig5:
+        """[BDMAE] Fig. 5 on the main setting: (a-c) CA / BA against N_o (Base-i, Base-l) and N_r (full method),
+        (d) one fixed threshold on S before and after refinement instead of the adaptive restoration."""
+        if self._fig5 is not None:
+            return self._fig5[0]
+        x_c, y_c, x_b, y_b = evaluation_images(self.main.recipe.splits().test, self.main.test_attack,
+                                               self.main.target, max(4, self.preset.other_images // 2), self.seed)
+        trained, _ = self.main.load(device=self.device)
+        query = QueryModel(trained.model, "label")
+        curves, results = [], {}
+        for variant in ("base_i", "base_l"):
+            for n_o in (1, 2, 3, 5):
+                config = replace(VARIANTS[variant], outer_rounds=n_o)
+                ca, ba, _, _ = bdmae_accuracies(query, self.restorer, config, x_c, y_c, x_b, y_b, self.seed)
+                curves.append({"panel": f"N_o ({variant})", "value": n_o, "CA": ca, "BA": ba})
+        for n_r in (0, 2, 5, 10):
+            config = replace(VARIANTS["full"], refine_steps=n_r)
+            ca, ba, on_clean, on_triggered = bdmae_accuracies(query, self.restorer, config, x_c, y_c, x_b, y_b,
+                                                              self.seed)
+            curves.append({"panel": "N_r (full)", "value": n_r, "CA": ca, "BA": ba})
+            results[n_r] = (on_clean, on_triggered)
+        fixed = []
+        bdmae = BDMAE(query, self.restorer)
+        for stage, (on_clean, on_triggered) in (("before refinement", results[0]), ("after refinement", results[10])):
+            for tau in FIXED_THRESHOLDS:
+                accuracies = []
+                for x, y, result in ((x_c, y_c, on_clean), (x_b, y_b, on_triggered)):
+                    purified, _, _ = bdmae.adaptive_restore(x, result.score, fixed_threshold=tau)
+                    accuracies.append(100 * (query.labels(purified.clamp(0, 1)) == y).float().mean().item())
+                fixed.append({"stage": stage, "threshold": tau, "CA": accuracies[0], "BA": accuracies[1]})
+        fig5 = Fig5(ResultTable("fig5_no_nr", f"BDMAE Fig. 5a-c on {len(x_c)} clean + {len(x_b)} triggered CIFAR-10 "
+                                              "images.", pd.DataFrame(curves).round(1)),
+                    ResultTable("fig5d_fixed_thresholds", "BDMAE Fig. 5d: single fixed thresholds before / after "
+                                "refinement.", pd.DataFrame(fixed).round(1)))
+        self._fig5 = (fig5, (x_c, x_b, *results[10]))
+        return fig5
+
+    def score_diagnostics(self) -> ResultTable:
+        """`score_diagnostics` of the full method (N_r = 10 of Fig. 5) on clean and triggered images."""
+        self.fig5()
+        x_c, x_b, on_clean, on_triggered = self._fig5[1]
+        frame = pd.DataFrame({"clean images": score_diagnostics(on_clean, x_c, self.restorer),
+                              "triggered images": score_diagnostics(on_triggered, x_b, self.restorer)})
+        return ResultTable("score_diagnostics", "Where BDMAE's CA goes with the tiny MAE (full method, main setting).",
+                           frame.round(3).reset_index(names="quantity"))
+
+    def acceptance(self) -> ResultTable:
+        """Issue 3's acceptance checks on the main setting (Table 2, Table A.2 and the MAE's consistency)."""
+        t = self.table2("cifar10").frame.set_index("defence")
+        bd, before = t.loc["BDMAE (tiny MAE)"], t.loc["Before defense"]
+        clean = self.table_a2().frame.set_index(["dataset", "defence"])
+        clean_drop = clean.loc[("cifar10", "Before defense"), "CA"] - clean.loc[("cifar10", "BDMAE (tiny MAE)"), "CA"]
+        kept = self.consistency.kept
+        checks = pd.DataFrame([
+            ("ASR before defence >= 90 %", before["ASR"], before["ASR"] >= 90),
+            ("BDMAE BA >= 70 %", bd["BA"], bd["BA"] >= 70),
+            ("BDMAE ASR <= 10 %", bd["ASR"], bd["ASR"] <= 10),
+            ("BDMAE CA within 12 points of the undefended CA", before["CA"] - bd["CA"], before["CA"] - bd["CA"] <= 12),
+            ("BDMAE (CA+BA)/2 above Blur and ShrinkPad", (bd["CA"] + bd["BA"]) / 2,
+             all((bd["CA"] + bd["BA"]) / 2 > (t.loc[n, "CA"] + t.loc[n, "BA"]) / 2
+                 for n in ("Blur weak", "Blur strong", "ShrinkPad weak", "ShrinkPad strong"))),
+            ("MAE consistency >= 65 %", 100 * kept, kept >= 0.65),
+            ("clean model: BDMAE costs <= 12 points of CA", clean_drop, clean_drop <= 12),
+        ], columns=["claim", "measured", "holds"])
+        return ResultTable("acceptance", f"Issue 3 acceptance checks at scale {self.scale}.", checks)
+
+
+#: claims the `cpu` preset is known to miss (the tiny MAE; named in the README's known gaps): reported, not asserted
+BDMAE_CPU_KNOWN_GAPS = ("BDMAE (CA+BA)/2 above Blur and ShrinkPad",)
+
+
+def _labelled(table: pd.DataFrame, dataset: str, column: str, value: str, model: ModelAccuracy) -> pd.DataFrame:
+    """A per-attack block of Tables 3 / A.3-A.4: its dataset and attack in front, the model's own ASR at the end."""
+    table.insert(0, column, value)
+    table.insert(0, "dataset", dataset)
+    table["model ASR (full test)"] = round(model.asr, 1)
+    return table

@@ -13,16 +13,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from workbench.core.attacks import Attack, PoisonConfig, backdoor_test_set, make_attack
 from workbench.core.data import ImageDataset, dataset_spec, load_splits
-from workbench.core.scales import pick
+from workbench.core.scales import pick, resolve_scale
 from workbench.core.training import TrainConfig, TrainedModel, get_or_train
 from workbench.core.validation import WorkbenchError, check_name
 from workbench.defenses.lred import DetectionResult, LREDConfig, detect, detection_images
-from workbench.repro.results import ColdRunClock
+from workbench.repro.paper_numbers import LRED_TABLE1, LRED_TABLE2, LRED_TABLE3, LRED_TABLE4, LRED_TABLE6
+from workbench.repro.results import ColdRunClock, ResultTable
 
 
 @dataclass(frozen=True)
@@ -337,3 +340,185 @@ def speedup(inspections: pd.DataFrame, fast: str = "RED-A'", slow: str = "RED-A"
     if both.empty:
         raise WorkbenchError(f"no classifier was inspected by both {slow} and {fast}")
     return float(both[slow].sum() / both[fast].sum())
+
+
+# ------------------------------------------------------------------------------------------------ the paper's tables
+@dataclass(frozen=True)
+class CollateralDamage:
+    """[L-RED] App. A.5 Fig. 2 averaged over a group's classifiers: per class (0 at the target), the fraction of its
+    test images classified to the target with the pattern and without it, and RED-A's final weights w for the true
+    target."""
+
+    target: int
+    with_pattern: np.ndarray
+    clean: np.ndarray
+    weights: np.ndarray
+
+
+#: the detectors of Table 2, in its row order
+METHODS = ("RED-P", "RED-U", "RED-A", "RED-A'")
+
+
+class LREDTables:
+    """[L-RED]'s Tables 1-4 and Figs. 2-3 at one scale, each table returned as a `ResultTable` beside the paper's
+    numbers. Classifiers are trained once and cached; `clock` records what a run from an empty cache would cost.
+
+    Args:
+        scale: the preset's scale (None: $WORKBENCH_SCALE, else "cpu").
+        seed: seed of the detection images.
+        device: where to compute.
+        progress: progress bars over classifiers and inspections.
+    """
+
+    def __init__(self, scale: str | None = None, *, seed: int = 0, device: str = "auto", progress: bool = True) -> None:
+        self.scale = resolve_scale(scale)
+        self.preset = pick(self.scale, LRED_PRESETS)
+        self.seed, self.device, self.progress = seed, device, progress
+        self.clock = ColdRunClock()
+        self.class_names = dataset_spec("cifar10").class_names
+
+    def __str__(self) -> str:
+        p = self.preset
+        return (f"scale {self.scale}: {p.models_per_group} classifiers per group ({p.model}, {p.epochs} epochs on "
+                f"{p.train_size or 'all'} images); detection {p.detection}")
+
+    @functools.cached_property
+    def classifiers(self) -> dict[tuple[str, int], TrainedModel]:
+        """(group, index) -> the trained classifier."""
+        keys = [(group, index) for group in self.preset.groups for index in range(self.preset.models_per_group)]
+        return {(group, index): get_classifier(classifier_config(GROUPS[group], index, self.scale), self.clock,
+                                               device=self.device)
+                for group, index in tqdm(keys, desc="classifiers", disable=not self.progress)}
+
+    def table1(self) -> ResultTable:
+        """[L-RED] Table 1: ASR / CTA of each group, mean ± std over its classifiers."""
+        effects = pd.DataFrame([{"group": group, "index": index, **attack_effect(trained)}
+                                for (group, index), trained in self.classifiers.items()])
+        return ResultTable("table1_attacks", f"L-RED Table 1 at scale {self.scale}: ASR / CTA (%) of each group, "
+                           "mean ± std over classifiers.", table1(effects, LRED_TABLE1))
+
+    @functools.cached_property
+    def inspections(self) -> dict[tuple[str, int, str], Inspection]:
+        """(group, index, method) -> one detector's verdict on one classifier."""
+        return {(group, index, method): inspect(trained, GROUPS[group], group, index, method, self.preset,
+                                                seed=self.seed)
+                for (group, index), trained in tqdm(self.classifiers.items(), desc="inspections",
+                                                    disable=not self.progress)
+                for method in METHODS}
+
+    @functools.cached_property
+    def _rows(self) -> pd.DataFrame:
+        return pd.DataFrame([i.row() for i in self.inspections.values()])
+
+    def inspections_table(self) -> ResultTable:
+        return ResultTable("inspections", "Every detector run: p-value, inferred target, success and seconds.",
+                           self._rows)
+
+    def table2(self) -> ResultTable:
+        """[L-RED] Table 2: successful detections per method and group."""
+        return ResultTable("table2_detection", f"L-RED Table 2 at scale {self.scale}: successful detections, measured "
+                           "(paper, out of 10).", table2(self._rows, LRED_TABLE2))
+
+    def speedup(self) -> float:
+        """RED-A's total seconds over RED-A''s on the same classifiers (Sec. 4.3)."""
+        return speedup(self._rows)
+
+    def table3(self) -> ResultTable:
+        """[L-RED] Table 3: mean seconds per classifier on this machine (the paper's on an RTX 2080 Ti)."""
+        return ResultTable("table3_time", f"L-RED Table 3: mean seconds per classifier on this CPU (paper: RTX 2080 "
+                           f"Ti); RED-A' is {self.speedup():.1f}x faster than RED-A on the same classifiers.",
+                           table3(self._rows, LRED_TABLE3))
+
+    def small_image_detections(self) -> tuple[int, int]:
+        """(attacks RED-A' detects with the correct target, attacked classifiers it inspected)."""
+        small = self._rows[(self._rows.method == "RED-A'") & self._rows.attacked]
+        return int(small.success.sum()), len(small)
+
+    def fig2(self) -> CollateralDamage | None:
+        """[L-RED] Fig. 2 on the L-1 group (None when the preset trains none)."""
+        members = [i for i in range(self.preset.models_per_group) if ("L-1", i) in self.classifiers]
+        if not members:
+            return None
+        setting = GROUPS["L-1"]
+        damage = [collateral_damage(self.classifiers["L-1", i], setting) for i in members]
+        with_pattern, clean = np.zeros(len(self.class_names)), np.zeros(len(self.class_names))
+        with_pattern[damage[0]["class"]] = np.mean([d["misclassified with pattern"] for d in damage], axis=0)
+        clean[damage[0]["class"]] = np.mean([d["misclassified clean"] for d in damage], axis=0)
+        weights = np.mean([self.inspections["L-1", i, "RED-A"].result.estimation.weights[setting.target].numpy()
+                           for i in members], axis=0)
+        return CollateralDamage(setting.target, with_pattern, clean, weights)
+
+    def fig3(self) -> list[tuple[str, DetectionResult, AttackSetting]]:
+        """[L-RED] Fig. 3: RED-A's result on the first classifier of the G-1 and L-1 groups (those trained)."""
+        return [(group, self.inspections[group, 0, "RED-A"].result, GROUPS[group]) for group in ("G-1", "L-1")
+                if (group, 0) in self.classifiers]
+
+    def table4(self) -> ResultTable:
+        """[L-RED] Table 4 (and Table 6): RED-A on one attacked and one clean classifier per other dataset."""
+        rows = []
+        for dataset in self.preset.other_datasets:
+            setting = OTHER_DATASETS[dataset]
+            per_class = 1 if dataset == "gtsrb" else None
+            row: dict[str, Any] = {"dataset": dataset, "note": setting.note}
+            for kind, s in (("attacked", setting), ("clean", setting.clean())):
+                trained = get_classifier(classifier_config(s, 0, self.scale), self.clock, device=self.device)
+                found = inspect(trained, s, dataset, 0, "RED-A", self.preset, per_class=per_class, seed=self.seed)
+                effect = attack_effect(trained)
+                row[f"{kind} p-value"] = f"{found.result.p_value:.3g}"
+                row[f"paper {kind} p-value"] = LRED_TABLE4[kind][dataset]
+                row[f"{kind} detected"] = found.result.detected
+                row[f"{kind} CTA"] = round(effect["CTA"], 1)
+                if kind == "attacked":
+                    row["ASR"] = round(effect["ASR"], 1)
+                    row["inferred target (true)"] = f"{found.result.inferred_target} ({setting.target})"
+            row["paper ASR / CTA / clean CTA"] = " / ".join(str(v) for v in LRED_TABLE6[dataset].values())
+            rows.append(row)
+        return ResultTable("table4_other_datasets", "L-RED Table 4 (and Table 6): RED-A p-values on attacked and "
+                           "clean classifiers of other datasets.", pd.DataFrame(rows))
+
+    @functools.cached_property
+    def repeatable(self) -> bool:
+        """RED-A on the first classifier once more: the same statistics (to float rounding), decision and target."""
+        first = next(iter(self.classifiers))
+        again = inspect(self.classifiers[first], GROUPS[first[0]], first[0], first[1], "RED-A", self.preset,
+                        seed=self.seed).result
+        before = self.inspections[(*first, "RED-A")].result
+        # equal up to float rounding: CPU BLAS kernels may sum in another order from call to call (measured: last-bit
+        # differences between two identical calls in one process), which the decision must not depend on
+        return (torch.allclose(again.statistics, before.statistics, rtol=1e-5, atol=0)
+                and again.detected == before.detected and again.inferred_target == before.inferred_target)
+
+    def acceptance(self) -> ResultTable:
+        """Issue 4's acceptance checks; at `cpu` scale the notebook asserts them but for the named gaps."""
+        rows = self._rows
+        attacked = rows[rows.attacked]
+        red_a, red_u = attacked[attacked.method == "RED-A"], attacked[attacked.method == "RED-U"]
+
+        def few_sources(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame[frame.setting.str.endswith(("-1", "-3"))]
+
+        collateral = 100 * np.mean([  # Def. A.1: pattern-induced misclassification of non-source classes to the target
+            collateral_damage(trained, GROUPS[group]).query("~source")["misclassified with pattern"].mean()
+            for (group, _), trained in self.classifiers.items() if group.endswith(("-1", "-3"))])
+        false_alarms = int((~rows[(rows.method == "RED-A") & ~rows.attacked].success).sum())
+        per_group = pd.Series([g for g, _ in self.classifiers]).value_counts().min()
+        ratio, cold_minutes = self.speedup(), self.clock.cold_minutes()
+        checks = pd.DataFrame([
+            ("at least 3 classifiers per group", int(per_group), per_group >= 3),
+            ("RED-A detects >= 80 % of the attacks with the correct target", 100 * red_a.success.mean(),
+             red_a.success.mean() >= 0.8),
+            ("RED-A flags at most 1 clean classifier", false_alarms, false_alarms <= 1),
+            ("RED-U detects fewer 1- and 3-source attacks than RED-A",
+             f"{int(few_sources(red_u).success.sum())} vs {int(few_sources(red_a).success.sum())}",
+             few_sources(red_u).success.sum() < few_sources(red_a).success.sum()),
+            ("mean collateral damage of the 1- and 3-source attacks (%, non-source classes; measured, no threshold)",
+             round(collateral, 1), True),
+            ("RED-A' at least 2x faster than RED-A", round(ratio, 2), ratio >= 2),
+            ("same seed, same statistics and decisions", self.repeatable, self.repeatable),
+            ("notebook under 2 hours from a cold cache (minutes)", round(cold_minutes, 1), cold_minutes < 120),
+        ], columns=["claim", "measured", "holds"])
+        return ResultTable("acceptance", f"Issue 4 acceptance checks at scale {self.scale}.", checks)
+
+
+#: claims the `cpu` preset is known to miss (explained in notebook 31): reported, not asserted
+CPU_KNOWN_GAPS = ("RED-U detects fewer 1- and 3-source attacks than RED-A",)

@@ -12,9 +12,11 @@ the scorer and the settings, so the walkthrough and the tables notebook share ru
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -24,10 +26,11 @@ from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or
 from workbench.core.attacks import AllClassesPoison, Attack, PoisonConfig, make_attack
 from workbench.core.data import ImageDataset, dataset_spec
 from workbench.core.mae import MAERestorer
+from workbench.core.mae_training import load_workbench_mae
 from workbench.core.query import QueryModel
 from workbench.core.runtime import make_generator
-from workbench.core.scales import pick
-from workbench.core.training import TrainConfig, TrainedModel
+from workbench.core.scales import pick, resolve_scale
+from workbench.core.training import TrainConfig, TrainedModel, get_or_train
 from workbench.core.validation import WorkbenchError, check_name, check_positive_int
 from workbench.defenses.baselines.februus import Februus
 from workbench.defenses.bdmae import BDMAE, BDMAEConfig
@@ -40,11 +43,21 @@ from workbench.defenses.restore import (
     calibrate_alpha,
     diagnose,
     estimate_trigger,
+    recover_any_class,
     recovered_asr,
     select_purifier,
     splitting_config,
 )
 from workbench.repro.bdmae_experiments import evaluate
+from workbench.repro.paper_numbers import (
+    RESTORE_ADAPTIVE,
+    RESTORE_ALPHA_DEF,
+    RESTORE_RECOVERED_ASR,
+    RESTORE_TABLE1,
+    RESTORE_TABLE3,
+    RESTORE_TABLE4,
+)
+from workbench.repro.results import ColdRunClock, ResultTable
 
 TARGET = 3  # "the 4th one (e.g. digit 3 for MNIST)", Sec. IV-A
 POISON_RATIO = 0.05  # beta, Sec. IV-A
@@ -367,10 +380,15 @@ def recovered_asr_percent(trained: TrainedModel, images: Images, found: Diagnosi
                                images.test_labels, cls, seed=seed)
 
 
-#: our defence rows -> the paper's rows in Table III (Februus at CAM threshold 0.8; the tiny MAE's closest BDMAE is
-#: BDMAE base)
-PAPER_DEFENCE = {"Februus XGradCAM (0.8)": "Februus XGradCAM", "Februus GradCAM++ (0.8)": "Februus GradCAM++",
-                 "BDMAE (tiny MAE)": "BDMAE base"}
+#: the paper's model each dataset's models stand for (Table I rows)
+PAPER_MODEL = {"mnist": "lenet5", "cifar10": "resnet18"}
+
+
+def paper_row(defence: str) -> str:
+    """The paper's row (Tables III, IV, XIV-XVI) for one of our defence rows: Februus at the paper's CAM threshold
+    0.8, and the tiny MAE's closest BDMAE, BDMAE base."""
+    return {"Februus XGradCAM (0.8)": "Februus XGradCAM", "Februus GradCAM++ (0.8)": "Februus GradCAM++",
+            "BDMAE (tiny MAE)": "BDMAE base"}.get(defence, defence)
 
 
 def defence_table(trained: TrainedModel, images: Images, dataset: str, attack: str, runs: dict[Run, Diagnosis],
@@ -387,7 +405,275 @@ def defence_table(trained: TrainedModel, images: Images, dataset: str, attack: s
     table["strength"] = [purifiers[n.split()[-1]].strength if n.startswith("REStore") else None
                          for n in table["defence"]]
     for i, column in enumerate(("CDA", "SDA", "ASR")):
-        table[f"paper {column}"] = [paper.get(PAPER_DEFENCE.get(n, n), (None,) * 3)[i] for n in table["defence"]]
+        table[f"paper {column}"] = [paper.get(paper_row(n), (None,) * 3)[i] for n in table["defence"]]
     table.insert(0, "attack", attack)
     table.insert(0, "dataset", dataset)
     return table.round({"CDA": 1, "SDA": 1, "ASR": 1})
+
+
+# --- the paper's tables -----------------------------------------------------------------------------------------------
+
+
+class RestoreTables:
+    """[REStore]'s Table I, the tau -> rho diagnoses (Fig. 5), recovered triggers (Fig. 8, Fig. 12b, Tables II,
+    VIII, IX), the defence comparison and its cost (Tables III, IV) and the adaptive attacks (Sec. IV-G, V) at one
+    scale, each returned as a `ResultTable` beside the paper's numbers. Models and importance-splitting runs are
+    trained once and cached; `clock` records what a run from an empty cache would cost.
+
+    Args:
+        scale: the preset's scale (None: $WORKBENCH_SCALE, else "cpu").
+        seed: seed of the defender's images, the runs and every evaluation.
+        device: where to compute.
+        progress: progress bars on the importance-splitting runs.
+    """
+
+    def __init__(self, scale: str | None = None, *, seed: int = 0, device: str = "auto", progress: bool = True) -> None:
+        self.scale = resolve_scale(scale)
+        self.preset = pick(self.scale, RESTORE_PRESETS)
+        self.seed, self.device, self.progress = seed, device, progress
+        self.clock = ColdRunClock()
+        self.class_names = {dataset: dataset_spec(dataset).class_names for dataset in self.preset.attacks}
+        self._table3: ResultTable | None = None
+
+    @cached_property
+    def models(self) -> dict[tuple[str, str], tuple[TrainedModel, Images]]:
+        """(dataset, attack) -> the trained model and the defender's / evaluation images of its test split."""
+        out = {}
+        for dataset, attacks in self.preset.attacks.items():
+            for attack in attacks:
+                trained = get_or_train(train_config(dataset, attack, self.scale), device=self.device, progress=False)
+                self.clock.seen(trained.key, trained.loaded, trained.metrics["train_seconds"])
+                out[dataset, attack] = trained, split_images(trained.config.splits().test, self.preset, self.seed)
+        return out
+
+    @cached_property
+    def runs(self) -> dict[Run, Diagnosis]:
+        """Every importance-splitting run of the preset (loaded or run now)."""
+        out = {}
+        for run in self.preset.runs:
+            trained, images = self.models[run.dataset, run.attack]
+            found = get_or_diagnose(trained, images, run, self.preset, seed=self.seed, progress=self.progress)
+            self.clock.seen(f"restore run {run}", bool(found.extra.get("loaded_from_cache")),
+                            found.extra["seconds_with_calibration"])
+            out[run] = found
+        return out
+
+    @property
+    def searched(self) -> dict[Run, Diagnosis]:
+        """The runs over every class (the diagnoses of Fig. 5)."""
+        return {r: d for r, d in self.runs.items() if r.classes is None}
+
+    def __str__(self) -> str:
+        loaded = sum(trained.loaded for trained, _ in self.models.values())
+        return (f"{len(self.models)} models ({loaded} from the cache); importance splitting {self.preset.splitting}; "
+                f"{len(self.preset.runs)} runs")
+
+    def _recovered(self, run: Run, cls: int) -> float:
+        trained, images = self.models[run.dataset, run.attack]
+        return recovered_asr_percent(trained, images, self.runs[run], cls, seed=self.seed)
+
+    @staticmethod
+    def _backdoored(run: Run) -> int | None:
+        return TARGET if run.attack != "benign" else None
+
+    def table1(self) -> ResultTable:
+        """[REStore] Table I: CDA / ASR of every model, as recorded at training."""
+        rows = []
+        for (dataset, attack), (trained, _) in self.models.items():
+            paper = RESTORE_TABLE1.get((dataset, PAPER_MODEL[dataset]), {}).get(attack, (None, None))
+            rows.append({"dataset": dataset, "attack": attack, "CDA": round(100 * trained.metrics["test_ca"], 1),
+                         "ASR": round(100 * trained.metrics["test_asr"], 1) if "test_asr" in trained.metrics else None,
+                         "paper CDA": paper[0], "paper ASR": paper[1], "differs": "model, epochs, data (see top)"})
+        return ResultTable("table1_models", "REStore Table I: CDA / ASR (%) of the models, beside the paper's "
+                           "(LeNet-5 / ResNet-18).", pd.DataFrame(rows))
+
+    def runs_table(self) -> ResultTable:
+        """Every importance-splitting run: its calibrated alpha_def beside the paper's (App. G), levels, queries and
+        seconds (recorded when it ran, calibration included)."""
+        rows = [{"dataset": r.dataset, "attack": r.attack, "setup": r.setup, "scorer": r.output,
+                 "classes": "all" if r.classes is None else list(r.classes), "alpha_def": round(d.setup.alpha, 3),
+                 "paper alpha_def": RESTORE_ALPHA_DEF.get((r.dataset, PAPER_MODEL[r.dataset])),
+                 "levels": int(d.splitting.levels.shape[0]), "queries": d.queries,
+                 "seconds": round(d.extra["seconds_with_calibration"])} for r, d in self.runs.items()]
+        return ResultTable("runs", "The importance-splitting runs (App. E, Alg. 1) with their alpha_def (App. G).",
+                           pd.DataFrame(rows))
+
+    def fig5_panels(self) -> list[tuple[str, Diagnosis, list[str], int | None]]:
+        """(title, diagnosis, class names, backdoored class) of every fully searched model, for `tau_rho_grid`."""
+        return [(f"{r.dataset} {r.attack}", d, self.class_names[r.dataset], self._backdoored(r))
+                for r, d in self.searched.items()]
+
+    def fig5_diagnosis(self) -> ResultTable:
+        """[REStore] Fig. 5 in numbers: the suspect class and margin of every fully searched model."""
+        def highest_tau(d: Diagnosis, b: int) -> float:
+            return float(d.splitting.curve(b)[0][-1])
+
+        rows = [{"dataset": r.dataset, "model": r.attack, "setup": r.setup, "scorer": r.output,
+                 "suspect": self.class_names[r.dataset][d.suspect], "margin (decades)": round(d.margin, 2),
+                 "class 3 highest tau": round(highest_tau(d, d.classes.index(TARGET)), 3),
+                 "best other highest tau": round(max(highest_tau(d, b) for b, c in enumerate(d.classes)
+                                                     if c != TARGET), 3)} for r, d in self.searched.items()]
+        return ResultTable("fig5_diagnosis", "Suspect class and margin of every fully searched model (Fig. 5).",
+                           pd.DataFrame(rows))
+
+    def fig8_panels(self) -> list[tuple[str, list[float], list[str], int | None]]:
+        """(title, recovered-trigger ASR of each class as a fraction, class names, backdoored class) of every fully
+        searched model ([REStore] Fig. 8), for `recovered_asr_grid`."""
+        return [(f"{r.dataset} {r.attack}", [self._recovered(r, c) / 100 for c in d.classes],
+                 self.class_names[r.dataset], self._backdoored(r)) for r, d in self.searched.items()]
+
+    def fig12b(self) -> ResultTable:
+        """[REStore] App. J, Fig. 12b: one run over all classes at once on each BadNets model."""
+        rows = []
+        for dataset in self.preset.attacks:
+            if (dataset, "badnets") not in self.models:
+                continue
+            trained, images = self.models[dataset, "badnets"]
+            query = QueryModel(trained.model, "probs")
+            setup = next(d for r, d in self.searched.items() if (r.dataset, r.attack) == (dataset, "badnets")).setup
+            start, before = time.time(), query.queries
+            config = splitting_config(setup, tuple(images.clean.shape[1:]), **self.preset.splitting)
+            result, found_class = recover_any_class(query, images.clean, images.clean_labels, setup, output="probits",
+                                                    num_classes=len(self.class_names[dataset]), config=config,
+                                                    seed=self.seed)
+            asr = recovered_asr(QueryModel(trained.model, "label"), setup, result.realisations(0), images.test,
+                                images.test_labels, found_class, seed=self.seed)
+            rows.append({"dataset": dataset, "model": "badnets",
+                         "recovered class": self.class_names[dataset][found_class], "its ASR": round(100 * asr, 1),
+                         "seconds": round(time.time() - start), "queries": query.queries - before})
+        return ResultTable("fig12b_any_class", "One importance-splitting run over all classes at once (App. J, Fig. "
+                           "12b): the class its perturbations send clean images to and their ASR (%) on clean test "
+                           "images of the other classes.", pd.DataFrame(rows))
+
+    @cached_property
+    def recovery(self) -> dict[tuple[str, str, str, str], float]:
+        """(dataset, attack, scorer, setup) -> ASR (%) of the backdoored class's recovered perturbations."""
+        return {(r.dataset, r.attack, r.output, r.setup): round(self._recovered(r, TARGET), 1)
+                for r in self.runs if r.attack in _BACKDOORED}
+
+    def table2(self) -> ResultTable:
+        """[REStore] Tables II (probits), VIII (logits), IX (labels): recovered-trigger ASR by setup and scorer."""
+        rows = []
+        for dataset, attack, output in sorted({key[:3] for key in self.recovery}):
+            paper = RESTORE_RECOVERED_ASR[output].get((dataset, PAPER_MODEL[dataset]), {}).get(attack, (None, None))
+            rows.append({"dataset": dataset, "attack": attack, "scorer": output,
+                         "PI": self.recovery.get((dataset, attack, output, "PI")), "paper PI": paper[0],
+                         "FI": self.recovery.get((dataset, attack, output, "FI")), "paper FI": paper[1]})
+        return ResultTable("table2_recovered_asr", "REStore Tables II (probits), VIII (logits), IX (labels): "
+                           "recovered-trigger ASR (%), beside the paper's.", pd.DataFrame(rows))
+
+    @cached_property
+    def restorer(self) -> MAERestorer:
+        return MAERestorer(load_workbench_mae(device=self.device))
+
+    @cached_property
+    def _pi_outputs(self) -> dict[tuple[str, str], list[str]]:
+        """(dataset, attack) -> the scorers with a PI run, per backdoored model."""
+        out: dict[tuple[str, str], list[str]] = {}
+        for r in self.runs:
+            if r.setup == "PI" and r.attack in _BACKDOORED:
+                out.setdefault((r.dataset, r.attack), []).append(r.output)
+        return out
+
+    def _defences(self, dataset: str, attack: str, outputs: list[str],
+                  paper: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
+        trained, images = self.models[dataset, attack]
+        return defence_table(trained, images, dataset, attack, self.runs, outputs, self.restorer, self.preset, paper,
+                             seed=self.seed)
+
+    def table3(self) -> ResultTable:
+        """[REStore] Table III: CDA / SDA / ASR after no defence, Februus, BDMAE and REStore's purifiers."""
+        if self._table3 is None:
+            frame = pd.concat([self._defences(dataset, attack, outputs,
+                                              RESTORE_TABLE3.get((dataset, PAPER_MODEL[dataset], attack), {}))
+                               for (dataset, attack), outputs in self._pi_outputs.items()], ignore_index=True)
+            self._table3 = ResultTable("table3_defences", "REStore Table III: CDA / SDA / ASR (%) after each defence, "
+                                       "beside the paper's (BDMAE base, Februus at CAM threshold 0.8); 'images' is how "
+                                       "many test images each row saw.", frame)
+        return self._table3
+
+    def table4(self) -> ResultTable:
+        """[REStore] Table IV: seconds per image of each defence on the BadNets models, and its multiple of a plain
+        forward pass, beside the paper's (V100)."""
+        table3 = self.table3().frame
+        forward = table3[table3["defence"] == "no defence"].set_index(["dataset", "attack"])["s/image"]
+        table4 = table3[table3["attack"] == "badnets"][["dataset", "defence", "s/image"]].copy()
+        table4["x no defence"] = [row["s/image"] / forward[row["dataset"], "badnets"] for _, row in table4.iterrows()]
+        table4["paper s/image (V100)"] = [
+            RESTORE_TABLE4.get((row["dataset"], PAPER_MODEL[row["dataset"]]), {}).get(paper_row(row["defence"]))
+            for _, row in table4.iterrows()]
+        return ResultTable("table4_seconds", "REStore Table IV: seconds per image of each defence on this CPU (BadNets "
+                           "models), and its multiple of a plain forward pass, measured in one run; the paper's on a "
+                           "V100 beside.", table4.round(6))
+
+    def adaptive(self) -> tuple[ResultTable, ResultTable] | None:
+        """Sec. IV-G and V (CIFAR-10): each clean-label, dynamic or adaptive model with its recovered triggers' ASR
+        (mean over the classes searched), and the defences against it; None when the preset runs none."""
+        rows, tables = [], []
+        for r in self.runs:
+            if r.attack not in EXTRA_ATTACKS:
+                continue
+            trained, _ = self.models[r.dataset, r.attack]
+            paper = RESTORE_ADAPTIVE.get(r.attack, {})
+            classes = self.runs[r].classes
+            rows.append({
+                "attack": r.attack, "CDA": round(100 * trained.metrics["test_ca"], 1),
+                "ASR": round(100 * trained.metrics["test_asr"], 1) if "test_asr" in trained.metrics else None,
+                "recovered ASR": round(sum(self._recovered(r, c) for c in classes) / len(classes), 1),
+                "paper CDA / ASR": paper.get("model"), "paper recovered ASR": paper.get("recovered ASR")})
+            tables.append(self._defences(r.dataset, r.attack, [r.output], paper.get("defences", {})))
+        if not rows:
+            return None
+        return (ResultTable("adaptive_models", "Clean-label, dynamic and adaptive attacks (CIFAR-10): model CDA / ASR "
+                            "(%) and recovered-trigger ASR (%), beside the paper's Tables XIV-XVI where it has them.",
+                            pd.DataFrame(rows)),
+                ResultTable("adaptive_defences", "Defences against the clean-label, dynamic and adaptive attacks: "
+                            "CDA / SDA / ASR (%).", pd.concat(tables, ignore_index=True)))
+
+    def repeats_bit_for_bit(self) -> bool | None:
+        """Re-run the cheapest run (MNIST BadNets, PI, probits) in a temporary store: same curves and recovered
+        triggers? None when the preset has no such run."""
+        cheapest = next((r for r in self.runs if (r.dataset, r.attack, r.setup, r.output)
+                         == ("mnist", "badnets", "PI", "probits")), None)
+        if cheapest is None:
+            return None
+        trained, images = self.models["mnist", "badnets"]
+        with tempfile.TemporaryDirectory() as folder:
+            again = get_or_diagnose(trained, images, cheapest, self.preset, seed=self.seed,
+                                    store=ArtefactStore(folder, read_only_roots=[]))
+        first = self.runs[cheapest]
+        # levels are model scores: equal up to float rounding (BLAS may sum in another order under other load)
+        return (torch.allclose(first.splitting.levels, again.splitting.levels, atol=1e-6, equal_nan=True)
+                and torch.equal(first.realisations(TARGET).nan_to_num(-9), again.realisations(TARGET).nan_to_num(-9)))
+
+    def acceptance(self) -> ResultTable:
+        """Issue 5's acceptance checks on the numbers above (and, at `cpu` scale, the cold-cache time < 90 min)."""
+        checks = []
+        for dataset in self.preset.attacks:
+            found = {r.attack: d for r, d in self.searched.items() if r.dataset == dataset}
+            if {"badnets", "benign"} <= found.keys():
+                bad, clean = found["badnets"], found["benign"]
+                checks.append((f"{dataset}: class 3 leads the BadNets model's maps (margin {bad.margin:.2f} decades; "
+                               f"benign model's suspect {self.class_names[dataset][clean.suspect]} by "
+                               f"{clean.margin:.2f})", bad.suspect == TARGET and clean.margin < bad.margin / 2))
+            asr = self.recovery.get((dataset, "badnets", "probits", "PI"))
+            if asr is not None:
+                checks.append((f"{dataset}: recovered BadNets trigger ASR {asr:.1f} % >= 50 %", asr >= 50))
+        if ("cifar10", "badnets") in self._pi_outputs:
+            table3 = self.table3().frame
+            rows = table3[(table3["dataset"] == "cifar10") & (table3["attack"] == "badnets")].set_index("defence")
+            restore, plain = rows.loc["REStore probits"], rows.loc["no defence"]
+            checks.append((f"cifar10: REStore purification ASR {restore['ASR']:.1f} % < 20 % with CDA drop "
+                           f"{plain['CDA'] - restore['CDA']:.1f} <= 8 points", restore["ASR"] < 20
+                           and plain["CDA"] - restore["CDA"] <= 8))
+            ratio = restore["s/image"] / plain["s/image"]
+            checks.append((f"cifar10: REStore test-time cost {ratio:.2f}x a plain forward pass (<= 1.1x)",
+                           ratio <= 1.1))
+        repeats = self.repeats_bit_for_bit()
+        if repeats is not None:
+            checks.append(("same seed, same curves and recovered triggers (MNIST BadNets run, twice)", repeats))
+        if self.scale == "cpu":
+            cold = self.clock.cold_minutes()
+            checks.append((f"notebook from a cold cache {cold:.1f} min < 90", cold < 90))
+        return ResultTable("acceptance", f"Issue 5 acceptance checks at scale {self.scale!r}, as measured in this "
+                           "run.", pd.DataFrame(checks, columns=["check", "holds"]))

@@ -28,6 +28,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def json_rows(table: pd.DataFrame) -> list[list[Any]]:
+    """The rows of `table` as JSON values (NaN as null), as `record_table` stores them."""
+    return [[_jsonable(v) for v in row] for row in table.itertuples(index=False)]
+
+
 def record_table(table: pd.DataFrame, *, notebook: str, name: str, caption: str = "",
                  results_dir: str | Path | None = None) -> pd.DataFrame:
     """Save `table` as `<results_dir>/<notebook>__<name>.json` (and .csv) for the report; return it.
@@ -42,9 +47,31 @@ def record_table(table: pd.DataFrame, *, notebook: str, name: str, caption: str 
     if results_dir is not None:
         folder = Path(results_dir)
         payload = {"notebook": notebook, "name": name, "caption": caption, "columns": [str(c) for c in table.columns],
-                   "rows": [[_jsonable(v) for v in row] for row in table.itertuples(index=False)]}
+                   "rows": json_rows(table)}
         atomic_write_json(folder / f"{notebook}__{name}.json", payload)
         atomic_write(folder / f"{notebook}__{name}.csv", lambda tmp: table.to_csv(tmp, index=False))
+    return table
+
+
+@dataclass(frozen=True)
+class ResultTable:
+    """One table of a paper's reproduction as a `repro` function returns it: the measured columns beside the
+    paper's, the short `name` it is recorded under and a `caption` saying what was measured and what differs."""
+
+    name: str
+    caption: str
+    frame: pd.DataFrame
+
+    def _repr_html_(self) -> str:  # a notebook shows the caption above the table
+        return f"<p><b>{self.name}</b>: {self.caption}</p>" + self.frame.to_html(index=False)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.caption}\n{self.frame.to_string(index=False)}"
+
+
+def record(table: ResultTable, notebook: str, results_dir: str | Path | None) -> ResultTable:
+    """`record_table` for a `ResultTable`; returns it for display."""
+    record_table(table.frame, notebook=notebook, name=table.name, caption=table.caption, results_dir=results_dir)
     return table
 
 

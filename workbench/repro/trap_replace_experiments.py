@@ -27,9 +27,9 @@ from workbench.core.attacks.latent import (
     TriggerSearch,
     optimise_latent_trigger,
 )
-from workbench.core.data import stratified_subset
+from workbench.core.data import dataset_spec, stratified_subset
 from workbench.core.runtime import make_generator, resolve_device
-from workbench.core.scales import pick
+from workbench.core.scales import pick, resolve_scale
 from workbench.core.training import (
     TrainConfig,
     TrainedModel,
@@ -69,9 +69,10 @@ from workbench.repro.paper_numbers import (
     TR_TABLE12,
 )
 from workbench.repro.presets import TARGETS
-from workbench.repro.results import ColdRunClock
+from workbench.repro.results import ColdRunClock, ResultTable
 
 POISON_RATIO = 0.1  # Sec. 4.1
+TITLES = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}  # the datasets as the paper names them
 
 
 @dataclass(frozen=True)
@@ -409,7 +410,7 @@ class TRTables:
 
     Args:
         dataset: "cifar10" or "gtsrb".
-        scale: the preset's scale.
+        scale: the preset's scale (None: $WORKBENCH_SCALE, else "cpu").
         seed: seed of poisoning, initialisation and training.
         store, device, progress: where artefacts live, where to compute, whether to show bars.
     """
@@ -423,6 +424,9 @@ class TRTables:
 
     #: the artefacts this run trained or loaded, so that a notebook can tell how long a run from an empty cache takes
     clock: ColdRunClock = field(default_factory=ColdRunClock)
+
+    def __post_init__(self) -> None:
+        self.scale = resolve_scale(self.scale)
 
     def defend(self, defence: str, attack: str | None, ratio: float = POISON_RATIO) -> Defended:
         """`defend` with this object's dataset, scale, seed and clock."""
@@ -440,7 +444,7 @@ class TRTables:
                         self.store, self.device, self.progress)
 
     def table1(self, attacks: tuple[str, ...], defences: tuple[str, ...],
-               baseline_attacks: tuple[str, ...]) -> pd.DataFrame:
+               baseline_attacks: tuple[str, ...]) -> ResultTable:
         """Tables 1 / 2: ASR and CA (%) of every defence on every attack (baselines only on `baseline_attacks`)."""
         paper = TR_TABLE1 if self.dataset == "cifar10" else TR_TABLE2
         rows = []
@@ -451,9 +455,13 @@ class TRTables:
                 done = self.defend(defence, attack)
                 rows.append({"attack": attack, "defence": defence, **_measured(done.metrics),
                              **_paper(paper.get(attack), defence), "minutes": round(done.seconds / 60, 1)})
-        return pd.DataFrame(rows)
+        if self.dataset == "cifar10":
+            return ResultTable("table1_cifar10", f"T&R Table 1 at scale {self.scale!r}: ASR / CA (%) of each defence "
+                               "on WRN-16-1, paper beside.", pd.DataFrame(rows))
+        return ResultTable("table2_gtsrb", f"T&R Table 2 at scale {self.scale!r}: ASR / CA (%) on GTSRB, paper beside.",
+                           pd.DataFrame(rows))
 
-    def table4(self, attacks: tuple[str, ...]) -> pd.DataFrame:
+    def table4(self, attacks: tuple[str, ...]) -> ResultTable:
         """Table 4: T&R without the reconstruction task, without the head replacement, and whole."""
         rows = []
         for attack in attacks:
@@ -463,9 +471,10 @@ class TRTables:
             for variant, metrics in variants.items():
                 rows.append({"attack": attack, "variant": variant, **_measured(metrics),
                              **_paper(TR_TABLE4[variant], attack)})
-        return pd.DataFrame(rows)
+        return ResultTable("table4_ablation", f"T&R Table 4 at scale {self.scale!r}: ASR / CA (%) without "
+                           "reconstruction, without replacement, and T&R, paper beside.", pd.DataFrame(rows))
 
-    def table5(self, attacks: tuple[str, ...], splits: tuple[str, ...]) -> pd.DataFrame:
+    def table5(self, attacks: tuple[str, ...], splits: tuple[str, ...]) -> ResultTable:
         """Table 5: the stage where the replaced head starts (the default first)."""
         rows = []
         for split in (new_model(base_recipe(self.dataset, self.scale)).default_split, *splits):
@@ -473,9 +482,10 @@ class TRTables:
                 replaced = self.replaced(self.trapped(attack, split=split))
                 rows.append({"split": split, "attack": attack, **_measured(replaced.metrics),
                              **_paper(TR_TABLE5.get(split), attack)})
-        return pd.DataFrame(rows)
+        return ResultTable("table5_split", f"T&R Table 5 at scale {self.scale!r}: ASR / CA (%) by the stage where the "
+                           "head starts.", pd.DataFrame(rows))
 
-    def table6(self, attacks: tuple[str, ...], ratios: tuple[float, ...]) -> pd.DataFrame:
+    def table6(self, attacks: tuple[str, ...], ratios: tuple[float, ...]) -> ResultTable:
         """Table 6: poison ratios (10 % first), T&R against I-BAU."""
         rows = []
         for ratio in (POISON_RATIO, *ratios):
@@ -484,9 +494,10 @@ class TRTables:
                     done = self.defend(defence, attack, ratio=ratio)
                     rows.append({"ratio": ratio, "defence": defence, "attack": attack, **_measured(done.metrics),
                                  **_paper(TR_TABLE6.get((ratio, defence)), attack)})
-        return pd.DataFrame(rows)
+        return ResultTable("table6_ratio", f"T&R Table 6 at scale {self.scale!r}: ASR / CA (%) by poison ratio, T&R "
+                           "and I-BAU.", pd.DataFrame(rows))
 
-    def table7(self, settings: tuple[str, ...]) -> pd.DataFrame:
+    def table7(self, settings: tuple[str, ...]) -> ResultTable:
         """Table 7 (App. C.1): the adaptive Latent Backdoor Attack LBA-n without defence, against the
         no-reconstruction ablation (normal training, head replaced) and against T&R."""
         rows = []
@@ -500,9 +511,11 @@ class TRTables:
             for variant, metrics in variants.items():
                 rows.append({"attack": setting, "latent layer": poison.latent.layer, "variant": variant,
                              **_measured(metrics), **_paper(TR_TABLE7.get(variant), setting)})
-        return pd.DataFrame(rows)
+        return ResultTable("table7_lba", f"T&R Table 7 at scale {self.scale!r}: ASR / CA (%) of the adaptive attack "
+                           "LBA-n without defence, with normal training and a replaced head, and with T&R, paper "
+                           "beside.", pd.DataFrame(rows))
 
-    def table8(self, lambdas: tuple[tuple[float, float], ...], attack: str = "l2-Invisible") -> pd.DataFrame:
+    def table8(self, lambdas: tuple[tuple[float, float], ...], attack: str = "l2-Invisible") -> ResultTable:
         """Table 8: lambda1 (reconstruction weight) and lambda2 (TV weight), with the reconstruction MSE on clean test
         images; lambda1 = 0 is the no-reconstruction model. The paper's numbers are for l2-Invisible."""
         rows = []
@@ -514,28 +527,38 @@ class TRTables:
                          "MSE": round(trapped.metrics.get("test_rec_mse", math.nan), 4),
                          "paper ASR": paper[0], "paper CA": paper[1],
                          "paper MSE": math.nan if paper[2] is None else paper[2]})
-        return pd.DataFrame(rows)
+        return ResultTable("table8_lambdas", f"T&R Table 8 at scale {self.scale!r}: ASR / CA (%) and reconstruction "
+                           f"MSE on clean test images by lambda1 and lambda2 ({attack}; the paper: l2-Invisible).",
+                           pd.DataFrame(rows))
 
-    def table9(self, sizes: tuple[int, ...], attack: str = "l2-Invisible") -> pd.DataFrame:
+    def table9(self, sizes: tuple[int, ...], attack: str = "l2-Invisible") -> ResultTable:
         """Table 9: the size of the clean holdout stage 2 retrains the head on."""
         trapped = self.trapped(attack)
         holdout = len(trapped.config.train.splits().holdout)
-        return pd.DataFrame([{"holdout images": size, **_measured(self.replaced(trapped, size).metrics),
-                              **dict(zip(("paper ASR", "paper CA"), TR_TABLE9.get(size, (math.nan, math.nan)),
-                                         strict=True))}
-                             for size in sizes if size <= holdout])
+        frame = pd.DataFrame([{"holdout images": size, **_measured(self.replaced(trapped, size).metrics),
+                               **dict(zip(("paper ASR", "paper CA"), TR_TABLE9.get(size, (math.nan, math.nan)),
+                                          strict=True))}
+                              for size in sizes if size <= holdout])
+        return ResultTable("table9_holdout", f"T&R Table 9 at scale {self.scale!r}: ASR / CA (%) by the number of "
+                           f"clean holdout images ({attack}).", frame)
 
-    def table10(self, defences: tuple[str, ...]) -> pd.DataFrame:
+    def table10(self, defences: tuple[str, ...]) -> ResultTable:
         """Table 10: CA (%) of defences trained on the clean training set."""
-        return pd.DataFrame([{"defence": d, "CA": _measured(self.defend(d, None).metrics)["CA"],
-                              "paper CA": TR_TABLE10.get(d, math.nan)} for d in defences])
+        frame = pd.DataFrame([{"defence": d, "CA": _measured(self.defend(d, None).metrics)["CA"],
+                               "paper CA": TR_TABLE10.get(d, math.nan)} for d in defences])
+        return ResultTable("table10_clean", f"T&R Table 10 at scale {self.scale!r}: CA (%) of defences trained on "
+                           f"clean {TITLES[self.dataset]}.", frame)
 
-    def table11(self, attacks: tuple[str, ...]) -> pd.DataFrame:
-        """Tables 11 / 12: DP-SGD training beside T&R."""
-        paper = TR_TABLE11 if self.dataset == "cifar10" else TR_TABLE12
-        return pd.DataFrame([{"attack": a, **_measured(self.defend("DP", a).metrics),
-                              **dict(zip(("paper ASR", "paper CA"), paper.get(a, (math.nan, math.nan)), strict=True))}
-                             for a in attacks])
+    def table11(self, attacks: tuple[str, ...]) -> ResultTable:
+        """Tables 11 (CIFAR-10) / 12 (GTSRB): DP-SGD training beside T&R."""
+        cifar = self.dataset == "cifar10"
+        paper = TR_TABLE11 if cifar else TR_TABLE12
+        frame = pd.DataFrame([{"attack": a, **_measured(self.defend("DP", a).metrics),
+                               **dict(zip(("paper ASR", "paper CA"), paper.get(a, (math.nan, math.nan)), strict=True))}
+                              for a in attacks])
+        number = 11 if cifar else 12
+        return ResultTable(f"table{number}_dp", f"T&R Table {number} at scale {self.scale!r}: DP-SGD ASR / CA (%) on "
+                           f"{TITLES[self.dataset]}.", frame)
 
     def scatters(self, attack: str, per_class: int = 100) -> dict[str, dict[int, FeatureScatter]]:
         """Fig. 2 for every source class: stem features of normal training and of stage 1 with the reconstruction
@@ -550,3 +573,101 @@ class TRTables:
                   "with reconstruction": self.trapped(attack)}
         return {name: scatters_by_source(t.model, images, labels, triggered, poison.target, t.net.split)
                 for name, t in models.items()}
+
+    def fig2(self, attack: str, per_class: int = 100, source: int = 1) -> Fig2:
+        """[T&R] Fig. 2 for `attack`: the stem-feature scatters of every source class and, per class, the distances
+        (PCA plane) from the poisoned-source centroid to the clean source and target centroids. `source` is the
+        class of the paper's panel (automobile)."""
+        scatters = self.scatters(attack, per_class)
+        names = dataset_spec(self.dataset).class_names
+        distances = pd.DataFrame([{"model": model, "source": names[s],
+                                   "poisoned to source": d.distances["pca"]["to_source"],
+                                   "poisoned to target": d.distances["pca"]["to_target"],
+                                   "nearer the source": d.poisoned_nearer_source}
+                                  for model, by_source in scatters.items() for s, d in by_source.items()]).round(3)
+        target = TARGETS[self.dataset]
+        return Fig2(attack, source, scatters["without reconstruction"], scatters["with reconstruction"],
+                    {"clean target": f"clean {names[target]}", "clean source": f"clean {names[source]}",
+                     "poisoned source": f"poisoned {names[source]}"},
+                    ResultTable("fig2_centroid_distances", "Fig. 2: distances (PCA plane) from the poisoned-source "
+                                "centroid to the clean source and target centroids, per source class; 'nearer the "
+                                "source' holds in the PCA plane and the full space.", distances))
+
+    def fig4(self, attack: str, lambdas: tuple[tuple[float, float], ...]
+             ) -> tuple[dict[str, torch.Tensor], dict[str, dict[float, torch.Tensor]]]:
+        """[T&R] App. C.2 Fig. 4: a clean test image and its poisoned copy, and their reconstructions f_r(f_s(x)) by
+        the stage-1 models of every lambda1 > 0 at lambda2 = 0.1 (the paper's 10 first), for `reconstruction_figure`."""
+        clean_image = self.trapped(attack).config.train.splits().test.float_images()[:1]
+        poisoned_image = poison_config(self.dataset, attack, self.scale).attack.apply(clean_image)
+        originals = {"clean": clean_image[0], attack: poisoned_image[0]}
+        reconstructions: dict[str, dict[float, torch.Tensor]] = {kind: {} for kind in originals}
+        for rec_weight, tv_weight in ((10.0, 0.1), *lambdas):
+            if tv_weight != 0.1 or rec_weight == 0:
+                continue
+            net = self.trapped(attack, rec_weight=rec_weight, tv_weight=tv_weight).net
+            with torch.no_grad():
+                for kind, image in originals.items():
+                    device = next(net.parameters()).device
+                    reconstructions[kind][rec_weight] = net.forward_both(image[None].to(device))[1][0]
+        return originals, reconstructions
+
+    def acceptance(self, table1: ResultTable, table4: ResultTable, fig2: Fig2,
+                   table7: ResultTable | None) -> ResultTable:
+        """Issues 6 and 23's acceptance checks on the tables above, and the time of a run from an empty cache."""
+        rows = table1.frame.set_index(["attack", "defence"])
+        attacks = set(table1.frame["attack"])
+        core = [a for a in ("BadNet-Grid", "Blend", "l2-Invisible", "SIG") if a in attacks]
+        checks = []
+        for attack in core:
+            checks.append((f"{attack}: no-defence ASR {rows.loc[(attack, 'No defense'), 'ASR']:.1f} % >= 85 %",
+                           rows.loc[(attack, "No defense"), "ASR"] >= 85))
+        defended = [a for a in core if rows.loc[(a, "T&R"), "ASR"] <= 10
+                    and rows.loc[(a, "No defense"), "CA"] - rows.loc[(a, "T&R"), "CA"] <= 10]
+        summary = ", ".join(f"{a} {rows.loc[(a, 'T&R'), 'ASR']:.1f} % / CA -"
+                            f"{rows.loc[(a, 'No defense'), 'CA'] - rows.loc[(a, 'T&R'), 'CA']:.1f}" for a in core)
+        checks.append((f"T&R ASR <= 10 % with CA <= 10 points below no defence on >= 3 of {len(core)}: {summary}",
+                       len(defended) >= min(3, len(core))))
+        ablation = table4.frame
+        means = ablation[ablation["attack"].isin(core)].groupby("variant")["ASR"].mean()
+        for variant in ("no reconstruction, replace head", "reconstruction, keep head"):
+            checks.append((f"Table 4 {variant}: mean ASR {means[variant]:.1f} % >= 3 x T&R's {means['T&R']:.1f} %",
+                           means[variant] >= 3 * means["T&R"]))
+        names = dataset_spec(self.dataset).class_names
+        nearer = fig2.distances.frame.groupby("model")["nearer the source"].mean()
+        with_head = fig2.with_reconstruction[fig2.source].poisoned_nearer_source
+        without_head = fig2.without[fig2.source].poisoned_nearer_target
+        source = names[fig2.source]
+        checks.append((f"Fig. 2 ({fig2.attack}, poisoned {source}): nearer the clean {source} than the target "
+                       f"centroid with the reconstruction head ({with_head}) and nearer the target without it "
+                       f"({without_head}); over all sources, nearer the source: "
+                       f"{100 * nearer['with reconstruction']:.0f} % with, "
+                       f"{100 * nearer['without reconstruction']:.0f} % without", with_head and without_head))
+        if table7 is not None:
+            lba = table7.frame.set_index(["attack", "variant"])["ASR"]
+            settings = list(dict.fromkeys(table7.frame["attack"]))
+            undefended = {s: lba[(s, "No defense")] for s in settings}
+            checks.append(("LBA without defence: ASR >= 85 % on at least one setting ("
+                           + ", ".join(f"{s} {asr:.1f} %" for s, asr in undefended.items()) + ")",
+                           max(undefended.values()) >= 85))
+            for s in settings:
+                checks.append((f"{s}: T&R ASR {lba[(s, 'T&R')]:.1f} % below the no-reconstruction ablation's "
+                               f"{lba[(s, 'no reconstruction, replace head')]:.1f} %",
+                               lba[(s, "T&R")] < lba[(s, "no reconstruction, replace head")]))
+        cold = self.clock.cold_minutes()
+        checks.append((f"notebook from an empty cache: {cold:.0f} min (this run {self.clock.wall_minutes():.1f} "
+                       "min) < 120", cold < 120))
+        return ResultTable("acceptance", f"Issues 6 and 23: acceptance checks at scale {self.scale!r}, as measured "
+                           "in this run.", pd.DataFrame(checks, columns=["check", "holds"]))
+
+
+@dataclass(frozen=True)
+class Fig2:
+    """[T&R] Fig. 2 measured for one attack: per source class, the stem-feature scatters of normal training
+    (`without`) and of stage 1 with the reconstruction head, the groups' display names and the centroid distances."""
+
+    attack: str
+    source: int  # the class of the paper's panel
+    without: dict[int, FeatureScatter]
+    with_reconstruction: dict[int, FeatureScatter]
+    group_names: dict[str, str]
+    distances: ResultTable

@@ -1,7 +1,9 @@
-"""Figures of BDMAE's internals: trigger score maps (paper Fig. 3) and refinement steps (Fig. 4).
+"""Figures of BDMAE's internals: trigger score maps ([BDMAE] Fig. 3), refinement steps (Fig. 4) and the ablation
+curves of Fig. 5.
 
-Pure drawing: inputs are images and a `BDMAEResult`, outputs are matplotlib or plotly figures. Score maps are
-shown clipped to [0, 1] as in the paper ("all the scores are clipped to a range of [0, 1], yellow for high").
+Pure drawing: inputs are images and a `BDMAEResult` (or measured tables), outputs are matplotlib or plotly figures.
+Score maps are shown clipped to [0, 1] as in the paper ("all the scores are clipped to a range of [0, 1], yellow
+for high").
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import torch
 from matplotlib.figure import Figure
@@ -146,4 +149,32 @@ def refinement_step_plotly(result: BDMAEResult, index: int, kind: str, step: int
                                                     f"step {step + 1}")
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
+    return fig
+
+
+def fig5_figure(curves: pd.DataFrame, fixed: pd.DataFrame) -> Figure:
+    """[BDMAE] Fig. 5: CA and BA against N_o (Base-i, Base-l) and N_r (full method), and against one fixed threshold
+    on S before / after refinement.
+
+    Args:
+        curves: columns panel ("N_o (base_i)", "N_o (base_l)", "N_r (full)"), value, CA, BA (%).
+        fixed: columns stage ("before refinement", "after refinement"), threshold, CA, BA (%).
+    """
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4), layout="constrained")
+    for ax, panel in zip(axes[:3], ("N_o (base_i)", "N_o (base_l)", "N_r (full)"), strict=True):
+        part = curves[curves["panel"] == panel]
+        ax.plot(part["value"], part["CA"], "o-", label="CA (clean images)")
+        ax.plot(part["value"], part["BA"], "s-", label="BA (triggered images)")
+        ax.set_xlabel(panel.split()[0])
+        ax.set_title(panel)
+    for stage, style in (("before refinement", "--"), ("after refinement", "-")):
+        part = fixed[fixed["stage"] == stage]
+        axes[3].plot(part["threshold"], part["CA"], style, color="tab:blue", label=f"CA, {stage}")
+        axes[3].plot(part["threshold"], part["BA"], style, color="tab:red", label=f"BA, {stage}")
+    axes[3].set_xlabel("fixed threshold on S")
+    for ax in axes:
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+    axes[0].legend(fontsize=7)
+    axes[3].legend(fontsize=7)
     return fig

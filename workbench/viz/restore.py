@@ -146,3 +146,20 @@ def trigger_plotly(estimate: TriggerEstimate, clean: torch.Tensor, stamped: torc
     fig.update_yaxes(showticklabels=False, scaleanchor="x")
     fig.update_layout(title=title, height=300, width=950)
     return fig
+
+
+def tau_rho_grid(panels: Sequence[tuple[str, Diagnosis, Sequence[str], int | None]]) -> Figure:
+    """One `tau_rho_figure` per (title, diagnosis, class names, backdoored class or None), side by side."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), layout="constrained", squeeze=False)
+    for ax, (title, diagnosis, class_names, backdoored) in zip(axes[0], panels, strict=True):
+        tau_rho_figure(diagnosis, class_names, backdoored, ax=ax)
+        ax.set_title(f"{title}: " + ax.get_title(), fontsize=7)
+    return fig
+
+
+def recovered_asr_grid(panels: Sequence[tuple[str, Sequence[float], Sequence[str], int | None]]) -> Figure:
+    """One `recovered_asr_figure` per (title, ASR per class as fractions, class names, backdoored class or None)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), layout="constrained", squeeze=False)
+    for ax, (title, asr, class_names, backdoored) in zip(axes[0], panels, strict=True):
+        recovered_asr_figure(asr, class_names, backdoored, title, ax=ax)
+    return fig
