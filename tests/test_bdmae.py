@@ -110,7 +110,7 @@ def test_same_seed_same_result_and_exact_bookkeeping(defence: BDMAE) -> None:
     second = defence.purify(x, seed=3)
     assert torch.equal(first.purified, second.purified) and torch.equal(first.score, second.score)
     cfg = defence.config
-    refine = sum(int((t["labels"] >= 0).sum()) for t in first.refinement.values())
+    refine = sum(int((first.refinement.of(kind).labels >= 0).sum()) for kind in first.refinement.kinds)
     k = len(cfg.thresholds)
     assert first.queries == len(x) * (1 + cfg.outer_rounds * cfg.inner_masks + 1) + refine
     assert first.restorations == len(x) * (cfg.outer_rounds * cfg.inner_masks + k) + refine
@@ -125,9 +125,9 @@ def test_variants_run_and_purify(variant: str) -> None:
     result = defence.purify(TRIGGER(images(3)), seed=0)
     assert result.labels.tolist() == [1, 1, 1]
     if variant == "no_refinement":
-        assert result.refinement == {}
+        assert result.refinement.kinds == []
     if variant in ("base_i", "base_l"):
-        assert list(result.refinement) == (["image"] if variant == "base_i" else ["label"])
+        assert result.refinement.kinds == (["image"] if variant == "base_i" else ["label"])
 
 
 def test_adaptive_thresholds_follow_the_25_percent_rule(defence: BDMAE) -> None:
@@ -156,8 +156,8 @@ def test_refinement_masks_stay_inside_the_refine_region_under_ties(defence: BDMA
     score[:, :100] = 2 / 25
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
     _, trace = defence.refine_scores(x, defence.classifier.labels(x), score, torch.full((3,), 11), gens)
-    assert int(trace["masks"].sum()) == 3 * defence.config.refine_steps * 5
-    assert not bool((trace["masks"] & ~trace["regions"]).any())
+    assert int(trace.masks.sum()) == 3 * defence.config.refine_steps * 5
+    assert not bool((trace.masks & ~trace.regions).any())
 
 
 class ZeroRestorer(MAERestorer):
@@ -191,11 +191,10 @@ def test_label_score_normalisation_and_refine_region_size() -> None:
     assert torch.allclose(s_l * 25, (s_l * 25).round(), atol=1e-4) and float(s_l.min()) >= 10 / 25
     totals = s_l.sum(dim=1)
     assert bool((totals <= 147 + 1e-4).all()) and bool((totals >= 0.9 * 147).all())
-    top = result.refinement["label"]["top"]
-    assert top.tolist() == totals.floor().long().tolist()
-    trace = result.refinement["label"]
-    assert torch.equal(trace["masks"].sum(dim=2), (top // 2).view(-1, 1).expand(-1, 10))
-    assert not bool((trace["masks"] & ~trace["regions"]).any())  # S_l ties everywhere: m_r stays inside m_rf
+    trace = result.refinement.of("label")
+    assert trace.top.tolist() == totals.floor().long().tolist()
+    assert torch.equal(trace.masks.sum(dim=2), (trace.top // 2).view(-1, 1).expand(-1, 10))
+    assert not bool((trace.masks & ~trace.regions).any())  # S_l ties everywhere: m_r stays inside m_rf
 
 
 def test_batched_equals_looped_with_a_real_mae() -> None:

@@ -127,7 +127,7 @@ def test_refinement_player_redraws_for_every_step_and_score(bdmae_setup) -> None
     [out] = outputs(player)
     score, step = control(player, "score"), control(player, "step")
     [play] = [w for w in walk(player) if isinstance(w, widgets.Play)]
-    assert (play.min, play.max) == (step.min, step.max) == (0, result.refinement["image"]["masks"].shape[1] - 1)
+    assert (play.min, play.max) == (step.min, step.max) == (0, result.refinement.of("image").steps - 1)
     assert_shows(out, refinement_step_plotly(result, 1, "image", 0))
     step.value = step.max
     assert_shows(out, refinement_step_plotly(result, 1, "image", step.max))

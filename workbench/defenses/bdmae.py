@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from workbench.core.mae import MAERestorer, neighbours4
 from workbench.core.query import QueryModel
 from workbench.core.runtime import image_generators
-from workbench.core.validation import WorkbenchError, check_fraction, check_images, check_positive_int
+from workbench.core.validation import WorkbenchError, check_fraction, check_images, check_name, check_positive_int
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,64 @@ VARIANTS = {
 
 
 @dataclass
+class RefinementTrace:
+    """Alg. 2's record of one refined score for N images, N_r steps and L tokens (tensors on the CPU).
+
+    Attributes:
+        masks: m_r of each step, (N, N_r, L) bool.
+        regions: the refine region m_rf of each step, (N, N_r, L) bool.
+        labels: the label after restoring m_r, (N, N_r); -1 where the image was not refined (L = 0).
+        scores: the score after each step, (N, N_r, L).
+        top: L, the tokens the refinement works on, per image (N,).
+    """
+
+    masks: torch.Tensor
+    regions: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    top: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        return self.masks.shape[1]
+
+    @classmethod
+    def concat(cls, traces: list[RefinementTrace]) -> RefinementTrace:
+        return cls(*(torch.cat([getattr(t, f.name) for t in traces]) for f in dataclasses.fields(cls)))
+
+
+#: the scores refinement can trace: S_i ("image") and S_l ("label")
+SCORE_KINDS = ("image", "label")
+
+
+@dataclass
+class Refinements:
+    """The refinement traces of a run: of S_i (`image`) and of S_l (`label`), None where that score was not refined
+    (Base-l never uses S_i, Base-i never S_l, and the no-refinement ablation refines neither)."""
+
+    image: RefinementTrace | None = None
+    label: RefinementTrace | None = None
+
+    @property
+    def kinds(self) -> list[str]:
+        """The refined scores, of "image" and "label"."""
+        return [kind for kind in SCORE_KINDS if getattr(self, kind) is not None]
+
+    def of(self, kind: str) -> RefinementTrace:
+        """The trace of score `kind` ("image" or "label"); an error names the refined ones if it was not refined."""
+        check_name("score kind", kind, SCORE_KINDS)
+        trace = getattr(self, kind)
+        if trace is None:
+            raise WorkbenchError(f"score {kind!r} was not refined in this run (refined: {self.kinds or 'none'}; "
+                                 "a variant without refinement?)")
+        return trace
+
+    @classmethod
+    def concat(cls, parts: list[Refinements]) -> Refinements:
+        return cls(**{kind: RefinementTrace.concat([getattr(p, kind) for p in parts]) for kind in parts[0].kinds})
+
+
+@dataclass
 class BDMAEResult:
     """Everything BDMAE computed for a batch of N images on an L-token grid (tensors on the CPU).
 
@@ -118,8 +176,7 @@ class BDMAEResult:
         score: S = alpha S_i + (1 - alpha) S_l, (N, L).
         thresholds: final thresholds (N, K) after the 25 % rule.
         restoration_masks: the K nested masks of the adaptive restoration, (N, K, L).
-        refinement: per refined score ("image", "label"): masks m_r (N, N_r, L), refine-region m_rf
-            (N, N_r, L), label after restoring m_r (N, N_r), score after each step (N, N_r, L), L (N,).
+        refinement: the `RefinementTrace` of each refined score (S_i, S_l).
         queries: label queries used in total; restorations: MAE restorations in total.
     """
 
@@ -133,7 +190,7 @@ class BDMAEResult:
     score: torch.Tensor
     thresholds: torch.Tensor
     restoration_masks: torch.Tensor
-    refinement: dict[str, dict[str, torch.Tensor]]
+    refinement: Refinements
     queries: int
     restorations: int
 
@@ -142,8 +199,8 @@ class BDMAEResult:
         def convert(value: Any) -> Any:
             if isinstance(value, torch.Tensor):
                 return value.tolist()
-            if isinstance(value, dict):
-                return {k: convert(v) for k, v in value.items()}
+            if dataclasses.is_dataclass(value):
+                return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
             return value
         return {f.name: convert(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
@@ -321,15 +378,15 @@ class BDMAE:
         gens = image_generators(seed, first_index, len(x))
         y0 = self.classifier.labels(x)
         s_img0, s_lab0 = self.trigger_scores(x, y0, gens)
-        refinement: dict[str, dict[str, torch.Tensor]] = {}
+        refinement = Refinements()
         s_img, s_lab = s_img0.clone(), s_lab0.clone()
         if cfg.refine and cfg.refine_steps > 0:
             if cfg.alpha > 0:  # Base-l never uses S_i, so it is not refined (and costs nothing)
                 size = (s_img >= cfg.image_score_level).sum(dim=1)
-                s_img, refinement["image"] = self.refine_scores(x, y0, s_img, size, gens)
+                s_img, refinement.image = self.refine_scores(x, y0, s_img, size, gens)
             if cfg.alpha < 1:
                 size = s_lab.sum(dim=1).floor().long()  # L = int(sum S_l)
-                s_lab, refinement["label"] = self.refine_scores(x, y0, s_lab, size, gens)
+                s_lab, refinement.label = self.refine_scores(x, y0, s_lab, size, gens)
         score = cfg.alpha * s_img + (1 - cfg.alpha) * s_lab
         purified, taus, masks = self.adaptive_restore(x, score)
         labels = self._labels(purified)
@@ -364,15 +421,15 @@ class BDMAE:
         return s_img, s_lab
 
     def refine_scores(self, x: torch.Tensor, y0: torch.Tensor, score: torch.Tensor, top: torch.Tensor,
-                      gens: list[torch.Generator]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                      gens: list[torch.Generator]) -> tuple[torch.Tensor, RefinementTrace]:
         """Alg. 2: N_r topology-aware refinement steps of one score (N, L) on its top-`top[n]` tokens."""
         cfg = self.config
         n, num_tokens = score.shape
         score = score.clone()
-        trace = {"masks": torch.zeros(n, cfg.refine_steps, num_tokens, dtype=torch.bool),
-                 "regions": torch.zeros(n, cfg.refine_steps, num_tokens, dtype=torch.bool),
-                 "labels": torch.full((n, cfg.refine_steps), -1, dtype=torch.long),
-                 "scores": torch.zeros(n, cfg.refine_steps, num_tokens), "top": top.clone()}
+        trace = RefinementTrace(masks=torch.zeros(n, cfg.refine_steps, num_tokens, dtype=torch.bool),
+                                regions=torch.zeros(n, cfg.refine_steps, num_tokens, dtype=torch.bool),
+                                labels=torch.full((n, cfg.refine_steps), -1, dtype=torch.long),
+                                scores=torch.zeros(n, cfg.refine_steps, num_tokens), top=top.clone())
         active = top > 0  # L = 0: nothing to refine for that image (no restoration, no query)
         idx = active.nonzero().flatten()
         sizes = (top[idx] // 2).clamp_min(1)  # |T| = L / 2
@@ -388,8 +445,8 @@ class BDMAE:
                 sign = torch.where(labels == y0[idx].cpu(), -1.0, 1.0).view(-1, 1)
                 rest = region[idx] & ~masks[idx]
                 score[idx] += sign * cfg.beta0 * (masks[idx].float() - rest.float())  # Alg. 2 lines 7-8
-                trace["labels"][idx, r] = labels
-            trace["masks"][:, r], trace["regions"][:, r], trace["scores"][:, r] = masks, region, score
+                trace.labels[idx, r] = labels
+            trace.masks[:, r], trace.regions[:, r], trace.scores[:, r] = masks, region, score
         return score, trace
 
     def adaptive_restore(self, x: torch.Tensor, score: torch.Tensor, fixed_threshold: float | None = None
@@ -423,15 +480,13 @@ class BDMAE:
 def _concat(parts: list[BDMAEResult]) -> BDMAEResult:
     if len(parts) == 1:
         return parts[0]
-    first = parts[0]
     merged: dict[str, Any] = {}
     for field in dataclasses.fields(BDMAEResult):
         values = [getattr(p, field.name) for p in parts]
         if field.name in ("queries", "restorations"):
             merged[field.name] = sum(values)
         elif field.name == "refinement":
-            merged[field.name] = {kind: {key: torch.cat([v[kind][key] for v in values])
-                                         for key in first.refinement[kind]} for kind in first.refinement}
+            merged[field.name] = Refinements.concat(values)
         else:
             merged[field.name] = torch.cat(values)
     return BDMAEResult(**merged)

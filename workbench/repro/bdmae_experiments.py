@@ -327,8 +327,8 @@ def score_diagnostics(result: BDMAEResult, x: torch.Tensor, restorer: MAERestore
     return {
         "mean S_i (before refinement)": result.score_image_initial.mean().item(),
         "mean S_l (before refinement)": result.score_label_initial.mean().item(),
-        "L for S_i (median tokens)": result.refinement["image"]["top"].float().median().item(),
-        "L for S_l (median tokens)": result.refinement["label"]["top"].float().median().item(),
+        "L for S_i (median tokens)": result.refinement.of("image").top.float().median().item(),
+        "L for S_l (median tokens)": result.refinement.of("label").top.float().median().item(),
         "25 % rule raised the thresholds (%)": 100 * (result.thresholds[:, -1] > lowest).float().mean().item(),
         "tokens restored (%)": 100 * result.restoration_masks[:, -1].float().mean().item(),
         "label changed by purification (%)": 100 * (result.labels != result.original_labels).float().mean().item(),

@@ -75,10 +75,8 @@ def refinement_figure(x: torch.Tensor, result: BDMAEResult, index: int, kind: st
                       steps: Sequence[int] | None = None) -> Figure:
     """Fig. 4: for one image and one score ("image" = S_i, "label" = S_l), each refinement step's mask m_r
     (with the refine region m_rf) and the score after the step; the title says whether the label changed."""
-    trace = result.refinement.get(kind)
-    if trace is None:
-        raise ValueError(f"score {kind!r} was not refined in this run (variant without refinement?)")
-    steps = list(range(trace["masks"].shape[1])) if steps is None else list(steps)
+    trace = result.refinement.of(kind)
+    steps = list(range(trace.steps)) if steps is None else list(steps)
     fig, axes = plt.subplots(2, len(steps) + 1, figsize=(1.8 * (len(steps) + 1), 4.0), squeeze=False,
                              layout="constrained")
     axes[0, 0].imshow(_image(x[index]), interpolation="nearest")
@@ -88,13 +86,13 @@ def refinement_figure(x: torch.Tensor, result: BDMAEResult, index: int, kind: st
     axes[1, 0].set_title("initial score", fontsize=8)
     original = int(result.original_labels[index])
     for col, step in enumerate(steps, start=1):
-        region = _grid(trace["regions"][index, step].float())
-        mask = _grid(trace["masks"][index, step].float())
+        region = _grid(trace.regions[index, step].float())
+        mask = _grid(trace.masks[index, step].float())
         axes[0, col].imshow(region * 0.4 + mask * 0.6, vmin=0, vmax=1, cmap="magma", interpolation="nearest")
-        label = int(trace["labels"][index, step])
+        label = int(trace.labels[index, step])
         outcome = "skipped" if label < 0 else ("label changed" if label != original else "label kept")
         axes[0, col].set_title(f"m_r, step {step + 1}\n{outcome}", fontsize=7)
-        axes[1, col].imshow(np.clip(_grid(trace["scores"][index, step]), 0, 1), vmin=0, vmax=1, cmap="viridis")
+        axes[1, col].imshow(np.clip(_grid(trace.scores[index, step]), 0, 1), vmin=0, vmax=1, cmap="viridis")
         axes[1, col].set_title(f"score after {step + 1}", fontsize=7)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -133,17 +131,17 @@ def score_maps_plotly(x: torch.Tensor, result: BDMAEResult, index: int,
 
 def refinement_step_plotly(result: BDMAEResult, index: int, kind: str, step: int) -> go.Figure:
     """Interactive view of one refinement step: m_r within m_rf, and the score after the update."""
-    trace = result.refinement[kind]
-    region = _grid(trace["regions"][index, step].float())
-    mask = _grid(trace["masks"][index, step].float())
-    label = int(trace["labels"][index, step])
+    trace = result.refinement.of(kind)
+    region = _grid(trace.regions[index, step].float())
+    mask = _grid(trace.masks[index, step].float())
+    label = int(trace.labels[index, step])
     outcome = "skipped" if label < 0 else ("label changed" if label != int(result.original_labels[index])
                                            else "label kept")
     fig = make_subplots(rows=1, cols=2, subplot_titles=[f"m_r (bright) in m_rf (dim): {outcome}",
                                                         "score after the step"])
     fig.add_trace(go.Heatmap(z=(region * 0.4 + mask * 0.6)[::-1], zmin=0, zmax=1, colorscale="Magma",
                              showscale=False), row=1, col=1)
-    fig.add_trace(go.Heatmap(z=_grid(trace["scores"][index, step])[::-1], zmin=0, zmax=1, colorscale="Viridis",
+    fig.add_trace(go.Heatmap(z=_grid(trace.scores[index, step])[::-1], zmin=0, zmax=1, colorscale="Viridis",
                              colorbar={"title": "score"}), row=1, col=2)
     fig.update_layout(height=330, width=680, title=f"refinement of S_{'i' if kind == 'image' else 'l'}, "
                                                     f"step {step + 1}")

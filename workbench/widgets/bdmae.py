@@ -51,11 +51,11 @@ def trigger_score_explorer(images: Mapping[str, torch.Tensor], defences: Mapping
 
 def refinement_player(result: BDMAEResult, index: int = 0) -> widgets.VBox:
     """Step through the N_r refinement steps of one image: m_r, the label outcome and the score update."""
-    kinds = list(result.refinement)
+    kinds = result.refinement.kinds
     if not kinds:
         raise ValueError("this result has no refinement trace (a variant without refinement?)")
     kind = choice([(f"S_{k[0]}", k) for k in kinds], "score", buttons=True)
-    steps = result.refinement[kinds[0]]["masks"].shape[1]
+    steps = result.refinement.of(kinds[0]).steps
     step = widgets.IntSlider(0, 0, steps - 1, description="step")
     play = widgets.Play(min=0, max=steps - 1, interval=800)
     widgets.jslink((play, "value"), (step, "value"))
