@@ -181,8 +181,8 @@ def test_principal_components_on_a_line_and_feature_scatter_shapes() -> None:
     assert torch.allclose(projected[:, 1], torch.zeros(9), atol=1e-5)
     scatter = feature_scatter(new_model(WRN).eval(), torch.rand(5, 3, 32, 32), torch.rand(6, 3, 32, 32),
                               torch.rand(7, 3, 32, 32))
-    assert [tuple(p.shape) for p in scatter.points.values()] == [(5, 2), (6, 2), (7, 2)]
-    assert set(scatter.distances) == {"pca", "features"} and 0 < sum(scatter.explained_variance) <= 1
+    assert [tuple(p.shape) for _, p in scatter.groups()] == [(5, 2), (6, 2), (7, 2)]
+    assert 0 < sum(scatter.explained_variance) <= 1
 
 
 @needs_real_data
@@ -205,16 +205,16 @@ def test_reconstruction_head_keeps_poisoned_automobiles_with_their_class(tmp_pat
     without_head = scatters["without reconstruction"][automobile]
     assert with_head.poisoned_nearer_source and without_head.poisoned_nearer_target
     assert not (with_head.poisoned_nearer_target or without_head.poisoned_nearer_source)
-    for space in ("pca", "features"):
-        assert without_head.distances[space]["to_target"] < 0.9 * without_head.distances[space]["to_source"]
-        assert with_head.distances[space]["to_source"] < 0.9 * with_head.distances[space]["to_target"]
+    for without, with_reconstruction in ((without_head.pca, with_head.pca),
+                                         (without_head.features, with_head.features)):
+        assert without.to_target < 0.9 * without.to_source
+        assert with_reconstruction.to_source < 0.9 * with_reconstruction.to_target
 
 
 def test_views_label_their_axes() -> None:  # the widgets: tests/test_widgets.py
     gen = torch.Generator().manual_seed(0)
-    scatter = scatter_of({"clean target": torch.randn(20, 6, generator=gen),
-                          "clean source": torch.randn(20, 6, generator=gen) + 3,
-                          "poisoned source": torch.randn(20, 6, generator=gen) + 2.5})
+    scatter = scatter_of(torch.randn(20, 6, generator=gen), torch.randn(20, 6, generator=gen) + 3,
+                         torch.randn(20, 6, generator=gen) + 2.5)
     assert scatter.poisoned_nearer_source  # the poisoned group sits by the source group
     fig = feature_scatter_pair(scatter, scatter)
     assert [ax.get_xlabel().startswith("PC 1 of stem features") for ax in fig.axes] == [True, True]

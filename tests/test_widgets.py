@@ -244,9 +244,8 @@ def test_feature_scatter_explorer_opens_on_its_first_source_and_redraws_both_mod
     gen = torch.Generator().manual_seed(0)
 
     def scatter(shift: float):
-        return scatter_of({"clean target": torch.randn(10, 6, generator=gen),
-                           "clean source": torch.randn(10, 6, generator=gen) + shift,
-                           "poisoned source": torch.randn(10, 6, generator=gen) + shift / 2})
+        return scatter_of(torch.randn(10, 6, generator=gen), torch.randn(10, 6, generator=gen) + shift,
+                          torch.randn(10, 6, generator=gen) + shift / 2)
 
     scatters = {attack: {model: {1: scatter(3), 2: scatter(5)}
                          for model in ("without reconstruction", "with reconstruction")}

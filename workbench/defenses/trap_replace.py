@@ -489,54 +489,72 @@ def principal_components(features: torch.Tensor, k: int = 2) -> tuple[torch.Tens
     return centred @ components.T, mean, components
 
 
+@dataclass(frozen=True)
+class CentroidDistances:
+    """Distances from the poisoned-source centroid to the clean source and the clean target centroids."""
+
+    to_source: float
+    to_target: float
+
+    @classmethod
+    def of(cls, clean_target: torch.Tensor, clean_source: torch.Tensor,
+           poisoned_source: torch.Tensor) -> CentroidDistances:
+        poisoned = poisoned_source.mean(dim=0)
+        return cls(float((poisoned - clean_source.mean(dim=0)).norm()),
+                   float((poisoned - clean_target.mean(dim=0)).norm()))
+
+
 @dataclass
 class FeatureScatter:
     """Fig. 2: stem features of three groups projected on their first two principal components.
 
-    `points[group]` is (N_g, 2); `distances` gives the distance from the poisoned-source centroid to the clean source
-    and clean target centroids, in the 2-D projection ("pca") and in the full feature space ("features").
+    Attributes:
+        clean_target, clean_source, poisoned_source: the groups' points (N_g, 2) on the components.
+        pca, features: the poisoned-source centroid's distances in the 2-D projection and the full feature space.
+        explained_variance: the share of the features' variance each component carries.
     """
 
-    points: dict[str, torch.Tensor]
-    distances: dict[str, dict[str, float]]
+    clean_target: torch.Tensor
+    clean_source: torch.Tensor
+    poisoned_source: torch.Tensor
+    pca: CentroidDistances
+    features: CentroidDistances
     explained_variance: list[float]
+
+    def groups(self) -> list[tuple[str, torch.Tensor]]:
+        """(group name of `GROUPS`, its points) in Fig. 2's order."""
+        return list(zip(GROUPS, (self.clean_target, self.clean_source, self.poisoned_source), strict=True))
 
     @property
     def poisoned_nearer_source(self) -> bool:
         """True when poisoned source samples sit nearer the clean source than the target centroid (both spaces)."""
-        return all(d["to_source"] < d["to_target"] for d in self.distances.values())
+        return all(d.to_source < d.to_target for d in (self.pca, self.features))
 
     @property
     def poisoned_nearer_target(self) -> bool:
         """True when poisoned source samples sit nearer the target than the clean source centroid (both spaces):
         the backdoor moved them into the target's features (Fig. 2, normal training)."""
-        return all(d["to_target"] < d["to_source"] for d in self.distances.values())
+        return all(d.to_target < d.to_source for d in (self.pca, self.features))
 
 
-def scatter_of(features: dict[str, torch.Tensor]) -> FeatureScatter:
-    """PCA of the stem features (N_g, D) of the groups "clean target", "clean source" and "poisoned source", fitted
-    on all three together, with the centroid distances of the poisoned group."""
-    if list(features) != list(GROUPS):
-        raise WorkbenchError(f"feature groups must be {list(GROUPS)} in that order, got {list(features)}")
-    stacked = torch.cat(list(features.values()))
+def scatter_of(clean_target: torch.Tensor, clean_source: torch.Tensor, poisoned_source: torch.Tensor
+               ) -> FeatureScatter:
+    """PCA of the stem features (N_g, D) of the three groups of Fig. 2, fitted on all three together, with the
+    centroid distances of the poisoned group."""
+    groups = (clean_target, clean_source, poisoned_source)
+    stacked = torch.cat(groups)
     projected, _, _ = principal_components(stacked, 2)
     explained = (projected.var(dim=0) / stacked.var(dim=0).sum()).tolist()
-    points = dict(zip(features, projected.split([len(f) for f in features.values()]), strict=True))
-    distances = {}
-    for space, values in (("pca", points), ("features", features)):
-        centre = {name: v.mean(dim=0) for name, v in values.items()}
-        distances[space] = {
-            "to_source": float((centre["poisoned source"] - centre["clean source"]).norm()),
-            "to_target": float((centre["poisoned source"] - centre["clean target"]).norm())}
-    return FeatureScatter(points, distances, explained)
+    points = projected.split([len(g) for g in groups])
+    return FeatureScatter(*points, CentroidDistances.of(*points), CentroidDistances.of(*groups), explained)
 
 
 def feature_scatter(classifier: nn.Module, clean_target: torch.Tensor, clean_source: torch.Tensor,
                     poisoned_source: torch.Tensor, split: str | None = None) -> FeatureScatter:
     """Fig. 2 for one source class: stem features of clean target-class, clean source-class and triggered
     source-class images (each (N_g, C, H, W) in [0, 1]), projected by `scatter_of`."""
-    groups = dict(zip(GROUPS, (clean_target, clean_source, poisoned_source), strict=True))
-    return scatter_of({name: stem_features(classifier, images, split) for name, images in groups.items()})
+    return scatter_of(*(stem_features(classifier, images, split)
+                        for images in (clean_target, clean_source, poisoned_source)))
 
 
 def scatters_by_source(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -548,6 +566,5 @@ def scatters_by_source(classifier: nn.Module, images: torch.Tensor, labels: torc
                              f"{tuple(labels.shape)} must describe the same images")
     clean, poisoned = stem_features(classifier, images, split), stem_features(classifier, triggered, split)
     target_features = clean[labels == target]
-    return {int(source): scatter_of({"clean target": target_features, "clean source": clean[labels == source],
-                                     "poisoned source": poisoned[labels == source]})
+    return {int(source): scatter_of(target_features, clean[labels == source], poisoned[labels == source])
             for source in labels.unique() if source != target}

@@ -581,8 +581,7 @@ class TRTables:
         scatters = self.scatters(attack, per_class)
         names = dataset_spec(self.dataset).class_names
         distances = pd.DataFrame([{"model": model, "source": names[s],
-                                   "poisoned to source": d.distances["pca"]["to_source"],
-                                   "poisoned to target": d.distances["pca"]["to_target"],
+                                   "poisoned to source": d.pca.to_source, "poisoned to target": d.pca.to_target,
                                    "nearer the source": d.poisoned_nearer_source}
                                   for model, by_source in scatters.items() for s, d in by_source.items()]).round(3)
         target = TARGETS[self.dataset]

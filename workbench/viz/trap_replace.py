@@ -29,8 +29,8 @@ def _axis_labels(scatter: FeatureScatter) -> tuple[str, str]:
 
 
 def _caption(scatter: FeatureScatter) -> str:
-    d = scatter.distances["pca"]
-    return f"poisoned-source centroid: {d['to_source']:.2f} to source, {d['to_target']:.2f} to target"
+    d = scatter.pca
+    return f"poisoned-source centroid: {d.to_source:.2f} to source, {d.to_target:.2f} to target"
 
 
 def feature_scatter_figure(scatter: FeatureScatter, title: str, names: Mapping[str, str] | None = None,
@@ -38,7 +38,7 @@ def feature_scatter_figure(scatter: FeatureScatter, title: str, names: Mapping[s
     """One panel of Fig. 2: the three groups on the first two principal components, centroids as large markers.
     `names` relabels the groups (e.g. {"clean target": "clean airplane", ...})."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.6, 4.2), layout="constrained")
-    for group, points in scatter.points.items():
+    for group, points in scatter.groups():
         colour, marker = STYLE[group]
         label = (names or {}).get(group, group)
         xy = points.numpy()
@@ -69,7 +69,7 @@ def feature_scatter_plotly(scatters: Mapping[str, FeatureScatter], names: Mappin
     titles = [f"{title}<br><sub>{_caption(scatter)}</sub>" for title, scatter in scatters.items()]
     fig = make_subplots(rows=1, cols=len(scatters), horizontal_spacing=0.12, subplot_titles=titles)
     for col, scatter in enumerate(scatters.values(), start=1):
-        for group, points in scatter.points.items():
+        for group, points in scatter.groups():
             colour, marker = STYLE[group]
             colour = colour.removeprefix("tab:")
             xy = points.numpy()
