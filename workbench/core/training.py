@@ -158,6 +158,61 @@ class TrainConfig:
                            train_size=self.train_size, test_size=self.test_size)
 
 
+@dataclass(frozen=True)
+class EpochRecord:
+    """One training epoch: the mean training loss, seconds since training started, and CA / ASR (fractions) on the
+    monitor subset of the test split (None where not monitored)."""
+
+    epoch: int
+    loss: float
+    seconds: float
+    ca: float | None = None
+    asr: float | None = None
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> EpochRecord:
+        return cls(int(record["epoch"]), float(record["loss"]), float(record.get("seconds", math.nan)),
+                   record.get("ca"), record.get("asr"))
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """What a trained artefact recorded about its model, typed (accuracies as fractions).
+
+    Attributes:
+        ca: clean accuracy on the full test split.
+        asr: attack success rate on its triggered non-target images (None for a clean model); for an all-classes
+            attack the mean of `asr_per_class`.
+        asr_per_class: the all-classes attack's ASR towards each class (None otherwise).
+        train_seconds: wall-clock training time (None where the artefact records none).
+        train_images, poisoned_images: the training set's size and its poisoned images (None where not recorded).
+        history: the epochs, in order.
+        rec_mse: [T&R]'s stage-1 reconstruction MSE on clean test images (None without a reconstruction head).
+    """
+
+    ca: float
+    asr: float | None = None
+    asr_per_class: tuple[float, ...] | None = None
+    train_seconds: float | None = None
+    train_images: int | None = None
+    poisoned_images: int | None = None
+    history: tuple[EpochRecord, ...] = ()
+    rec_mse: float | None = None
+
+    @classmethod
+    def of(cls, metrics: dict[str, Any]) -> TrainingSummary:
+        """The summary of an artefact's stored metrics (their JSON form is unchanged, so every cache entry reads)."""
+        per_class = metrics.get("test_asr_per_class")
+        return cls(metrics["test_ca"], metrics.get("test_asr"), None if per_class is None else tuple(per_class),
+                   metrics.get("train_seconds", metrics.get("seconds")), metrics.get("train_images"),
+                   metrics.get("poisoned_images"), tuple(EpochRecord.of(h) for h in metrics.get("history", ())),
+                   metrics.get("test_rec_mse"))
+
+    def percent(self) -> tuple[float, float]:
+        """(CA, ASR) in %, ASR NaN for a clean model."""
+        return 100 * self.ca, math.nan if self.asr is None else 100 * self.asr
+
+
 @dataclass
 class TrainedModel:
     """A trained classifier with its config, metrics and artefact location."""
@@ -165,9 +220,13 @@ class TrainedModel:
     model: StagedClassifier
     config: TrainConfig
     key: str  # the artefact key: hash of the config and of the training data
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # as stored with the weights; read them typed through `summary`
     path: str
     loaded: bool  # True when it came from the store instead of being trained now
+
+    @property
+    def summary(self) -> TrainingSummary:
+        return TrainingSummary.of(self.metrics)
 
 
 def new_model(config: TrainConfig) -> StagedClassifier:

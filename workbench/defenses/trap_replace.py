@@ -43,6 +43,7 @@ from workbench.core.runtime import make_generator, resolve_device
 from workbench.core.training import (
     TrainConfig,
     TrainedModel,
+    TrainingSummary,
     artefact_address,
     artefact_identity,
     get_or_train,
@@ -274,13 +275,17 @@ class TrappedModel:
     net: TrapNet
     config: TrapConfig
     key: str
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # as stored; read them typed through `summary`
     path: str
     loaded: bool
 
     @property
     def model(self) -> StagedClassifier:
         return self.net.classifier
+
+    @property
+    def summary(self) -> TrainingSummary:
+        return TrainingSummary.of(self.metrics)
 
 
 def trap_address(config: TrapConfig, splits: DataSplits | None = None) -> tuple[str, str, dict[str, Any]]:

@@ -110,7 +110,7 @@ class ModelAccuracy:
 
     @classmethod
     def of(cls, trained: TrainedModel) -> ModelAccuracy:
-        return cls(100 * trained.metrics["test_ca"], 100 * trained.metrics.get("test_asr", float("nan")))
+        return cls(*trained.summary.percent())
 
 
 def bdmae_model(dataset: str, poison: PoisonConfig | None, scale: str | None, *, reduced: bool = False,

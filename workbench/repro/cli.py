@@ -75,8 +75,9 @@ def _assets(args: argparse.Namespace) -> int:
                 if committed.exists():
                     shutil.rmtree(committed)
                 shutil.copytree(trained.path, committed)
-        asr = trained.metrics.get("test_asr", float("nan"))
-        print(f"{name}: test CA {trained.metrics['test_ca']:.4f}, ASR {asr:.4f} -> {committed}")
+        summary = trained.summary
+        asr = float("nan") if summary.asr is None else summary.asr
+        print(f"{name}: test CA {summary.ca:.4f}, ASR {asr:.4f} -> {committed}")
     return 0
 
 

@@ -8,7 +8,6 @@ target "class 8, 120 kph" is label 8); the mapping is spelled out next to each s
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
@@ -191,7 +190,7 @@ def classifier_config(setting: AttackSetting, index: int, scale: str | None) -> 
 def get_classifier(config: TrainConfig, clock: ColdRunClock, *, device: str = "auto") -> TrainedModel:
     """`get_or_train` without a progress bar; `clock` counts its training time when it came from the cache."""
     trained = get_or_train(config, device=device, progress=False)
-    clock.seen(trained.key, trained.loaded, trained.metrics["train_seconds"])
+    clock.seen(trained.key, trained.loaded, trained.summary.train_seconds)
     return trained
 
 
@@ -254,11 +253,6 @@ def inspect(trained: TrainedModel, setting: AttackSetting, name: str, index: int
                     preset.detection, snapshot_every=snapshot_every, progress=progress)
     attacked = setting.pattern is not None
     return Inspection(name, index, method, attacked, setting.target if attacked else None, result)
-
-
-def attack_effect(trained: TrainedModel) -> dict[str, float]:
-    """Table 1's ASR (source-class test images with the pattern, classified to the target) and CTA, in %."""
-    return {"CTA": 100 * trained.metrics["test_ca"], "ASR": 100 * trained.metrics.get("test_asr", math.nan)}
 
 
 def collateral_damage(trained: TrainedModel, setting: AttackSetting) -> pd.DataFrame:
@@ -392,7 +386,9 @@ class LREDTables:
 
     def table1(self) -> ResultTable:
         """[L-RED] Table 1: ASR / CTA of each group, mean ± std over its classifiers."""
-        effects = pd.DataFrame([{"group": group, "index": index, **attack_effect(trained)}
+        # Table 1's CTA and ASR (source-class test images with the pattern, classified to the target), in %
+        effects = pd.DataFrame([{"group": group, "index": index, **dict(zip(("CTA", "ASR"), trained.summary.percent(),
+                                                                             strict=True))}
                                 for (group, index), trained in self.classifiers.items()])
         return ResultTable("table1_attacks", f"L-RED Table 1 at scale {self.scale}: ASR / CTA (%) of each group, "
                            "mean ± std over classifiers.", table1(effects, LRED_TABLE1))
@@ -463,13 +459,13 @@ class LREDTables:
             for kind, s in (("attacked", setting), ("clean", setting.clean())):
                 trained = get_classifier(classifier_config(s, 0, self.scale), self.clock, device=self.device)
                 found = inspect(trained, s, dataset, 0, "RED-A", self.preset, per_class=per_class, seed=self.seed)
-                effect = attack_effect(trained)
+                cta, asr = trained.summary.percent()
                 row[f"{kind} p-value"] = f"{found.result.p_value:.3g}"
                 row[f"paper {kind} p-value"] = LRED_TABLE4[kind][dataset]
                 row[f"{kind} detected"] = found.result.detected
-                row[f"{kind} CTA"] = round(effect["CTA"], 1)
+                row[f"{kind} CTA"] = round(cta, 1)
                 if kind == "attacked":
-                    row["ASR"] = round(effect["ASR"], 1)
+                    row["ASR"] = round(asr, 1)
                     row["inferred target (true)"] = f"{found.result.inferred_target} ({setting.target})"
             row["paper ASR / CTA / clean CTA"] = " / ".join(str(v) for v in LRED_TABLE6[dataset].values())
             rows.append(row)

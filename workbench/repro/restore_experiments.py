@@ -413,6 +413,12 @@ def defence_table(trained: TrainedModel, images: Images, dataset: str, attack: s
 
 # --- the paper's tables -----------------------------------------------------------------------------------------------
 
+def _model_percent(trained: TrainedModel) -> dict[str, float | None]:
+    """A model's recorded CDA and ASR (%, one decimal; ASR None for a clean model), as Table I prints them."""
+    summary = trained.summary
+    return {"CDA": round(100 * summary.ca, 1), "ASR": None if summary.asr is None else round(100 * summary.asr, 1)}
+
+
 
 class RestoreTables:
     """[REStore]'s Table I, the tau -> rho diagnoses (Fig. 5), recovered triggers (Fig. 8, Fig. 12b, Tables II,
@@ -442,7 +448,7 @@ class RestoreTables:
         for dataset, attacks in self.preset.attacks.items():
             for attack in attacks:
                 trained = get_or_train(train_config(dataset, attack, self.scale), device=self.device, progress=False)
-                self.clock.seen(trained.key, trained.loaded, trained.metrics["train_seconds"])
+                self.clock.seen(trained.key, trained.loaded, trained.summary.train_seconds)
                 out[dataset, attack] = trained, split_images(trained.config.splits().test, self.preset, self.seed)
         return out
 
@@ -481,8 +487,7 @@ class RestoreTables:
         rows = []
         for (dataset, attack), (trained, _) in self.models.items():
             paper = RESTORE_TABLE1.get((dataset, PAPER_MODEL[dataset]), {}).get(attack, (None, None))
-            rows.append({"dataset": dataset, "attack": attack, "CDA": round(100 * trained.metrics["test_ca"], 1),
-                         "ASR": round(100 * trained.metrics["test_asr"], 1) if "test_asr" in trained.metrics else None,
+            rows.append({"dataset": dataset, "attack": attack, **_model_percent(trained),
                          "paper CDA": paper[0], "paper ASR": paper[1], "differs": "model, epochs, data (see top)"})
         return ResultTable("table1_models", "REStore Table I: CDA / ASR (%) of the models, beside the paper's "
                            "(LeNet-5 / ResNet-18).", pd.DataFrame(rows))
@@ -617,8 +622,7 @@ class RestoreTables:
             paper = RESTORE_ADAPTIVE.get(r.attack, {})
             classes = self.runs[r].classes
             rows.append({
-                "attack": r.attack, "CDA": round(100 * trained.metrics["test_ca"], 1),
-                "ASR": round(100 * trained.metrics["test_asr"], 1) if "test_asr" in trained.metrics else None,
+                "attack": r.attack, **_model_percent(trained),
                 "recovered ASR": round(sum(self._recovered(r, c) for c in classes) / len(classes), 1),
                 "paper CDA / ASR": paper.get("model"), "paper recovered ASR": paper.get("recovered ASR")})
             tables.append(self._defences(r.dataset, r.attack, [r.output], paper.get("defences", {})))

@@ -34,6 +34,7 @@ from workbench.core.training import (
     TrainConfig,
     TrainedModel,
     TrainingData,
+    TrainingSummary,
     new_model,
     prepare_training_data,
     test_metrics,
@@ -289,9 +290,13 @@ class Defended:
     defence: str
     model: nn.Module
     key: str
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # as stored; read them typed through `summary`
     loaded: bool
     seconds: float  # training / defence time recorded when the artefact was made (both stages for T&R)
+
+    @property
+    def summary(self) -> TrainingSummary:
+        return TrainingSummary.of(self.metrics)
 
 
 def _cached(kind: str, identity: dict[str, Any], run: Callable[[], tuple[nn.Module, dict[str, Any]]],
@@ -321,7 +326,7 @@ def _trap(config: TrapConfig, clock: ColdRunClock, store: ArtefactStore | None, 
           progress: bool) -> TrappedModel:
     """Stage 1 (or plain training when `config.reconstruct` is False), recorded on `clock`."""
     trapped = get_or_trap(config, store=store, device=device, progress=progress)
-    clock.seen(trapped.key, trapped.loaded, trapped.metrics["train_seconds"])
+    clock.seen(trapped.key, trapped.loaded, trapped.summary.train_seconds)
     return trapped
 
 
@@ -329,7 +334,7 @@ def _replace(trapped: TrappedModel, config: ReplaceConfig, clock: ColdRunClock, 
              device: str, progress: bool) -> TrainedModel:
     """Stage 2 on `trapped`, recorded on `clock`."""
     replaced = get_or_replace(trapped, config, store=store, device=device, progress=progress)
-    clock.seen(replaced.key, replaced.loaded, replaced.metrics["train_seconds"])
+    clock.seen(replaced.key, replaced.loaded, replaced.summary.train_seconds)
     return replaced
 
 
@@ -352,12 +357,12 @@ def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *,
         trapped = _trap(trap_config(dataset, attack, scale, ratio=ratio, seed=seed), clock, store, device, progress)
         replaced = _replace(trapped, replace_config(scale, seed=seed), clock, store, device, progress)
         return Defended(defence, replaced.model, replaced.key, replaced.metrics, replaced.loaded,
-                        trapped.metrics["train_seconds"] + replaced.metrics["train_seconds"])
+                        trapped.summary.train_seconds + replaced.summary.train_seconds)
     if defence in ("No defense", "FT", "NAD", "ANP", "I-BAU"):
         undefended = _trap(plain, clock, store, device, progress)
         if defence == "No defense":
             return Defended(defence, undefended.model, undefended.key, undefended.metrics, undefended.loaded,
-                            undefended.metrics["train_seconds"])
+                            undefended.summary.train_seconds)
         holdout = holdout_for(replace_config(scale, seed=seed), recipe)  # the same clean images as T&R's stage 2
         method, config = {"FT": (fine_tune, preset.finetune), "NAD": (nad, preset.nad), "ANP": (anp, preset.anp),
                           "I-BAU": (ibau, preset.ibau)}[defence]
@@ -394,9 +399,8 @@ def _percent(fraction: float) -> float:
     return round(100 * fraction, 2)
 
 
-def _measured(metrics: dict[str, Any]) -> dict[str, float]:
-    return {"ASR": _percent(metrics["test_asr"]) if "test_asr" in metrics else math.nan,
-            "CA": _percent(metrics["test_ca"])}
+def _measured(summary: TrainingSummary) -> dict[str, float]:
+    return {"ASR": _percent(summary.asr) if summary.asr is not None else math.nan, "CA": _percent(summary.ca)}
 
 
 def _paper(numbers: dict[str, tuple[float, ...]] | None, key: str) -> dict[str, float]:
@@ -453,7 +457,7 @@ class TRTables:
                 if defence not in ("No defense", "T&R") and attack not in baseline_attacks:
                     continue
                 done = self.defend(defence, attack)
-                rows.append({"attack": attack, "defence": defence, **_measured(done.metrics),
+                rows.append({"attack": attack, "defence": defence, **_measured(done.summary),
                              **_paper(paper.get(attack), defence), "minutes": round(done.seconds / 60, 1)})
         if self.dataset == "cifar10":
             return ResultTable("table1_cifar10", f"T&R Table 1 at scale {self.scale!r}: ASR / CA (%) of each defence "
@@ -466,10 +470,10 @@ class TRTables:
         rows = []
         for attack in attacks:
             plain, trapped = self.trapped(attack, reconstruct=False), self.trapped(attack)
-            variants = {"no reconstruction, replace head": self.replaced(plain).metrics,
-                        "reconstruction, keep head": trapped.metrics, "T&R": self.replaced(trapped).metrics}
-            for variant, metrics in variants.items():
-                rows.append({"attack": attack, "variant": variant, **_measured(metrics),
+            variants = {"no reconstruction, replace head": self.replaced(plain).summary,
+                        "reconstruction, keep head": trapped.summary, "T&R": self.replaced(trapped).summary}
+            for variant, summary in variants.items():
+                rows.append({"attack": attack, "variant": variant, **_measured(summary),
                              **_paper(TR_TABLE4[variant], attack)})
         return ResultTable("table4_ablation", f"T&R Table 4 at scale {self.scale!r}: ASR / CA (%) without "
                            "reconstruction, without replacement, and T&R, paper beside.", pd.DataFrame(rows))
@@ -480,7 +484,7 @@ class TRTables:
         for split in (new_model(base_recipe(self.dataset, self.scale)).default_split, *splits):
             for attack in attacks:
                 replaced = self.replaced(self.trapped(attack, split=split))
-                rows.append({"split": split, "attack": attack, **_measured(replaced.metrics),
+                rows.append({"split": split, "attack": attack, **_measured(replaced.summary),
                              **_paper(TR_TABLE5.get(split), attack)})
         return ResultTable("table5_split", f"T&R Table 5 at scale {self.scale!r}: ASR / CA (%) by the stage where the "
                            "head starts.", pd.DataFrame(rows))
@@ -492,7 +496,7 @@ class TRTables:
             for defence in ("T&R", "I-BAU"):
                 for attack in attacks:
                     done = self.defend(defence, attack, ratio=ratio)
-                    rows.append({"ratio": ratio, "defence": defence, "attack": attack, **_measured(done.metrics),
+                    rows.append({"ratio": ratio, "defence": defence, "attack": attack, **_measured(done.summary),
                                  **_paper(TR_TABLE6.get((ratio, defence)), attack)})
         return ResultTable("table6_ratio", f"T&R Table 6 at scale {self.scale!r}: ASR / CA (%) by poison ratio, T&R "
                            "and I-BAU.", pd.DataFrame(rows))
@@ -506,11 +510,11 @@ class TRTables:
             poison = lba_poison_config(self.dataset, setting, surrogate, seed=self.seed, store=self.store,
                                        progress=self.progress, search=pick(self.scale, PRESETS).lba_search)
             plain = self.trapped(poison, reconstruct=False)
-            variants = {"No defense": plain.metrics, "no reconstruction, replace head": self.replaced(plain).metrics,
-                        "T&R": self.replaced(self.trapped(poison)).metrics}
-            for variant, metrics in variants.items():
+            variants = {"No defense": plain.summary, "no reconstruction, replace head": self.replaced(plain).summary,
+                        "T&R": self.replaced(self.trapped(poison)).summary}
+            for variant, summary in variants.items():
                 rows.append({"attack": setting, "latent layer": poison.latent.layer, "variant": variant,
-                             **_measured(metrics), **_paper(TR_TABLE7.get(variant), setting)})
+                             **_measured(summary), **_paper(TR_TABLE7.get(variant), setting)})
         return ResultTable("table7_lba", f"T&R Table 7 at scale {self.scale!r}: ASR / CA (%) of the adaptive attack "
                            "LBA-n without defence, with normal training and a replaced head, and with T&R, paper "
                            "beside.", pd.DataFrame(rows))
@@ -523,8 +527,8 @@ class TRTables:
             trapped = self.trapped(attack, rec_weight=rec_weight, tv_weight=tv_weight)
             paper = TR_TABLE8.get((rec_weight, tv_weight), (math.nan, math.nan, None))
             rows.append({"lambda1": rec_weight, "lambda2": tv_weight if rec_weight else math.nan,
-                         **_measured(self.replaced(trapped).metrics),
-                         "MSE": round(trapped.metrics.get("test_rec_mse", math.nan), 4),
+                         **_measured(self.replaced(trapped).summary),
+                         "MSE": round(math.nan if trapped.summary.rec_mse is None else trapped.summary.rec_mse, 4),
                          "paper ASR": paper[0], "paper CA": paper[1],
                          "paper MSE": math.nan if paper[2] is None else paper[2]})
         return ResultTable("table8_lambdas", f"T&R Table 8 at scale {self.scale!r}: ASR / CA (%) and reconstruction "
@@ -535,7 +539,7 @@ class TRTables:
         """Table 9: the size of the clean holdout stage 2 retrains the head on."""
         trapped = self.trapped(attack)
         holdout = len(trapped.config.train.splits().holdout)
-        frame = pd.DataFrame([{"holdout images": size, **_measured(self.replaced(trapped, size).metrics),
+        frame = pd.DataFrame([{"holdout images": size, **_measured(self.replaced(trapped, size).summary),
                                **dict(zip(("paper ASR", "paper CA"), TR_TABLE9.get(size, (math.nan, math.nan)),
                                           strict=True))}
                               for size in sizes if size <= holdout])
@@ -544,7 +548,7 @@ class TRTables:
 
     def table10(self, defences: tuple[str, ...]) -> ResultTable:
         """Table 10: CA (%) of defences trained on the clean training set."""
-        frame = pd.DataFrame([{"defence": d, "CA": _measured(self.defend(d, None).metrics)["CA"],
+        frame = pd.DataFrame([{"defence": d, "CA": _measured(self.defend(d, None).summary)["CA"],
                                "paper CA": TR_TABLE10.get(d, math.nan)} for d in defences])
         return ResultTable("table10_clean", f"T&R Table 10 at scale {self.scale!r}: CA (%) of defences trained on "
                            f"clean {TITLES[self.dataset]}.", frame)
@@ -553,7 +557,7 @@ class TRTables:
         """Tables 11 (CIFAR-10) / 12 (GTSRB): DP-SGD training beside T&R."""
         cifar = self.dataset == "cifar10"
         paper = TR_TABLE11 if cifar else TR_TABLE12
-        frame = pd.DataFrame([{"attack": a, **_measured(self.defend("DP", a).metrics),
+        frame = pd.DataFrame([{"attack": a, **_measured(self.defend("DP", a).summary),
                                **dict(zip(("paper ASR", "paper CA"), paper.get(a, (math.nan, math.nan)), strict=True))}
                               for a in attacks])
         number = 11 if cifar else 12

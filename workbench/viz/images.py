@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # a type only: viz draws results and never trains
+    from workbench.core.training import EpochRecord
 
 
 def image_grid(rows: Sequence[torch.Tensor], row_titles: Sequence[str], captions: Sequence[Sequence[str]] | None = None,
@@ -65,16 +69,16 @@ def confusion_heatmaps(matrices: Sequence[np.ndarray], titles: Sequence[str], cl
     return fig
 
 
-def training_curves(history: Sequence[dict[str, float]]) -> Figure:
-    """Per-epoch training loss and monitor CA / ASR (fractions) of a training run."""
-    epochs = [h["epoch"] for h in history]
+def training_curves(history: Sequence[EpochRecord]) -> Figure:
+    """Per-epoch training loss and monitor CA / ASR (fractions) of a training run (`TrainingSummary.history`)."""
+    epochs = [h.epoch for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax_loss.plot(epochs, [h["loss"] for h in history], marker="o")
+    ax_loss.plot(epochs, [h.loss for h in history], marker="o")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("mean training loss (cross-entropy)")
     for key, label in (("ca", "clean accuracy (CA)"), ("asr", "attack success rate (ASR)")):
-        if key in history[0]:
-            ax_acc.plot(epochs, [h[key] for h in history], marker="o", label=label)
+        if getattr(history[0], key) is not None:
+            ax_acc.plot(epochs, [getattr(h, key) for h in history], marker="o", label=label)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("fraction of monitor test images")
     ax_acc.set_ylim(0, 1.02)
