@@ -232,8 +232,8 @@ def test_purification_removes_the_toy_trigger_and_keeps_clean_accuracy():
     for transform in TRANSFORMS:
         purifier, tried = select_purifier(query, estimate, clean_images, clean_labels, transform=transform,
                                           max_accuracy_drop=0.02)
-        kept = [t["accuracy"] for t in tried if t["strength"] <= purifier.strength]
-        assert tried[0]["strength"] == 0 and min(kept) >= 0.98
+        kept = [t.accuracy for t in tried if t.strength <= purifier.strength]
+        assert tried[0].strength == 0 and min(kept) >= 0.98
         assert (query.labels(purifier(test_images)) == test_labels).float().mean() >= 0.95
         if transform != "gram_schmidt":  # one direction cannot undo a replaced patch on every image
             assert (query.labels(purifier(triggered)) == TARGET).float().mean() < 0.2, transform

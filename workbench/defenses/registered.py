@@ -386,7 +386,8 @@ class RestorePurifier:
                                                       low_pass=self.low_pass,
                                                       max_accuracy_drop=self.max_accuracy_drop)
             details = {"suspect": found.suspect, "margin": found.margin, "strength": purifier.strength,
-                       "strengths_tried": tried, "recovery_queries": query.queries - before}
+                       "strengths_tried": [dataclasses.asdict(t) for t in tried],
+                       "recovery_queries": query.queries - before}
             self._recovered[id(query._model)] = (purifier, details)
         return self._recovered[id(query._model)]
 

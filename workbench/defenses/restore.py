@@ -544,23 +544,31 @@ class Purifier:
         return out.clamp_(0, 1)
 
 
+@dataclass(frozen=True)
+class StrengthTrial:
+    """One purifier strength `select_purifier` tried and the clean accuracy (fraction) it kept."""
+
+    strength: float
+    accuracy: float
+
+
 def select_purifier(query: QueryModel, estimate: TriggerEstimate, images: torch.Tensor, labels: torch.Tensor, *,
                     transform: str = "subtract", low_pass: bool = False, max_accuracy_drop: float = 0.05,
-                    strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)) -> tuple[Purifier, list[dict[str, float]]]:
+                    strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)) -> tuple[Purifier, list[StrengthTrial]]:
     """The strongest purifier of one transform whose clean accuracy on `images` stays within `max_accuracy_drop` of
     the unpurified accuracy (Sec. III-D3 step ii). Only clean data is used, as a defender would.
 
-    Returns the purifier (strength 0 if none qualifies) and every (strength, accuracy) tried.
+    Returns the purifier (strength 0 if none qualifies) and every strength tried, 0 (no purification) first.
     """
     check_fraction(max_accuracy_drop, "max_accuracy_drop", allow_zero=True)
     weights = estimate.weights(low_pass)
     baseline = _accuracy(query, images, labels)
-    tried = [{"strength": 0.0, "accuracy": baseline}]
+    tried = [StrengthTrial(0.0, baseline)]
     chosen = Purifier(transform, 0.0, weights, estimate.mean)
     for strength in sorted(strengths):
         candidate = Purifier(transform, strength, weights, estimate.mean)
         accuracy = _accuracy(query, candidate(images), labels)
-        tried.append({"strength": strength, "accuracy": accuracy})
+        tried.append(StrengthTrial(strength, accuracy))
         if accuracy >= baseline - max_accuracy_drop:
             chosen = candidate
     return chosen, tried

@@ -40,6 +40,7 @@ from workbench.defenses.restore import (
     Diagnosis,
     Purifier,
     RestoreSetup,
+    StrengthTrial,
     calibrate_alpha,
     diagnose,
     estimate_trigger,
@@ -291,7 +292,7 @@ def triggered_test_images(images: Images, dataset: str, attack: str) -> tuple[to
 
 
 def restore_purifier(trained: TrainedModel, images: Images, found: Diagnosis, preset: RestorePreset, *,
-                     transform: str = "subtract", low_pass: bool = False) -> tuple[Purifier, list[dict[str, float]]]:
+                     transform: str = "subtract", low_pass: bool = False) -> tuple[Purifier, list[StrengthTrial]]:
     """REStore's purifier for `TARGET` from a run (Sec. III-D3): the trigger estimate of the target's realisations on
     the first clean set's worth of the defender's images, the strength chosen on their clean images only."""
     estimate = estimate_trigger(found.setup, found.realisations(TARGET), images.clean[:preset.per_set])
