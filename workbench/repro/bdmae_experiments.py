@@ -117,11 +117,11 @@ def bdmae_model(dataset: str, poison: PoisonConfig | None, scale: str | None, *,
                 seed: int = 0) -> TrainConfig:
     """A model for the BDMAE tables: the quickstart's recipe on `dataset` poisoned by `poison` (None = clean).
     `reduced` trains on the preset's smaller subset for fewer epochs (the trigger-size models of Tables A.3/A.4)."""
-    quick = pick(scale, QUICKSTART)
-    preset = pick(scale, BDMAE_PRESETS)
-    return TrainConfig(dataset=dataset, model=quick.model, poison=poison, lr=quick.lr, seed=seed,
-                       epochs=preset.model_epochs if reduced else quick.epochs,
-                       train_size=preset.model_train_size if reduced else quick.train_size)
+    recipe = pick(scale, QUICKSTART).recipe
+    if reduced:
+        preset = pick(scale, BDMAE_PRESETS)
+        recipe = replace(recipe, epochs=preset.model_epochs, train_size=preset.model_train_size)
+    return recipe.config(dataset, poison=poison, seed=seed)
 
 
 def badnets_setting(dataset: str, attack: Attack, scale: str | None, *, reduced: bool = False) -> Setting:

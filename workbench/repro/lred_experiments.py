@@ -24,6 +24,7 @@ from workbench.core.training import TrainConfig, TrainedModel, get_or_train
 from workbench.core.validation import WorkbenchError, check_name
 from workbench.defenses.lred import DetectionResult, LREDConfig, detect, detection_images
 from workbench.repro.paper_numbers import LRED_TABLE1, LRED_TABLE2, LRED_TABLE3, LRED_TABLE4, LRED_TABLE6
+from workbench.repro.presets import ModelRecipe
 from workbench.repro.results import ColdRunClock, ResultTable
 
 
@@ -79,8 +80,8 @@ OTHER_DATASETS: dict[str, AttackSetting] = {
 }
 
 
-class Recipe(NamedTuple):
-    """How one dataset's classifiers train: images (None = the whole training split) and epochs."""
+class Budget(NamedTuple):
+    """How long one dataset's classifiers train: images (None = the whole training split) and epochs."""
 
     train_size: int | None
     epochs: int
@@ -112,7 +113,7 @@ class LREDPreset:
     epochs: int
     lr: float
     augment: str
-    other_recipes: dict[str, Recipe]
+    other_recipes: dict[str, Budget]
     scale_counts: tuple[str, ...]
     detection: LREDConfig
     amplitudes: dict[str, float] = field(default_factory=dict)
@@ -132,7 +133,7 @@ _ALL_DATASETS = ("cifar10", *OTHER_DATASETS)
 LRED_PRESETS = {
     # smoke: plumbing only (models learn nothing); counts scaled to the 2,000-image subsets
     "smoke": LREDPreset(models_per_group=1, model="resnet_small", model_options=_SMALL_CNN, train_size=2000, epochs=1,
-                        lr=0.2, augment="crop_flip", other_recipes={"mnist": Recipe(2000, 1)},
+                        lr=0.2, augment="crop_flip", other_recipes={"mnist": Budget(2000, 1)},
                         scale_counts=_ALL_DATASETS, detection=LREDConfig(step=0.2, max_norm=3.0, max_iterations=10),
                         images_per_class=2, images_per_class_small=1, other_datasets=("mnist",),
                         groups=("G-1", "C-0")),
@@ -141,15 +142,15 @@ LRED_PRESETS = {
     # pattern's norm (~0.9) takes ~20 steps, a whole RED-A run ~25 s on 2 cores
     "cpu": LREDPreset(models_per_group=3, model="resnet_small", model_options=_SMALL_CNN, train_size=20_000,
                       epochs=12, lr=0.2, augment="none",
-                      other_recipes={"mnist": Recipe(None, 30), "fashion-mnist": Recipe(20_000, 12),
-                                     "gtsrb": Recipe(None, 12)},
+                      other_recipes={"mnist": Budget(None, 30), "fashion-mnist": Budget(20_000, 12),
+                                     "gtsrb": Budget(None, 12)},
                       scale_counts=("fashion-mnist", "gtsrb"), detection=LREDConfig(step=0.04, max_norm=6.0),
                       amplitudes={"lred_global": 8 / 255, "local_square": 100 / 255}),
     # paper: ResNet-18, 100 epochs (App. A.4); lr and schedule are the workbench's (the paper: lr 1e-3, batch 32)
     "paper": LREDPreset(models_per_group=10, model="resnet18", model_options=(), train_size=None, epochs=100, lr=0.1,
                         augment="crop_flip",
-                        other_recipes={"mnist": Recipe(None, 60), "fashion-mnist": Recipe(None, 60),
-                                       "gtsrb": Recipe(None, 100)},
+                        other_recipes={"mnist": Budget(None, 60), "fashion-mnist": Budget(None, 60),
+                                       "gtsrb": Budget(None, 100)},
                         scale_counts=(), detection=LREDConfig()),
 }
 
@@ -163,8 +164,8 @@ def classifier_config(setting: AttackSetting, index: int, scale: str | None) -> 
     poisoned images and the random parts of the pattern (an independent attack per classifier, as in the paper)."""
     preset = pick(scale, LRED_PRESETS)
     main = setting.dataset == "cifar10"
-    recipe = Recipe(preset.train_size, preset.epochs) if main else preset.other_recipes[setting.dataset]
-    train_size = recipe.train_size
+    budget = Budget(preset.train_size, preset.epochs) if main else preset.other_recipes[setting.dataset]
+    train_size = budget.train_size
     poison = None
     if setting.pattern is not None:
         count = setting.count_per_source
@@ -176,15 +177,14 @@ def classifier_config(setting: AttackSetting, index: int, scale: str | None) -> 
         poison = PoisonConfig(attack, target=setting.target, count_per_source=count,
                               sources=setting.sources, seed=index)
     if main:
-        return TrainConfig(dataset="cifar10", model=preset.model, model_options=preset.model_options, poison=poison,
-                           train_size=train_size, epochs=preset.epochs, lr=preset.lr, augment=preset.augment,
-                           seed=index)
-    # Table 4's recipes (App. A.8.2) have no augmentation; LeNet-5 on MNIST as in the paper, the small CNN elsewhere
-    model = "lenet5" if setting.dataset == "mnist" else preset.model
-    options = () if model == "lenet5" else preset.model_options
-    return TrainConfig(dataset=setting.dataset, model=model, model_options=options, poison=poison,
-                       train_size=train_size, epochs=recipe.epochs, lr=preset.lr if model != "lenet5" else 0.05,
-                       augment="none", seed=index)
+        recipe = ModelRecipe(preset.model, preset.epochs, preset.lr, train_size=train_size,
+                             model_options=preset.model_options, augment=preset.augment)
+    elif setting.dataset == "mnist":  # Table 4's recipes (App. A.8.2) have no augmentation; LeNet-5 as in the paper
+        recipe = ModelRecipe("lenet5", budget.epochs, 0.05, train_size=train_size, augment="none")
+    else:  # the small CNN elsewhere
+        recipe = ModelRecipe(preset.model, budget.epochs, preset.lr, train_size=train_size,
+                             model_options=preset.model_options, augment="none")
+    return recipe.config(setting.dataset, poison=poison, seed=index)
 
 
 def get_classifier(config: TrainConfig, clock: ColdRunClock, *, device: str = "auto") -> TrainedModel:

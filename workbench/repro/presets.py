@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from workbench.core.attacks import PoisonConfig, make_attack
 from workbench.core.scales import pick
@@ -15,6 +17,31 @@ TARGETS = {"cifar10": 0, "gtsrb": 1}
 
 
 @dataclass(frozen=True)
+class ModelRecipe:
+    """How a paper's preset trains its classifiers: the `TrainConfig` fields it sets; None leaves `TrainConfig`'s
+    default. `config` is the one place where a preset becomes a `TrainConfig`."""
+
+    model: str
+    epochs: int
+    lr: float
+    train_size: int | None = None  # None: the whole training split (minus the clean holdout)
+    model_options: tuple[tuple[str, Any], ...] = ()
+    augment: str | None = None
+    test_size: int | None = None
+    batch_size: int | None = None
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    label_smoothing: float | None = None
+
+    def config(self, dataset: str, *, poison: PoisonConfig | None = None, seed: int = 0, **fields: Any) -> TrainConfig:
+        """The `TrainConfig` of one model on `dataset` (`fields`: any other `TrainConfig` field, e.g.
+        `all_classes_poison`, `logit_anchor`)."""
+        chosen = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        return TrainConfig(dataset=dataset, poison=poison, seed=seed, **chosen, **fields)
+
+
+@dataclass(frozen=True)
 class QuickstartPreset:
     """Sizes of the quickstart at one scale."""
 
@@ -23,6 +50,10 @@ class QuickstartPreset:
     epochs: int
     lr: float
     test_size: int | None  # images evaluated in the notebook; None = the full 10,000-image test split
+
+    @property
+    def recipe(self) -> ModelRecipe:
+        return ModelRecipe(self.model, self.epochs, self.lr, train_size=self.train_size)
 
 
 QUICKSTART = {
@@ -37,8 +68,6 @@ QUICKSTART = {
 
 def quickstart_config(scale: str | None = None, *, seed: int = 0) -> TrainConfig:
     """CIFAR-10 poisoned with BDMAE's random-colour 3x3 BadNets patch, 10 % poison ratio, target 0."""
-    preset = pick(scale, QUICKSTART)
     poison = PoisonConfig(make_attack("bdmae_badnets_colour"), target=0, ratio=0.1, seed=seed)
-    return TrainConfig(dataset="cifar10", model=preset.model, poison=poison, train_size=preset.train_size,
-                       epochs=preset.epochs, lr=preset.lr, seed=seed)
+    return pick(scale, QUICKSTART).recipe.config("cifar10", poison=poison, seed=seed)
 

@@ -58,6 +58,7 @@ from workbench.repro.paper_numbers import (
     RESTORE_TABLE3,
     RESTORE_TABLE4,
 )
+from workbench.repro.presets import ModelRecipe
 from workbench.repro.results import ColdRunClock, ResultTable
 
 TARGET = 3  # "the 4th one (e.g. digit 3 for MNIST)", Sec. IV-A
@@ -96,18 +97,6 @@ def trigger(dataset: str, attack: str) -> Attack | None:
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """How one dataset's classifiers are trained at a scale."""
-
-    model: str
-    model_options: tuple[tuple[str, Any], ...] = ()
-    train_size: int | None = None
-    epochs: int = 12
-    lr: float = 0.2
-    augment: str = "none"
-
-
-@dataclass(frozen=True)
 class Run:
     """One importance-splitting run: a model (dataset, attack), a setup, a scorer output and the classes searched.
 
@@ -140,7 +129,7 @@ class RestorePreset:
         runs: the importance-splitting runs of the tables notebook.
     """
 
-    recipes: dict[str, Recipe]
+    recipes: dict[str, ModelRecipe]
     splitting: dict[str, int]
     clean_images: int
     eval_images: int
@@ -172,8 +161,9 @@ _CPU_RUNS = (
 
 RESTORE_PRESETS: dict[str, RestorePreset] = {
     "smoke": RestorePreset(
-        recipes={"mnist": Recipe("lenet5", train_size=2000, epochs=2, lr=0.05),
-                 "cifar10": Recipe("resnet_small", (("widths", (8, 8, 16, 16)),), train_size=2000, epochs=2)},
+        recipes={"mnist": ModelRecipe("lenet5", 2, 0.05, train_size=2000, augment="none"),
+                 "cifar10": ModelRecipe("resnet_small", 2, 0.2, train_size=2000, augment="none",
+                                        model_options=(("widths", (8, 8, 16, 16)),))},
         splitting={"particles": 8, "survivors": 4, "passes": 1, "max_levels": 3},
         clean_images=200, eval_images=100, comparable_images=4, per_set=3, alpha=0.2,
         attacks={"mnist": ("benign", "badnets"), "cifar10": ("benign", "badnets")},
@@ -181,8 +171,9 @@ RESTORE_PRESETS: dict[str, RestorePreset] = {
               + _runs(("mnist",), ("badnets",), ("PI",), ("labels",), (TARGET,))
               + _runs(("mnist",), ("badnets",), ("FI",), ("probits",), (TARGET,)))),
     "cpu": RestorePreset(
-        recipes={"mnist": Recipe("lenet5", epochs=30, lr=0.05),
-                 "cifar10": Recipe("resnet_small", (("widths", (16, 32, 32, 64)),), train_size=20000, epochs=12)},
+        recipes={"mnist": ModelRecipe("lenet5", 30, 0.05, augment="none"),
+                 "cifar10": ModelRecipe("resnet_small", 12, 0.2, train_size=20000, augment="none",
+                                        model_options=(("widths", (16, 32, 32, 64)),))},
         # deep and narrow: J_max and T as the paper's reach matter more than n (pilots: MNIST BadNets separates
         # clearly within 40 levels in ~1 min for 10 classes; CIFAR-10 BadNets overtakes the naturally fragile
         # classes 6 and 9 only beyond ~1e-14 (~45 levels) and was still level with frog at 60 levels; at 80 levels
@@ -191,8 +182,8 @@ RESTORE_PRESETS: dict[str, RestorePreset] = {
         clean_images=500, eval_images=1000, comparable_images=100,
         attacks={"mnist": MAIN_ATTACKS, "cifar10": ATTACKS}, runs=_CPU_RUNS),
     "paper": RestorePreset(
-        recipes={"mnist": Recipe("lenet5", epochs=100, lr=0.001),
-                 "cifar10": Recipe("resnet18", epochs=100, lr=0.001, augment="crop_flip")},
+        recipes={"mnist": ModelRecipe("lenet5", 100, 0.001, augment="none"),
+                 "cifar10": ModelRecipe("resnet18", 100, 0.001, augment="crop_flip")},
         splitting={"particles": 500, "survivors": 250, "passes": 30, "max_levels": 40},
         clean_images=1000, eval_images=9000, comparable_images=1000,
         attacks={"mnist": MAIN_ATTACKS, "cifar10": ATTACKS},
@@ -206,12 +197,10 @@ def train_config(dataset: str, attack: str, scale: str | None) -> TrainConfig:
     preset = pick(scale, RESTORE_PRESETS)
     check_name("dataset", dataset, preset.recipes)
     recipe = preset.recipes[dataset]
-    common = {"dataset": dataset, "model": recipe.model, "model_options": recipe.model_options,
-              "train_size": recipe.train_size, "epochs": recipe.epochs, "lr": recipe.lr, "augment": recipe.augment}
     if attack == "benign":
-        return TrainConfig(**common)
+        return recipe.config(dataset)
     if attack == "all_classes":
-        return TrainConfig(**common, all_classes_poison=AllClassesPoison(ratio=POISON_RATIO))
+        return recipe.config(dataset, all_classes_poison=AllClassesPoison(ratio=POISON_RATIO))
     attack_trigger = trigger(dataset, attack)
     if attack.endswith("_clean_label"):
         poison = PoisonConfig(attack_trigger, target=TARGET, ratio=CLEAN_LABEL_RATIO, ratio_of="candidates",
@@ -219,7 +208,7 @@ def train_config(dataset: str, attack: str, scale: str | None) -> TrainConfig:
     else:
         poison = PoisonConfig(attack_trigger, target=TARGET, ratio=POISON_RATIO,
                               noise_ratio=2.0 if attack == "wanet" else 0.0)
-    return TrainConfig(**common, poison=poison, logit_anchor=LOGIT_ANCHOR if attack == "logit_obfuscation" else 0.0)
+    return recipe.config(dataset, poison=poison, logit_anchor=LOGIT_ANCHOR if attack == "logit_obfuscation" else 0.0)
 
 
 @dataclass(frozen=True)

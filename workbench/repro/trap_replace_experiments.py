@@ -69,7 +69,7 @@ from workbench.repro.paper_numbers import (
     TR_TABLE11,
     TR_TABLE12,
 )
-from workbench.repro.presets import TARGETS
+from workbench.repro.presets import TARGETS, ModelRecipe
 from workbench.repro.results import ColdRunClock, ResultTable
 
 POISON_RATIO = 0.1  # Sec. 4.1
@@ -197,10 +197,10 @@ PRESETS = {
 def base_recipe(dataset: str, scale: str | None, *, seed: int = 0) -> TrainConfig:
     """Normal training of WRN-16-1 (App. B.2), clean."""
     preset = pick(scale, PRESETS)
-    return TrainConfig(dataset=dataset, model="wrn16_1", train_size=preset.train_size, test_size=preset.test_size,
-                       holdout_fraction=0.05,
-                       epochs=preset.epochs, batch_size=preset.batch_size, optimizer="adam", lr=1e-3,
-                       weight_decay=5e-4, schedule="cosine", label_smoothing=0.0, augment="crop_flip", seed=seed)
+    recipe = ModelRecipe("wrn16_1", preset.epochs, 1e-3, train_size=preset.train_size, test_size=preset.test_size,
+                         batch_size=preset.batch_size, optimizer="adam", weight_decay=5e-4, schedule="cosine",
+                         label_smoothing=0.0, augment="crop_flip")
+    return recipe.config(dataset, seed=seed, holdout_fraction=0.05)
 
 
 def poison_config(dataset: str, attack: str, scale: str | None, *, ratio: float = POISON_RATIO,
