@@ -31,7 +31,7 @@ from workbench.core.data import load_splits
 from workbench.core.diffusion import Diffusion
 from workbench.core.mae_training import training_images
 from workbench.core.pretraining import load_pretrained, run_resumable, warmup_cosine
-from workbench.core.runtime import cache_root, make_generator, resolve_device
+from workbench.core.runtime import cache_root, child_seed, make_generator, resolve_device
 from workbench.core.validation import WorkbenchError
 
 #: The tiny UNet: three resolutions (32, 16, 8 px) of 32 / 64 / 64 channels, one ResNet block per level, self-
@@ -116,7 +116,7 @@ def train_diffusion(config: DiffusionTrainConfig, *, device: str = "auto", check
         diffusion.unet.load_state_dict(load_workbench_diffusion(config.init).unet.state_dict())
     unet = diffusion.unet.to(dev)
     opt = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    gen = make_generator(config.seed + 1)
+    gen = make_generator(child_seed(config.seed, "data_order"))
     top = max(1, round(config.max_time * diffusion.steps))
 
     def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

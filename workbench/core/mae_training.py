@@ -31,7 +31,7 @@ from workbench.core.mae import (
     random_token_masks,
 )
 from workbench.core.pretraining import load_pretrained, run_resumable, warmup_cosine
-from workbench.core.runtime import cache_root, make_generator, resolve_device
+from workbench.core.runtime import cache_root, child_seed, make_generator, resolve_device
 
 TINY_MAE = MAEArchitecture(img_size=56, patch_size=4, in_chans=3, embed_dim=128, depth=6, num_heads=4,
                            decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4, mlp_ratio=4.0)
@@ -138,7 +138,7 @@ def train_mae(config: MAETrainConfig, *, device: str = "auto", checkpoint_dir: P
     no_decay = [p for n, p in mae.named_parameters() if p.requires_grad and (p.ndim <= 1 or "token" in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
-    gen = make_generator(config.seed + 1)
+    gen = make_generator(child_seed(config.seed, "data_order"))
 
     def batch_loss() -> torch.Tensor:
         idx, flip, mask = _draw(gen, len(images), config)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.core.validation import WorkbenchError
+from workbench.core.validation import WorkbenchError, check_name
 
 #: The repository root when the package runs from a checkout (editable install), else None.
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -39,6 +39,31 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise WorkbenchError(f"seed must be an integer, got {seed!r}")
     return torch.Generator(device=device).manual_seed(seed)
+
+
+#: The named streams a parent seed is split into: stream -> (offset, stride per index). The values are the ones every
+#: cached and committed artefact was made with, so they are fixed; a new use of randomness gets a new name here.
+SEED_STREAMS: dict[str, tuple[int, int]] = {
+    "data_order": (1, 0),  # training batches and augmentation, independent of the initialisation draws
+    "head_initialisation": (2, 0),  # T&R stage 2's new head
+    "global_rng": (3, 0),  # global-RNG draws during training (dropout)
+    "iab_data_order": (2, 0),  # IAB's joint training of classifier and generators
+    "iab_generators": (3, 0),  # IAB's generator initialisation
+    "nad_student": (1, 0),  # NAD's student after its teacher (which uses the parent seed)
+    "finetune_phase": (0, 10),  # phase k of a multi-phase fine-tuning
+    "abl_phase": (0, 1_000_003),  # ABL's isolate / fine-tune / unlearn phases
+    "patch_colour": (0, 1),  # the k-th random-colour patch of a dynamic BadNets trigger set
+    "detection_images": (0, 1),  # the clean images L-RED draws for its k-th classifier
+}
+
+
+def child_seed(parent: int, stream: str, index: int = 0) -> int:
+    """The seed of stream `stream` (a name of `SEED_STREAMS`), its `index`-th member where the stream has several,
+    derived from `parent`: the one way the workbench splits a seed, so no two uses of one seed collide by accident."""
+    offset, stride = SEED_STREAMS[check_name("seed stream", stream, SEED_STREAMS)]
+    if stride == 0 and index:
+        raise WorkbenchError(f"seed stream {stream!r} has one member; got index {index}")
+    return parent + offset + index * stride
 
 
 def image_generators(seed: int, first_index: int, count: int) -> list[torch.Generator]:

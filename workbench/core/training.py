@@ -34,7 +34,7 @@ from workbench.core.classifier import capture, check_labels, input_shape_of, num
 from workbench.core.data import DataSplits, ImageDataset, dataset_spec, load_splits
 from workbench.core.metrics import attack_success_rate, clean_accuracy
 from workbench.core.models import MODELS, StagedClassifier, build_model
-from workbench.core.runtime import make_generator, resolve_device
+from workbench.core.runtime import child_seed, make_generator, resolve_device
 from workbench.core.validation import (
     WorkbenchError,
     check_fraction,
@@ -312,7 +312,7 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
     """
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(config.seed + 3)  # draws from the global RNG (dropout) repeat too; the caller's state is kept
+        torch.manual_seed(child_seed(config.seed, "global_rng"))  # dropout draws repeat too; the caller's state is kept
         return _train_loop(model, train, config, monitor, monitor_backdoor, dev, progress, poisoned, batch_loss,
                            classifier or model)
 
@@ -323,7 +323,7 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
                 batch_loss: BatchLoss | None, classifier: torch.nn.Module) -> list[dict[str, float]]:
     fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format  # faster convolutions on CPU
     model.to(dev, memory_format=fmt).train()
-    gen = make_generator(config.seed + 1)  # +1: keep the data order independent of the initialisation draws
+    gen = make_generator(child_seed(config.seed, "data_order"))
     opt = _optimizer(model, config)
     n = len(train)
     steps_per_epoch = max(1, n // config.batch_size)

@@ -25,6 +25,7 @@ from workbench.core.diffusion_training import load_workbench_diffusion
 from workbench.core.mae import MAERestorer
 from workbench.core.mae_training import load_workbench_mae
 from workbench.core.query import ACCESS_LEVELS, QueryModel
+from workbench.core.runtime import child_seed
 from workbench.core.training import TrainConfig
 from workbench.core.validation import WorkbenchError, check_name
 from workbench.defenses import lred, restore
@@ -591,7 +592,7 @@ class TrapAndReplace(_TrainingDefence):
                                  "it (T&R Alg. 1 line 6)")
         split = resolve_split(model, config.split)
         with torch.random.fork_rng(devices=[]):  # the reconstruction head's initialisation, from the seed
-            torch.manual_seed(config.seed + 2)
+            torch.manual_seed(child_seed(config.seed, "head_initialisation"))
             net = TrapNet.build(model, split)
         trap = train_trap(net, train, recipe, rec_weight=config.rec_weight, tv_weight=config.tv_weight,
                           device=self.device, progress=self.progress)

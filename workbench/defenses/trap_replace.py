@@ -39,7 +39,7 @@ from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or
 from workbench.core.classifier import FrozenStem, capture, head_modules, input_shape_of, resolve_split
 from workbench.core.data import DataSplits, ImageDataset, stratified_subset
 from workbench.core.models import StagedClassifier, set_dropout
-from workbench.core.runtime import make_generator, resolve_device
+from workbench.core.runtime import child_seed, make_generator, resolve_device
 from workbench.core.training import (
     TrainConfig,
     TrainedModel,
@@ -316,7 +316,7 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
     splits = config.train.splits()
     kind, key, identity = trap_address(config, splits)
     with torch.random.fork_rng(devices=[]):  # the reconstruction head's initialisation, from the seed
-        torch.manual_seed(config.train.seed + 2)
+        torch.manual_seed(child_seed(config.train.seed, "head_initialisation"))
         net = TrapNet.build(new_model(config.train), split)
 
     def restore(found: Artefact) -> TrapNet:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from workbench.core.attacks import Attack, PoisonConfig, backdoor_test_set, make_attack
 from workbench.core.data import ImageDataset, dataset_spec, load_splits
+from workbench.core.runtime import child_seed
 from workbench.core.scales import pick, resolve_scale
 from workbench.core.training import TrainConfig, TrainedModel, get_or_train
 from workbench.core.validation import WorkbenchError, check_name
@@ -248,7 +249,7 @@ def inspect(trained: TrainedModel, setting: AttackSetting, name: str, index: int
     detector, default_per_class = method_settings(method, preset)
     test = held_out_test_split(trained.config)
     x, y = detection_images(test.images, test.labels, per_class or default_per_class, test.num_classes,
-                            seed=seed + index)
+                            seed=child_seed(seed, "detection_images", index))
     result = detect(trained.model, x.to(next(trained.model.parameters()).device), y, test.num_classes, detector,
                     preset.detection, snapshot_every=snapshot_every, progress=progress)
     attacked = setting.pattern is not None

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.attacks.base import Attack
+from workbench.core.runtime import child_seed
 from workbench.core.validation import WorkbenchError, check_fraction, check_positive_int
 
 
@@ -181,10 +182,10 @@ def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Mod
         optimizer: the classifier's optimiser; lr_at: callable(progress in [0, 1]) -> learning rate.
     """
     recipe = config.train
-    gen = torch.Generator().manual_seed(recipe.seed + 2)
+    gen = torch.Generator().manual_seed(child_seed(recipe.seed, "iab_data_order"))
     channels = train_images.shape[1]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.seed + 3)
+        torch.manual_seed(child_seed(recipe.seed, "iab_generators"))
         pattern_gen = TriggerGenerator(channels, channels, config.generator_width).to(device)
         mask_gen = TriggerGenerator(channels, 1, config.generator_width).to(device)
     n, batch = len(train_images), recipe.batch_size

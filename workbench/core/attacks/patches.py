@@ -8,7 +8,7 @@ import torch
 
 from workbench.core.attacks import functional as Fn
 from workbench.core.attacks.base import Attack, resolve_position
-from workbench.core.runtime import make_generator
+from workbench.core.runtime import child_seed, make_generator
 from workbench.core.validation import WorkbenchError, check_positive_int
 
 # The exact BDMAE random-colour patch, RGB rows (the authors' public code: docs/implementation.md#bdmae-attacks).
@@ -143,9 +143,9 @@ def per_class_triggers(num_classes: int, image_size: int, *, size: int = 3, seed
     """Distinct random-colour BadNets triggers at random positions, one per class.
 
     [REStore] Sec. V-A ("all classes backdoored"): each class gets its own 3x3 trigger whose pattern and
-    location are drawn at random; here from `seed` (trigger k uses pattern seed `seed + k`).
+    location are drawn at random; here from `seed` (trigger k: `child_seed(seed, "patch_colour", k)`).
     """
     gen = make_generator(seed)
     positions = torch.randint(0, image_size - size + 1, (num_classes, 2), generator=gen).tolist()
-    return [BadNets(pattern="random_colour", size=size, row=r, col=c, seed=seed + k)
+    return [BadNets(pattern="random_colour", size=size, row=r, col=c, seed=child_seed(seed, "patch_colour", k))
             for k, (r, c) in enumerate(positions)]

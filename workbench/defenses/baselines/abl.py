@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.core.data import ImageDataset
-from workbench.core.runtime import resolve_device
+from workbench.core.runtime import child_seed, resolve_device
 from workbench.core.training import TrainConfig, augment_batch, check_training_images, new_model, train_classifier
 from workbench.core.validation import (
     WorkbenchError,
@@ -61,8 +61,8 @@ from workbench.core.validation import (
 LGA_LEVELS = ("batch", "sample")
 UNLEARN_OBJECTIVES = ("ascent", "joint")
 FINETUNE_SETS = ("remaining", "all")
-#: seed offsets of the three training phases, so each phase draws its own data order and augmentation
-_PHASE_SEEDS = {"isolate": 0, "finetune": 1_000_003, "unlearn": 2_000_006}
+#: the three training phases, each with its own child seed (its own data order and augmentation)
+_PHASES = ("isolate", "finetune", "unlearn")
 
 
 @dataclass(frozen=True)
@@ -212,8 +212,8 @@ def _poisoned_mask(poisoned: torch.Tensor | None, n: int) -> torch.Tensor | None
 
 def _phase_recipe(recipe: TrainConfig, config: ABLConfig, phase: str, epochs: int, **changes: Any) -> TrainConfig:
     # logit_anchor is an attack-side setting of the recipe; a defence trains with plain losses
-    return dataclasses.replace(recipe, epochs=epochs, seed=config.seed + _PHASE_SEEDS[phase], logit_anchor=0.0,
-                               **changes)
+    seed = child_seed(config.seed, "abl_phase", _PHASES.index(phase))
+    return dataclasses.replace(recipe, epochs=epochs, seed=seed, logit_anchor=0.0, **changes)
 
 
 def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLConfig(), *,

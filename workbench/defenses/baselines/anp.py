@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from workbench.core.data import ImageDataset
 from workbench.core.models import StagedClassifier
-from workbench.core.runtime import make_generator, resolve_device
+from workbench.core.runtime import child_seed, make_generator, resolve_device
 from workbench.core.training import augment_batch
 from workbench.core.validation import (
     WorkbenchError,
@@ -191,7 +191,7 @@ def anp_masks(model: StagedClassifier, holdout: ImageDataset, config: ANPConfig 
     check_defence_inputs(model, holdout)
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(config.seed + 3)  # global-RNG draws (dropout, if a caller switched it on) repeat too
+        torch.manual_seed(child_seed(config.seed, "global_rng"))  # dropout draws (if switched on) repeat too
         return _optimise_masks(model, holdout, config, dev, progress)
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from workbench.core.data import ImageDataset
 from workbench.core.models import MODELS, StagedClassifier
+from workbench.core.runtime import child_seed
 from workbench.core.training import BatchLoss, TrainConfig, train_classifier
 from workbench.core.validation import (
     WorkbenchError,
@@ -109,7 +110,7 @@ class FineTuneConfig:
         return TrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=self.batch_size,
                            optimizer=self.optimizer, lr=lr, momentum=self.momentum, weight_decay=self.weight_decay,
                            schedule="constant", label_smoothing=self.label_smoothing, augment=self.augment,
-                           seed=self.seed + 10 * phase)
+                           seed=child_seed(self.seed, "finetune_phase", phase))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from workbench.core.classifier import capture, input_shape_of
 from workbench.core.data import ImageDataset
 from workbench.core.models import StagedClassifier
+from workbench.core.runtime import child_seed
 from workbench.core.validation import WorkbenchError, check_positive, check_seed
 from workbench.defenses.baselines.finetune import (
     FineTuneConfig,
@@ -68,7 +69,7 @@ class NADConfig:
         p: the power of the attention operator (2).
         distance: "mse" (public code: mean squared difference of the normalised maps) or "l2" (paper: batch mean of
             the L2 norm of their difference).
-        seed: the teacher is trained with `seed`, the student with `seed + 1`.
+        seed: the teacher is trained with `seed`, the student with its "nad_student" child seed.
     """
 
     teacher_epochs: int = 10
@@ -120,7 +121,7 @@ class NADConfig:
 
     def student_recipe(self) -> FineTuneConfig:
         """The student's optimisation settings (its loss adds the attention terms)."""
-        return self._recipe(self.epochs, self.seed + 1)
+        return self._recipe(self.epochs, child_seed(self.seed, "nad_student"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
