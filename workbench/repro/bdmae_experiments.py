@@ -43,6 +43,7 @@ from workbench.repro.paper_numbers import (
     BDMAE_TABLE3,
     BDMAE_TABLE_A2,
     BDMAE_TABLE_A3_A4,
+    Published,
 )
 from workbench.repro.presets import QUICKSTART, TARGETS
 from workbench.repro.results import ResultTable
@@ -293,7 +294,7 @@ def paper_row(defence: str) -> str:
     return {"BDMAE (tiny MAE)": "BDMAE Base"}.get(defence, defence)
 
 
-def with_paper(table: pd.DataFrame, paper: dict[str, tuple[float, ...]], note: str,
+def with_paper(table: pd.DataFrame, paper: dict[str, Published], note: str,
                metrics: tuple[str, ...] = ("CA", "BA", "ASR"), model: ModelAccuracy | None = None) -> pd.DataFrame:
     """`table` (one row per defence) beside the paper's numbers (NaN where the paper has no such row) and a column
     saying what differs. A backdoored model whose ASR on the full test split is below 90 % did not learn its backdoor
@@ -303,8 +304,8 @@ def with_paper(table: pd.DataFrame, paper: dict[str, tuple[float, ...]], note: s
                  "split): BA/ASR here do not test purification")
     out = table.round({"CA": 1, "BA": 1, "ASR": 1, "s/image": 4, "queries/image": 1}).copy()
     out["paper row"] = [paper_row(d) if paper_row(d) in paper else "" for d in out["defence"]]
-    for i, metric in enumerate(metrics):
-        out[f"paper {metric}"] = [paper.get(paper_row(d), (float("nan"),) * len(metrics))[i] for d in out["defence"]]
+    for metric in metrics:
+        out[f"paper {metric}"] = [paper.get(paper_row(d), Published()).metric(metric) for d in out["defence"]]
     out["what differs"] = note
     return out
 

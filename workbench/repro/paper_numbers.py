@@ -1,15 +1,58 @@
-"""Numbers transcribed from the papers' tables, for side-by-side comparison (percent, as printed)."""
+"""Numbers transcribed from the papers' tables, for side-by-side comparison (percent, as printed).
+
+Every row of accuracies is a `Published` record (CA, BA, ASR, and T&R's reconstruction MSE; None where the paper
+has no number), whatever order the paper prints its columns in: each table below is written in its paper's order
+(the `_rows` call names it) and converted, so a transcription can be checked against the paper line by line.
+L-RED's tables are kept as printed text (mean ± std, "5/10", p-values such as "u.f.").
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-#: [BDMAE] Table 2, "Before Defense" row: ResNet-18 trained from scratch, BadNet with
-#: 1x1-3x3 white/colour patches, aggregated over 14 runs each; CA / BA / ASR in percent.
-BDMAE_TABLE2_BEFORE_DEFENSE = {
-    "cifar10": {"CA": 93.3, "BA": 0.9, "ASR": 99.0},
-    "gtsrb": {"CA": 98.5, "BA": 1.4, "ASR": 98.6},
-}
+
+@dataclass(frozen=True)
+class Published:
+    """One row of a paper's table: accuracies in percent ([REStore]'s CDA is `ca`, its SDA `ba`), T&R's
+    reconstruction MSE; None where the paper gives no number."""
+
+    ca: float | None = None
+    ba: float | None = None
+    asr: float | None = None
+    mse: float | None = None
+
+    def metric(self, name: str) -> float:
+        """The value of column `name` ("CA", "BA", "ASR", "MSE"), NaN where the paper gives none."""
+        value = getattr(self, name.lower())
+        return math.nan if value is None else value
+
+
+def _leaves(make: Callable[[tuple], Any], table: Any) -> Any:
+    """`table` (nested dicts) with every tuple leaf replaced by `make(leaf)`."""
+    if isinstance(table, dict):
+        return {key: _leaves(make, value) for key, value in table.items()}
+    return make(table)
+
+
+def _rows(columns: tuple[str, ...], table: Any) -> Any:
+    """`table` with every tuple leaf (the paper's `columns`, in its order) replaced by a `Published` row; NaN cells
+    (lost in the extracted text) become None."""
+    def row(cells: tuple) -> Published:
+        if not isinstance(cells, tuple) or len(cells) != len(columns):
+            raise ValueError(f"expected a row of {columns}, got {cells!r}")
+        return Published(**{c.lower(): None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                            for c, v in zip(columns, cells, strict=True)})
+    return _leaves(row, table)
+
+
+class BySetup(NamedTuple):
+    """[REStore] Tables II, VIII, IX: a recovered trigger's ASR (%) with the partial (PI) and full (FI) setups."""
+
+    pi: float
+    fi: float
 
 
 #: [BDMAE] Table 1 (CIFAR-10 and GTSRB columns): DiffPure with OpenAI's 256 px diffusion model vs BDMAE on 500 test
@@ -17,7 +60,7 @@ BDMAE_TABLE2_BEFORE_DEFENSE = {
 #: and splits some decimals ("16" ".2"); read as CA of both rows, then BA and ASR of each (CIFAR-10 certain). The
 #: GTSRB DiffPure BA / ASR are our reading of the run "41.0 42.8 44.8 51.9 44.4 52.8" (BA 41.0 / 42.8, ASR 44.8 /
 #: 44.4, the remaining two being VGGFace2's CA), consistent with the text's "high ASR of DiffPure".
-BDMAE_TABLE1 = {
+BDMAE_TABLE1 = _rows(("CA", "BA", "ASR"), {
     "cifar10": {
         "Before defense": (94.0, 1.0, 99.0),
         "DiffPure DDPM": (74.5, 64.5, 16.2), "DiffPure SDE": (75.5, 63.9, 15.6),
@@ -28,12 +71,12 @@ BDMAE_TABLE1 = {
         "DiffPure DDPM": (74.2, 41.0, 44.8), "DiffPure SDE": (71.7, 42.8, 44.4),
         "BDMAE Base": (99.7, 95.5, 0.7), "BDMAE Large": (99.7, 96.0, 1.1),
     },
-}
+})
 
 
 #: [BDMAE] Table 2 (CIFAR-10 and GTSRB columns): ResNet-18, BadNet 1x1-3x3 white/colour patches, 14 runs each;
 #: (CA, BA, ASR) in percent. "Ours Base" / "Ours Large" use the official MAE ViT-Base / ViT-Large.
-BDMAE_TABLE2 = {
+BDMAE_TABLE2 = _rows(("CA", "BA", "ASR"), {
     "cifar10": {
         "Before defense": (93.3, 0.9, 99.0),
         "Februus XGradCAM": (91.6, 87.0, 7.0), "Februus GradCAM++": (80.0, 91.0, 2.3),
@@ -50,11 +93,15 @@ BDMAE_TABLE2 = {
         "ShrinkPad weak": (97.5, 33.3, 65.0), "ShrinkPad strong": (92.8, 23.5, 72.3),
         "BDMAE Base": (98.2, 95.3, 0.9), "BDMAE Large": (98.4, 96.0, 0.9),
     },
-}
+})
+
+#: [BDMAE] Table 2's "Before Defense" row (ResNet-18 trained from scratch, aggregated over 14 runs), as the quickstart
+#: compares it.
+BDMAE_TABLE2_BEFORE_DEFENSE = {dataset: rows["Before defense"] for dataset, rows in BDMAE_TABLE2.items()}
 
 #: [BDMAE] Table 3 (CIFAR-10 and GTSRB columns; the paper has Blended results only for VGGFace2 and ImageNet10):
 #: (CA, BA, ASR) in percent.
-BDMAE_TABLE3 = {
+BDMAE_TABLE3 = _rows(("CA", "BA", "ASR"), {
     ("cifar10", "IAB"): {
         "Before defense": (93.4, 1.6, 98.4),
         "Februus XGradCAM": (91.7, 29.9, 68.1), "Februus GradCAM++": (77.9, 55.8, 35.9),
@@ -87,18 +134,18 @@ BDMAE_TABLE3 = {
         "ShrinkPad weak": (93.6, 5.9, 94.1), "ShrinkPad strong": (81.8, 68.0, 23.1),
         "BDMAE Base": (93.9, 93.6, 2.3), "BDMAE Large": (94.8, 93.5, 2.4),
     },
-}
+})
 
 #: [BDMAE] Table A.2, clean models: (CA, BA) in percent. GTSRB's "before defence" CA lost its decimals in the text
 #: we have, so only CIFAR-10 is transcribed.
-BDMAE_TABLE_A2 = {
+BDMAE_TABLE_A2 = _rows(("CA", "BA"), {
     "cifar10": {"Before defense": (93.8, 93.7), "BDMAE Base": (93.1, 93.1), "BDMAE Large": (93.3, 93.2)},
-}
+})
 
 #: [BDMAE] Tables A.3 (CIFAR-10) and A.4 (GTSRB), per trigger: (CA, BA, ASR) in percent, for the rows the workbench
 #: runs at every scale. A.4's Base-i / Base-l rows repeat Februus rows in the paper (a copy error), so they are
 #: left out; A.3's are kept.
-BDMAE_TABLE_A3_A4 = {
+BDMAE_TABLE_A3_A4 = _rows(("CA", "BA", "ASR"), {
     "cifar10": {
         "Before defense": {"1x1-color": (93.7, 0.1, 99.9), "1x1-white": (92.9, 2.3, 97.5),
                            "2x2-color": (93.2, 0.0, 100.0), "2x2-white": (93.1, 2.8, 97.1),
@@ -145,7 +192,7 @@ BDMAE_TABLE_A3_A4 = {
                        "2x2-color": (98.0, 97.8, 0.1), "2x2-white": (98.3, 96.5, 1.3),
                        "3x3-color": (98.6, 98.3, 0.1), "3x3-white": (98.1, 91.0, 2.8)},
     },
-}
+})
 
 #: [L-RED] Table 1: ASR and CTA (%, mean ± std over 10 ResNet-18 classifiers per group);
 #: the clean group C-0 has CTA 93.8 ± 0.1 (Sec. 4.2).
@@ -185,18 +232,18 @@ LRED_TABLE6 = {"mnist": {"ASR": 96.3, "CTA": 98.9, "clean CTA": 99.1},
 # --- [REStore]; MNIST and CIFAR-10 rows (CASIA-Webface is not obtainable here) ----------------------------------
 
 #: [REStore] Table I: CDA / ASR (%) of the paper's models; target class 3, poisoning ratio 5 %.
-RESTORE_TABLE1 = {
+RESTORE_TABLE1 = _rows(("CA", "ASR"), {
     ("mnist", "lenet5"): {"benign": (99.1, None), "badnets": (99.1, 100.0), "sig": (99.1, 100.0),
                           "wanet": (98.9, 90.4)},
     ("mnist", "resnet18"): {"benign": (99.5, None), "badnets": (99.5, 100.0), "sig": (99.4, 100.0),
                             "wanet": (99.3, 96.9)},
     ("cifar10", "resnet18"): {"benign": (93.3, None), "badnets": (92.7, 100.0), "sig": (93.0, 100.0),
                               "wanet": (94.0, 94.3)},
-}
+})
 
 #: [REStore] Tables II (probits), VIII (logits) and IX (hard labels): recovered triggers' ASR (%) on the backdoored
 #: class, setups PI / FI.
-RESTORE_RECOVERED_ASR = {
+RESTORE_RECOVERED_ASR = _leaves(BySetup._make, {
     "probits": {
         ("mnist", "lenet5"): {"badnets": (99.9, 74.5), "sig": (100.0, 97.9), "wanet": (11.2, 34.0)},
         ("mnist", "resnet18"): {"badnets": (100.0, 3.19), "sig": (100.0, 100.0), "wanet": (66.1, 9.5)},
@@ -212,10 +259,10 @@ RESTORE_RECOVERED_ASR = {
         ("mnist", "resnet18"): {"badnets": (94.8, 0.0), "sig": (100.0, 100.0), "wanet": (65.7, 1.7)},
         ("cifar10", "resnet18"): {"badnets": (63.0, 3.0), "sig": (41.0, 2.2), "wanet": (11.2, 15.0)},
     },
-}
+})
 
 #: [REStore] Table III: (CDA, SDA, ASR) in % per defence; Februus at mask 0.8, REStore per scorer output.
-RESTORE_TABLE3 = {
+RESTORE_TABLE3 = _rows(("CA", "BA", "ASR"), {
     ("mnist", "lenet5", "badnets"): {
         "Februus XGradCAM": (95.0, 1.5, 98.5), "Februus GradCAM++": (96.0, 52.0, 47.4),
         "BDMAE base": (98.1, 98.3, 0.2), "BDMAE large": (98.4, 97.9, 0.2),
@@ -243,7 +290,8 @@ RESTORE_TABLE3 = {
         "Februus XGradCAM": (92.4, 20.4, 78.5), "Februus GradCAM++": (89.2, 27.2, 71.5),
         "BDMAE base": (94.1, 78.2, 18.2), "BDMAE large": (94.0, 79.7, 16.0),
         "REStore logits": (89.4, 86.3, 4.4), "REStore probits": (91.1, 89.1, 3.9), "REStore labels": (88.0, 85.5, 4.5)},
-}
+})
+
 
 def _table4_rows(februus: float, bdmae_base: float, bdmae_large: float, restore: float) -> dict[str, float]:
     """Table IV prints one time for Februus (either CAM) and one for REStore (any scorer); they are repeated here
@@ -262,14 +310,16 @@ RESTORE_TABLE4 = {
 #: [REStore] Tables XIV-XVI (CIFAR-10 ResNet-18, adaptive attacks): model CDA / ASR, the recovered triggers' ASR (PI,
 #: logits scorer; mean over classes when every class is backdoored) and (CDA, SDA, ASR) after each defence.
 RESTORE_ADAPTIVE = {
-    "all_classes": {"model": (93.9, 99.9), "recovered ASR": 93.7,
-                    "defences": {"Februus XGradCAM": (92.0, 20.5, 8.3), "Februus GradCAM++": (79.8, 19.0, 8.7),
+    "all_classes": {"model": Published(ca=93.9, asr=99.9), "recovered ASR": 93.7,
+                    "defences": _rows(("CA", "BA", "ASR"), {
+                                 "Februus XGradCAM": (92.0, 20.5, 8.3), "Februus GradCAM++": (79.8, 19.0, 8.7),
                                  "BDMAE base": (93.4, 91.2, 1.3), "BDMAE large": (93.3, 92.0, 1.0),
-                                 "REStore logits": (73.4, 64.8, 12.0)}},
-    "logit_obfuscation": {"model": (93.5, 91.2), "recovered ASR": 82.5,
-                          "defences": {"Februus XGradCAM": (89.3, 52.9, 43.7), "Februus GradCAM++": (88.6, 76.6, 19.5),
+                                 "REStore logits": (73.4, 64.8, 12.0)})},
+    "logit_obfuscation": {"model": Published(ca=93.5, asr=91.2), "recovered ASR": 82.5,
+                          "defences": _rows(("CA", "BA", "ASR"), {
+                                       "Februus XGradCAM": (89.3, 52.9, 43.7), "Februus GradCAM++": (88.6, 76.6, 19.5),
                                        "BDMAE base": (92.5, 85.5, 7.4), "BDMAE large": (92.6, 85.2, 6.6),
-                                       "REStore logits": (82.6, 77.7, 17.7)}},
+                                       "REStore logits": (82.6, 77.7, 17.7)})},
 }
 
 #: [REStore] App. G: the alpha_def (sparsity ratio halving CDA) the paper found.
@@ -282,8 +332,9 @@ RESTORE_ALPHA_DEF = {("mnist", "lenet5"): 0.28, ("mnist", "resnet18"): 0.27, ("c
 TR_DEFENCES = ("No defense", "NAD", "ANP", "ABL", "I-BAU", "T&R")
 
 
-def _pairs(flat: tuple[float, ...]) -> dict[str, tuple[float, float]]:
-    return {d: (flat[2 * i], flat[2 * i + 1]) for i, d in enumerate(TR_DEFENCES)}
+def _pairs(flat: tuple[float, ...]) -> dict[str, Published]:
+    """One attack's row of Tables 1-2: (ASR, CA) of each defence of `TR_DEFENCES`, in the paper's order."""
+    return {d: Published(asr=flat[2 * i], ca=flat[2 * i + 1]) for i, d in enumerate(TR_DEFENCES)}
 
 
 #: [T&R] Table 1 (CIFAR-10, WRN-16-1): attack -> defence -> (ASR, CA) in percent ("Ours" is "T&R").
@@ -314,28 +365,28 @@ TR_TABLE2 = {
 }
 
 #: [T&R] Table 4 (ablation, CIFAR-10): variant -> attack -> (ASR, CA); "T&R" is the mean of three seeds.
-TR_TABLE4 = {
+TR_TABLE4 = _rows(("ASR", "CA"), {
     "no reconstruction, replace head": {"l2-Invisible": (99.99, 85.08), "Trojan-WM": (51.87, 84.26),
                                         "SIG": (26.96, 84.03), "LCBA": (45.81, 84.31)},
     "reconstruction, keep head": {"l2-Invisible": (99.96, 89.06), "Trojan-WM": (99.81, 88.50),
                                   "SIG": (97.24, 81.10), "LCBA": (92.46, 81.22)},
     "T&R": {"l2-Invisible": (0.72, 83.72), "Trojan-WM": (12.01, 80.01), "SIG": (0.01, 82.99),
             "LCBA": (5.37, 82.47)},
-}
+})
 
 #: [T&R] Table 5 (split layer, CIFAR-10): (conv layers in f_s, layers in f_c) -> attack -> (ASR, CA). The workbench
 #: names these splits "final" (13/1), "block3_1" (11/3, the default) and "block3_0" (9/5).
-TR_TABLE5 = {
+TR_TABLE5 = _rows(("ASR", "CA"), {
     "final": {"Blend": (97.41, 88.04), "l2-Invisible": (99.99, 87.93), "Smooth": (96.02, 87.60),
               "Trojan-WM": (99.63, 87.52)},
     "block3_1": {"Blend": (10.59, 83.82), "l2-Invisible": (0.74, 84.01), "Smooth": (4.23, 83.63),
                  "Trojan-WM": (12.66, 79.97)},
     "block3_0": {"Blend": (3.01, 74.99), "l2-Invisible": (0.37, 73.50), "Smooth": (4.17, 73.96),
                  "Trojan-WM": (13.83, 77.36)},
-}
+})
 
 #: [T&R] Table 6 (poison ratio, CIFAR-10): (ratio, defence) -> attack -> (ASR, CA).
-TR_TABLE6 = {
+TR_TABLE6 = _rows(("ASR", "CA"), {
     (0.05, "T&R"): {"Blend": (9.57, 83.52), "l2-Invisible": (0.54, 84.21), "Smooth": (2.04, 83.96),
                     "Trojan-WM": (7.61, 80.12)},
     (0.05, "I-BAU"): {"Blend": (10.16, 81.96), "l2-Invisible": (1.68, 81.04), "Smooth": (8.58, 80.92),
@@ -348,32 +399,34 @@ TR_TABLE6 = {
                    "Trojan-WM": (14.28, 79.84)},
     (0.2, "I-BAU"): {"Blend": (15.57, 81.06), "l2-Invisible": (4.38, 83.06), "Smooth": (16.69, 80.44),
                      "Trojan-WM": (6.94, 83.33)},
-}
+})
 
 #: [T&R] Table 7 (App. C.1, CIFAR-10): the adaptive Latent Backdoor Attack LBA-n -> (ASR, CA). The extracted text
 #: keeps the "T&R" row's CA only for LBA-14 and LBA-10 (84.52, 85.43); its ASR cells and LBA-12 are missing (NaN).
-TR_TABLE7 = {
+TR_TABLE7 = _rows(("ASR", "CA"), {
     "no reconstruction, replace head": {"LBA-14": (93.64, 82.06), "LBA-12": (90.62, 84.12), "LBA-10": (84.65, 83.49)},
     "T&R": {"LBA-14": (math.nan, 84.52), "LBA-10": (math.nan, 85.43)},
-}
+})
 
 #: [T&R] Table 8 (l2-Invisible, CIFAR-10): (lambda1, lambda2) -> (ASR, CA, reconstruction MSE). The ASR cell of
 #: lambda1 = 10 is blank in our copy of the paper; that setting is the default, whose ASR elsewhere is 0.74.
-TR_TABLE8 = {
+TR_TABLE8 = _rows(("ASR", "CA", "MSE"), {
     (0.0, 0.1): (99.99, 85.08, None), (1.0, 0.1): (53.77, 83.70, 0.0145), (10.0, 0.1): (0.74, 84.01, 0.0085),
     (20.0, 0.1): (1.04, 81.37, 0.0071), (10.0, 0.0): (3.32, 82.46, 0.0097), (10.0, 1.0): (0.28, 83.51, 0.0091),
-}
+})
 
 #: [T&R] Table 9 (l2-Invisible, CIFAR-10): holdout size -> (ASR, CA).
-TR_TABLE9 = {250: (0.77, 72.00), 500: (0.56, 76.99), 1250: (0.41, 83.31), 2500: (0.74, 84.01)}
+TR_TABLE9 = _rows(("ASR", "CA"), {250: (0.77, 72.00), 500: (0.56, 76.99), 1250: (0.41, 83.31), 2500: (0.74, 84.01)})
 
 #: [T&R] Table 10 (clean CIFAR-10 training set): defence -> CA.
-TR_TABLE10 = {"No defense": 89.81, "ABL": 72.72, "I-BAU": 85.44, "T&R": 83.87}
+TR_TABLE10 = _rows(("CA",), {"No defense": (89.81,), "ABL": (72.72,), "I-BAU": (85.44,), "T&R": (83.87,)})
 
 #: [T&R] Tables 11 (CIFAR-10) and 12 (GTSRB): DP-SGD, attack -> (ASR, CA).
-TR_TABLE11 = {"BadNet-Grid": (53.21, 27.73), "BadNet-White": (42.92, 26.52), "Blend": (86.68, 26.52),
+TR_TABLE11 = _rows(("ASR", "CA"), {
+              "BadNet-Grid": (53.21, 27.73), "BadNet-White": (42.92, 26.52), "Blend": (86.68, 26.52),
               "l0-Invisible": (35.90, 25.00), "l2-Invisible": (60.90, 20.76), "Smooth": (95.41, 28.18),
-              "Trojan-SQ": (43.57, 25.69), "Trojan-WM": (99.62, 23.00), "SIG": (97.02, 28.73), "LCBA": (82.80, 18.95)}
-TR_TABLE12 = {"BadNet-Grid": (67.84, 14.02), "BadNet-White": (52.20, 16.14), "Blend": (83.26, 12.87),
+              "Trojan-SQ": (43.57, 25.69), "Trojan-WM": (99.62, 23.00), "SIG": (97.02, 28.73), "LCBA": (82.80, 18.95)})
+TR_TABLE12 = _rows(("ASR", "CA"), {
+              "BadNet-Grid": (67.84, 14.02), "BadNet-White": (52.20, 16.14), "Blend": (83.26, 12.87),
               "l0-Invisible": (84.68, 13.44), "l2-Invisible": (82.49, 16.94), "Smooth": (96.11, 15.27),
-              "Trojan-SQ": (61.66, 13.20), "Trojan-WM": (99.11, 13.19), "SIG": (94.71, 18.92)}
+              "Trojan-SQ": (61.66, 13.20), "Trojan-WM": (99.11, 13.19), "SIG": (94.71, 18.92)})

@@ -57,6 +57,7 @@ from workbench.repro.paper_numbers import (
     RESTORE_TABLE1,
     RESTORE_TABLE3,
     RESTORE_TABLE4,
+    Published,
 )
 from workbench.repro.presets import ModelRecipe
 from workbench.repro.results import ColdRunClock, ResultTable
@@ -383,7 +384,7 @@ def paper_row(defence: str) -> str:
 
 def defence_table(trained: TrainedModel, images: Images, dataset: str, attack: str, runs: dict[Run, Diagnosis],
                   outputs: list[str], restorer: MAERestorer, preset: RestorePreset,
-                  paper: dict[str, tuple[float, float, float]], *, seed: int = 0) -> pd.DataFrame:
+                  paper: dict[str, Published], *, seed: int = 0) -> pd.DataFrame:
     """Table III for one model: `compare_defences` with a REStore purifier from the model's PI run of each scorer
     output in `outputs`, the strength each purifier chose, and the paper's CDA / SDA / ASR beside ours."""
     def pi_run(output: str) -> Diagnosis:
@@ -394,8 +395,8 @@ def defence_table(trained: TrainedModel, images: Images, dataset: str, attack: s
     table = compare_defences(trained, images, dataset, attack, purifiers, restorer, BDMAEConfig(), preset, seed=seed)
     table["strength"] = [purifiers[n.split()[-1]].strength if n.startswith("REStore") else None
                          for n in table["defence"]]
-    for i, column in enumerate(("CDA", "SDA", "ASR")):
-        table[f"paper {column}"] = [paper.get(paper_row(n), (None,) * 3)[i] for n in table["defence"]]
+    for column, attribute in (("CDA", "ca"), ("SDA", "ba"), ("ASR", "asr")):
+        table[f"paper {column}"] = [getattr(paper.get(paper_row(n), Published()), attribute) for n in table["defence"]]
     table.insert(0, "attack", attack)
     table.insert(0, "dataset", dataset)
     return table.round({"CDA": 1, "SDA": 1, "ASR": 1})
@@ -476,9 +477,9 @@ class RestoreTables:
         """[REStore] Table I: CDA / ASR of every model, as recorded at training."""
         rows = []
         for (dataset, attack), (trained, _) in self.models.items():
-            paper = RESTORE_TABLE1.get((dataset, PAPER_MODEL[dataset]), {}).get(attack, (None, None))
+            paper = RESTORE_TABLE1.get((dataset, PAPER_MODEL[dataset]), {}).get(attack, Published())
             rows.append({"dataset": dataset, "attack": attack, **_model_percent(trained),
-                         "paper CDA": paper[0], "paper ASR": paper[1], "differs": "model, epochs, data (see top)"})
+                         "paper CDA": paper.ca, "paper ASR": paper.asr, "differs": "model, epochs, data (see top)"})
         return ResultTable("table1_models", "REStore Table I: CDA / ASR (%) of the models, beside the paper's "
                            "(LeNet-5 / ResNet-18).", pd.DataFrame(rows))
 
@@ -550,10 +551,10 @@ class RestoreTables:
         """[REStore] Tables II (probits), VIII (logits), IX (labels): recovered-trigger ASR by setup and scorer."""
         rows = []
         for dataset, attack, output in sorted({key[:3] for key in self.recovery}):
-            paper = RESTORE_RECOVERED_ASR[output].get((dataset, PAPER_MODEL[dataset]), {}).get(attack, (None, None))
+            paper = RESTORE_RECOVERED_ASR[output].get((dataset, PAPER_MODEL[dataset]), {}).get(attack)
             rows.append({"dataset": dataset, "attack": attack, "scorer": output,
-                         "PI": self.recovery.get((dataset, attack, output, "PI")), "paper PI": paper[0],
-                         "FI": self.recovery.get((dataset, attack, output, "FI")), "paper FI": paper[1]})
+                         "PI": self.recovery.get((dataset, attack, output, "PI")), "paper PI": paper and paper.pi,
+                         "FI": self.recovery.get((dataset, attack, output, "FI")), "paper FI": paper and paper.fi})
         return ResultTable("table2_recovered_asr", "REStore Tables II (probits), VIII (logits), IX (labels): "
                            "recovered-trigger ASR (%), beside the paper's.", pd.DataFrame(rows))
 
@@ -614,7 +615,8 @@ class RestoreTables:
             rows.append({
                 "attack": r.attack, **_model_percent(trained),
                 "recovered ASR": round(sum(self._recovered(r, c) for c in classes) / len(classes), 1),
-                "paper CDA / ASR": paper.get("model"), "paper recovered ASR": paper.get("recovered ASR")})
+                "paper CDA / ASR": (paper["model"].ca, paper["model"].asr) if paper else None,
+                "paper recovered ASR": paper.get("recovered ASR")})
             tables.append(self._defences(r.dataset, r.attack, [r.output], paper.get("defences", {})))
         if not rows:
             return None

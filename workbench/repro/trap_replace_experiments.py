@@ -68,6 +68,7 @@ from workbench.repro.paper_numbers import (
     TR_TABLE10,
     TR_TABLE11,
     TR_TABLE12,
+    Published,
 )
 from workbench.repro.presets import TARGETS, ModelRecipe
 from workbench.repro.results import ColdRunClock, ResultTable
@@ -403,9 +404,9 @@ def _measured(summary: TrainingSummary) -> dict[str, float]:
     return {"ASR": _percent(summary.asr) if summary.asr is not None else math.nan, "CA": _percent(summary.ca)}
 
 
-def _paper(numbers: dict[str, tuple[float, ...]] | None, key: str) -> dict[str, float]:
-    found = (numbers or {}).get(key, (math.nan, math.nan))
-    return {"paper ASR": found[0], "paper CA": found[1]}
+def _paper(numbers: dict[Any, Published] | None, key: Any) -> dict[str, float]:
+    found = (numbers or {}).get(key, Published())
+    return {"paper ASR": found.metric("ASR"), "paper CA": found.metric("CA")}
 
 
 @dataclass
@@ -525,12 +526,12 @@ class TRTables:
         rows = []
         for rec_weight, tv_weight in ((0.0, 0.1), (10.0, 0.1), *lambdas):
             trapped = self.trapped(attack, rec_weight=rec_weight, tv_weight=tv_weight)
-            paper = TR_TABLE8.get((rec_weight, tv_weight), (math.nan, math.nan, None))
+            paper = TR_TABLE8.get((rec_weight, tv_weight), Published())
             rows.append({"lambda1": rec_weight, "lambda2": tv_weight if rec_weight else math.nan,
                          **_measured(self.replaced(trapped).summary),
                          "MSE": round(math.nan if trapped.summary.rec_mse is None else trapped.summary.rec_mse, 4),
-                         "paper ASR": paper[0], "paper CA": paper[1],
-                         "paper MSE": math.nan if paper[2] is None else paper[2]})
+                         "paper ASR": paper.metric("ASR"), "paper CA": paper.metric("CA"),
+                         "paper MSE": paper.metric("MSE")})
         return ResultTable("table8_lambdas", f"T&R Table 8 at scale {self.scale!r}: ASR / CA (%) and reconstruction "
                            f"MSE on clean test images by lambda1 and lambda2 ({attack}; the paper: l2-Invisible).",
                            pd.DataFrame(rows))
@@ -540,8 +541,7 @@ class TRTables:
         trapped = self.trapped(attack)
         holdout = len(trapped.config.train.splits().holdout)
         frame = pd.DataFrame([{"holdout images": size, **_measured(self.replaced(trapped, size).summary),
-                               **dict(zip(("paper ASR", "paper CA"), TR_TABLE9.get(size, (math.nan, math.nan)),
-                                          strict=True))}
+                               **_paper(TR_TABLE9, size)}
                               for size in sizes if size <= holdout])
         return ResultTable("table9_holdout", f"T&R Table 9 at scale {self.scale!r}: ASR / CA (%) by the number of "
                            f"clean holdout images ({attack}).", frame)
@@ -549,7 +549,7 @@ class TRTables:
     def table10(self, defences: tuple[str, ...]) -> ResultTable:
         """Table 10: CA (%) of defences trained on the clean training set."""
         frame = pd.DataFrame([{"defence": d, "CA": _measured(self.defend(d, None).summary)["CA"],
-                               "paper CA": TR_TABLE10.get(d, math.nan)} for d in defences])
+                               "paper CA": TR_TABLE10.get(d, Published()).metric("CA")} for d in defences])
         return ResultTable("table10_clean", f"T&R Table 10 at scale {self.scale!r}: CA (%) of defences trained on "
                            f"clean {TITLES[self.dataset]}.", frame)
 
@@ -558,7 +558,7 @@ class TRTables:
         cifar = self.dataset == "cifar10"
         paper = TR_TABLE11 if cifar else TR_TABLE12
         frame = pd.DataFrame([{"attack": a, **_measured(self.defend("DP", a).summary),
-                               **dict(zip(("paper ASR", "paper CA"), paper.get(a, (math.nan, math.nan)), strict=True))}
+                               **_paper(paper, a)}
                               for a in attacks])
         number = 11 if cifar else 12
         return ResultTable(f"table{number}_dp", f"T&R Table {number} at scale {self.scale!r}: DP-SGD ASR / CA (%) on "
