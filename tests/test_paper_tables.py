@@ -33,16 +33,28 @@ TIMED = {"s/image", "seconds", "ms per image", "x no defence", "minutes"}
 #: tables whose every measured cell is a time: only their row labels are compared
 TIMED_TABLES = {"table3_time": {"method"}}
 #: acceptance checks about time (a cold-cache estimate, a speed-up)
-TIMED_CHECK = re.compile(r"cold cache|empty cache|faster")
+TIMED_CHECK = re.compile(r"cold cache|empty cache|faster|test-time cost")
 
 
 def this_machine() -> dict[str, str]:
     return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def _same(ours: Any, recorded: Any) -> bool:
-    if isinstance(ours, float) and isinstance(recorded, (int, float)):
-        return math.isclose(ours, recorded, rel_tol=1e-9, abs_tol=1e-12)
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _same(ours: Any, recorded: Any, column: str) -> bool:
+    """Equal, numbers to 1e-6 relative; p-values (numbers or printed) to 1 %: L-RED's Gamma fit moves them in the
+    4th-5th significant digit from run to run (float summation order), while every accuracy here moves by whole
+    images (>= 1 % at smoke scale) if at all."""
+    tolerance = 1e-2 if "p-value" in column else 1e-6
+    a, b = _number(ours), _number(recorded)
+    if a is not None and b is not None and not isinstance(ours, bool):
+        return math.isclose(a, b, rel_tol=tolerance, abs_tol=1e-9)
     return ours == recorded
 
 
@@ -65,7 +77,7 @@ def assert_like_golden(table: ResultTable, notebook: str) -> None:
         if not (exact or column.startswith("paper")):
             continue
         for ours, theirs in zip((r[c] for r in rows), (r[c] for r in recorded["rows"]), strict=True):
-            assert _same(ours, theirs), (table.name, column, ours, theirs)
+            assert _same(ours, theirs, column), (table.name, column, ours, theirs)
 
 
 @pytest.fixture(scope="module")
