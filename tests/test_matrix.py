@@ -18,7 +18,7 @@ from workbench.core.validation import WorkbenchError
 from workbench.defenses.bdmae import BDMAE
 from workbench.defenses.registered import RestoreSettings
 from workbench.repro import matrix as matrix_module
-from workbench.repro.bdmae_experiments import BDMAE_PRESETS, badnets_setting, evaluation_images
+from workbench.repro.bdmae import BDMAE_PRESETS, badnets_setting, evaluation_images
 from workbench.repro.cli import main
 from workbench.repro.matrix import MATRIX_PRESETS, SUBJECTS, load_subjects, record_subject, run_cell, run_matrix
 from workbench.viz.matrix import matrix_figure

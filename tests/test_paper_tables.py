@@ -21,11 +21,11 @@ import torch
 
 from tests.conftest import needs_real_data
 from workbench.core.scales import pick
-from workbench.repro.bdmae_experiments import BDMAETables
-from workbench.repro.lred_experiments import LREDTables
-from workbench.repro.restore_experiments import RestoreTables
+from workbench.repro.bdmae import BDMAETables
+from workbench.repro.lred import LREDTables
+from workbench.repro.restore import RestoreTables
 from workbench.repro.results import ResultTable, json_rows
-from workbench.repro.trap_replace_experiments import PRESETS, TRTables
+from workbench.repro.trap_replace import PRESETS, TRTables
 
 GOLDEN = Path(__file__).parent / "golden" / "smoke"
 #: wall-clock columns: they differ between any two runs

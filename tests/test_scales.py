@@ -6,7 +6,7 @@ import pytest
 
 from workbench.core.scales import pick, resolve_scale, with_overrides
 from workbench.core.validation import WorkbenchError
-from workbench.repro.trap_replace_experiments import PRESETS
+from workbench.repro.trap_replace import PRESETS
 
 
 def test_overrides_replace_only_given_fields_and_freeze_lists() -> None:

@@ -33,7 +33,7 @@ from workbench.defenses.trap_replace import (
     total_variation,
     trap_objective,
 )
-from workbench.repro.trap_replace_experiments import TRTables
+from workbench.repro.trap_replace import TRTables
 from workbench.viz.trap_replace import feature_scatter_pair, reconstruction_figure
 
 WRN = TrainConfig(dataset="cifar10", model="wrn16_1", epochs=1, batch_size=32, optimizer="adam", lr=1e-3,

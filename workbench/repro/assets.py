@@ -9,16 +9,16 @@ from collections.abc import Callable
 from workbench.core.attacks import InputAwareConfig, make_attack
 from workbench.core.training import TrainConfig
 from workbench.defenses.trap_replace import TrapConfig
-from workbench.repro.bdmae_experiments import (
+from workbench.repro.bdmae import (
     badnets_setting,
     challenging_settings,
     clean_setting,
     trigger_variants,
 )
-from workbench.repro.lred_experiments import OTHER_DATASETS, classifier_config
+from workbench.repro.lred import OTHER_DATASETS, classifier_config
 from workbench.repro.presets import quickstart_config
-from workbench.repro.restore_experiments import train_config as restore_train_config
-from workbench.repro.trap_replace_experiments import trap_config
+from workbench.repro.restore import train_config as restore_train_config
+from workbench.repro.trap_replace import trap_config
 
 
 def _bdmae_models() -> dict[str, TrainConfig | InputAwareConfig]:

@@ -42,9 +42,9 @@ from workbench.core.storage import atomic_write, atomic_write_json, sha256_file
 from workbench.core.validation import WorkbenchError, check_name
 from workbench.defenses import available, create, describe
 from workbench.defenses.interface import Detection, Purification
-from workbench.repro import bdmae_experiments as bdmae_repro
-from workbench.repro import restore_experiments as restore_repro
-from workbench.repro.lred_experiments import LRED_PRESETS, OTHER_DATASETS, classifier_config
+from workbench.repro import bdmae as bdmae_repro
+from workbench.repro import restore as restore_repro
+from workbench.repro.lred import LRED_PRESETS, OTHER_DATASETS, classifier_config
 
 KINDS = ("detector", "purifier", "repair")
 EXAMPLES = 4  # triggered images whose purified versions a cell keeps for the widget

@@ -49,7 +49,7 @@ from workbench.defenses.restore import (
     select_purifier,
     splitting_config,
 )
-from workbench.repro.bdmae_experiments import evaluate
+from workbench.repro.bdmae import evaluate
 from workbench.repro.paper_numbers import (
     RESTORE_ADAPTIVE,
     RESTORE_ALPHA_DEF,

@@ -12,8 +12,8 @@ from workbench.core.data import ImageDataset
 from workbench.core.training import TrainConfig, get_or_train
 from workbench.core.validation import WorkbenchError
 from workbench.defenses.lred import LREDConfig, detection_images, estimate_patterns
-from workbench.repro import lred_experiments
-from workbench.repro.lred_experiments import (
+from workbench.repro import lred as lred_repro
+from workbench.repro.lred import (
     GROUPS,
     LRED_PRESETS,
     OTHER_DATASETS,
@@ -114,7 +114,7 @@ def test_collateral_damage_counts_pattern_and_clean_misclassification(monkeypatc
     images[2:4, 0, 0, 0] = 255  # class 1
     images[1, 0, -1, -1] = 255  # one class-0 image already carries a bright corner: misclassified when clean
     test = ImageDataset("stub", images, labels, ("a", "b", "c"))
-    monkeypatch.setattr(lred_experiments, "held_out_test_split", lambda config: test)
+    monkeypatch.setattr(lred_repro, "held_out_test_split", lambda config: test)
     attack = make_attack("additive", pattern="pixel", amplitude=0.5)
     poison = PoisonConfig(attack, target=2, count_per_source=1, sources=(0,))
     trained = SimpleNamespace(model=_PixelBackdoor(), config=SimpleNamespace(poison=poison))

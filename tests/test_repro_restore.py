@@ -6,7 +6,7 @@ import torch
 from workbench.core.artefacts import ArtefactStore
 from workbench.core.training import TrainedModel
 from workbench.core.validation import WorkbenchError
-from workbench.repro import restore_experiments as rx
+from workbench.repro import restore as rx
 
 
 def test_every_attack_has_the_papers_recipe():
