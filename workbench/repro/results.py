@@ -7,6 +7,7 @@ the runner passes `results_dir` and collects the JSON files into the report. Out
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import time
@@ -63,7 +64,7 @@ class ResultTable:
     frame: pd.DataFrame
 
     def _repr_html_(self) -> str:  # a notebook shows the caption above the table
-        return f"<p><b>{self.name}</b>: {self.caption}</p>" + self.frame.to_html(index=False)
+        return f"<p><b>{html.escape(self.name)}</b>: {html.escape(self.caption)}</p>" + self.frame.to_html(index=False)
 
     def __str__(self) -> str:
         return f"{self.name}: {self.caption}\n{self.frame.to_string(index=False)}"
