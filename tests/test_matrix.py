@@ -20,7 +20,17 @@ from workbench.defenses.registered import RestoreSettings
 from workbench.repro import matrix as matrix_module
 from workbench.repro.bdmae import BDMAE_PRESETS, badnets_setting, evaluation_images
 from workbench.repro.cli import main
-from workbench.repro.matrix import MATRIX_PRESETS, SUBJECTS, load_subjects, record_subject, run_cell, run_matrix
+from workbench.repro.matrix import (
+    MATRIX_PRESETS,
+    SUBJECTS,
+    Cell,
+    NotApplicable,
+    PurificationCell,
+    load_subjects,
+    record_subject,
+    run_cell,
+    run_matrix,
+)
 from workbench.viz.matrix import matrix_figure
 from workbench.widgets.matrix import matrix_explorer
 
@@ -45,8 +55,9 @@ def test_bdmae_labels_equal_notebook_11s_on_the_same_images(badnets, tmp_path):
     clean = BDMAE(QueryModel(trained.model, "label"), restorer, config).purify(x_clean, seed=0).labels
     triggered = BDMAE(QueryModel(trained.model, "label"), restorer, config).purify(x_bd, seed=0).labels
     count = SMOKE.images
-    assert cell["clean labels"] == clean[:count].tolist()
-    assert cell["triggered labels"] == triggered[:count].tolist()
+    assert isinstance(cell, PurificationCell)
+    assert list(cell.clean_labels) == clean[:count].tolist()
+    assert list(cell.triggered_labels) == triggered[:count].tolist()
 
 
 def test_cells_are_stored_and_reused_until_a_setting_changes(badnets, tmp_path, monkeypatch):
@@ -58,7 +69,7 @@ def test_cells_are_stored_and_reused_until_a_setting_changes(badnets, tmp_path, 
         raise AssertionError("a stored cell was recomputed")
 
     monkeypatch.setattr(matrix_module, "create", no_compute)
-    assert run_cell(badnets, "blur", SMOKE, tmp_path) == first
+    assert run_cell(badnets, "blur", SMOKE, tmp_path) == first  # read back as the same typed cell
     changed = SMOKE.__class__(**{**SMOKE.__dict__, "configs": {**SMOKE.configs, "blur": {"sigma": 1.0}}})
     with pytest.raises(AssertionError, match="recomputed"):
         run_cell(badnets, "blur", changed, tmp_path)
@@ -67,14 +78,14 @@ def test_cells_are_stored_and_reused_until_a_setting_changes(badnets, tmp_path, 
 def test_restores_purifier_starts_from_the_diagnosis_of_the_same_run(badnets, tmp_path, monkeypatch):
     found = {}
     detection = run_cell(badnets, "restore-diagnosis", SMOKE, tmp_path, found=found)
-    assert found["restore-diagnosis"].suspect == detection["target"]
+    assert found["restore-diagnosis"].suspect == detection.target
 
     def no_second_diagnosis(*args, **kwargs):
         raise AssertionError("REStore diagnosed the model again")
 
     monkeypatch.setattr(RestoreSettings, "diagnose", no_second_diagnosis)
     cell = run_cell(badnets, "restore", SMOKE, tmp_path, found=found)
-    assert cell["queries/image"] == 1 and 0 <= cell["ASR"] <= 100
+    assert cell.queries_per_image == 1 and 0 <= cell.ASR <= 100
 
 
 def test_a_defence_that_cannot_apply_is_reported_not_raised(tmp_path):
@@ -82,10 +93,11 @@ def test_a_defence_that_cannot_apply_is_reported_not_raised(tmp_path):
     subject = record_subject(record.path, SMOKE)
     assert subject.backdoored and subject.target == 0 and len(subject.triggered_images) == 3
     cell = run_cell(subject, "februus", SMOKE, tmp_path / "m")  # the record's PreAct-ResNet18 declares layer4
-    assert 0 <= cell["ASR"] <= 100 and "n/a" not in cell
+    assert isinstance(cell, PurificationCell) and 0 <= cell.ASR <= 100
     subject.model.cam_layer = None  # a wrapped model that does not say where its feature map is
     cell = run_cell(subject, "februus", SMOKE, tmp_path / "n")
-    assert "name the CAM layer" in cell["n/a"] and "CA" not in cell
+    assert isinstance(cell, NotApplicable) and "name the CAM layer" in cell.reason
+    assert Cell.from_stored(json.loads((tmp_path / "n" / "cells" / subject.name / "februus.json").read_text())) == cell
 
 
 def test_unknown_subjects_and_defences_are_refused_before_any_work(badnets, tmp_path):

@@ -45,6 +45,7 @@ from workbench.defenses.interface import Detection, Purification
 from workbench.repro import bdmae as bdmae_repro
 from workbench.repro import restore as restore_repro
 from workbench.repro.lred import LRED_PRESETS, OTHER_DATASETS, classifier_config
+from workbench.repro.results import ResultTable, save_figure
 
 KINDS = ("detector", "purifier", "repair")
 EXAMPLES = 4  # triggered images whose purified versions a cell keeps for the widget
@@ -254,25 +255,133 @@ def load_subjects(names: Sequence[str] | None, preset: MatrixPreset, scale: str,
 
 # --- cells ------------------------------------------------------------------------------------------------------
 
-def _accuracies(clean_labels: torch.Tensor, triggered_labels: torch.Tensor, subject: Subject) -> dict[str, float]:
-    return {"CA": 100 * (clean_labels == subject.clean_labels).float().mean().item(),
-            "BA": 100 * (triggered_labels == subject.triggered_labels).float().mean().item(),
-            "ASR": 100 * (triggered_labels == subject.target).float().mean().item()}
+def _column(name: str, **kwargs: Any) -> Any:
+    """A cell field stored and tabled under `name` (the column names the tables and the stored JSON use)."""
+    return field(metadata={"column": name}, **kwargs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    """One defence on one model, as stored in `<folder>/cells/<model>/<defence>.json`.
+
+    Attributes:
+        identity: the hash of everything the result depends on (weights, defence, settings, images, seed).
+        model, defence, kind: the subject's name, the registered defence and its kind.
+        wall_seconds: wall-clock time of the whole cell (the defence's own `seconds` excludes loading).
+    """
+
+    identity: str
+    model: str
+    defence: str
+    kind: str
+    wall_seconds: float = _column("wall seconds")
+
+    def stored(self) -> dict[str, Any]:
+        """The cell as JSON values under its column names (the stored form, and a table row)."""
+        return {f.metadata.get("column", f.name): (list(value) if isinstance(value := getattr(self, f.name), tuple)
+                                                    else value) for f in dataclasses.fields(self)}
+
+    @staticmethod
+    def from_stored(data: dict[str, Any]) -> Cell:
+        """The cell `stored()` wrote: a `NotApplicable` if it holds "n/a", else the cell type of its kind."""
+        cls = NotApplicable if "n/a" in data else _CELL_TYPES[data["kind"]]
+        values = {}
+        for f in dataclasses.fields(cls):
+            value = data[f.metadata.get("column", f.name)]
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectionCell(Cell):
+    """A detector's verdict (`Detection`) scored against the truth: `correct` when the verdict is right and, on a
+    backdoored model, the suspected target is the attack's."""
+
+    detected: bool
+    target: int
+    correct: bool
+    statistic: float
+    p_value: float | None = _column("p-value")
+    queries: int | None
+    seconds: float
+    class_scores: tuple[float, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PurificationCell(Cell):
+    """A purifier's defended pipeline on the subject's clean and triggered images: CA, BA and ASR in %, seconds
+    and label queries per image (None for white-box purifiers), and the labels it output."""
+
+    CA: float
+    BA: float
+    ASR: float
+    seconds_per_image: float = _column("s/image")
+    queries_per_image: float | None = _column("queries/image")
+    clean_labels: tuple[int, ...] = _column("clean labels")
+    triggered_labels: tuple[int, ...] = _column("triggered labels")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepairCell(Cell):
+    """The repaired model's CA and ASR (%) on the subject's images, and what the repair cost."""
+
+    CA: float
+    ASR: float
+    seconds: float
+    holdout_images: int = _column("holdout images")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotApplicable(Cell):
+    """A defence that cannot run on this subject (e.g. Februus without a CAM layer), with why."""
+
+    reason: str = _column("n/a")
+
+
+_CELL_TYPES: dict[str, type[Cell]] = {"detector": DetectionCell, "purifier": PurificationCell, "repair": RepairCell}
+
+
+@dataclass(frozen=True)
+class PurifiedExamples:
+    """The first triggered images of a purification cell, what the purifier made of them and its labels."""
+
+    triggered: torch.Tensor
+    purified: torch.Tensor
+    labels: torch.Tensor
+
+    def save(self, path: Path) -> None:
+        tensors = {name: getattr(self, name).detach().cpu().contiguous()
+                   for name in ("triggered", "purified", "labels")}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+
+    @staticmethod
+    def load(folder: str | Path, model: str, defence: str) -> PurifiedExamples | None:
+        """The examples a cell of `folder` kept (None if the purifier outputs no images, or the cell has none)."""
+        path = Path(folder) / "cells" / model / f"{defence}.safetensors"
+        return PurifiedExamples(**load_file(str(path))) if path.is_file() else None
+
+
+def _accuracies(clean_labels: torch.Tensor, triggered_labels: torch.Tensor, subject: Subject
+                ) -> tuple[float, float, float]:
+    """CA, BA and ASR (%) of these output labels on the subject's clean and triggered images."""
+    return (100 * (clean_labels == subject.clean_labels).float().mean().item(),
+            100 * (triggered_labels == subject.triggered_labels).float().mean().item(),
+            100 * (triggered_labels == subject.target).float().mean().item())
 
 
 def _detection_cell(subject: Subject, defence: str, config: dict[str, Any], seed: int,
-                    found_by: dict[str, Any]) -> dict[str, Any]:
+                    found_by: dict[str, Any], header: dict[str, Any]) -> DetectionCell:
     found: Detection = create(defence, **config).detect(subject.model, subject.holdout.float_images(),
                                                         subject.holdout.labels, seed=seed)
     found_by[defence] = found.result
     correct = found.detected == subject.backdoored and (not subject.backdoored or found.target == subject.target)
-    return {"detected": found.detected, "target": found.target, "correct": bool(correct),
-            "statistic": found.statistic, "p-value": found.p_value, "queries": found.queries,
-            "seconds": found.seconds, "class_scores": found.class_scores.tolist()}
+    return DetectionCell(**header, detected=found.detected, target=found.target, correct=bool(correct),
+                         statistic=found.statistic, p_value=found.p_value, queries=found.queries,
+                         seconds=found.seconds, class_scores=tuple(found.class_scores.tolist()))
 
 
 def _purification_cell(subject: Subject, defence: str, config: dict[str, Any], seed: int,
-                       folder: Path, found: dict[str, Any]) -> dict[str, Any]:
+                       folder: Path, found: dict[str, Any], header: dict[str, Any]) -> PurificationCell:
     if defence == "restore":  # REStore's purifier first recovers the trigger on the defender's clean data
         config = {**config, "clean_images": subject.holdout.float_images(), "clean_labels": subject.holdout.labels,
                   "diagnosis": found.get("restore-diagnosis")}
@@ -282,21 +391,21 @@ def _purification_cell(subject: Subject, defence: str, config: dict[str, Any], s
     count = len(subject.clean_images) + len(subject.triggered_images)
     queries = None if clean.queries is None else (clean.queries + triggered.queries) / count
     if triggered.images is not None:
-        shown = {"triggered": subject.triggered_images[:EXAMPLES].contiguous(),
-                 "purified": triggered.images[:EXAMPLES].detach().cpu().contiguous(),
-                 "labels": triggered.labels[:EXAMPLES].contiguous()}
-        atomic_write(folder / f"{defence}.safetensors", lambda tmp: save_file(shown, str(tmp)))
-    return {**_accuracies(clean.labels, triggered.labels, subject), "s/image": (clean.seconds + triggered.seconds)
-            / count, "queries/image": queries, "clean labels": clean.labels.tolist(),
-            "triggered labels": triggered.labels.tolist()}
+        PurifiedExamples(subject.triggered_images[:EXAMPLES], triggered.images[:EXAMPLES],
+                         triggered.labels[:EXAMPLES]).save(folder / f"{defence}.safetensors")
+    ca, ba, asr = _accuracies(clean.labels, triggered.labels, subject)
+    return PurificationCell(**header, CA=ca, BA=ba, ASR=asr,
+                            seconds_per_image=(clean.seconds + triggered.seconds) / count, queries_per_image=queries,
+                            clean_labels=tuple(clean.labels.tolist()),
+                            triggered_labels=tuple(triggered.labels.tolist()))
 
 
-def _repair_cell(subject: Subject, defence: str, config: dict[str, Any], seed: int) -> dict[str, Any]:
+def _repair_cell(subject: Subject, defence: str, config: dict[str, Any], seed: int, header: dict[str, Any]
+                 ) -> RepairCell:
     repaired = create(defence, **config).repair(subject.model, subject.holdout, seed=seed)
-    measured = _accuracies(predict_labels(repaired.model, subject.clean_images),
-                           predict_labels(repaired.model, subject.triggered_images), subject)
-    return {"CA": measured["CA"], "ASR": measured["ASR"], "seconds": repaired.seconds,
-            "holdout images": repaired.holdout_images}
+    ca, _, asr = _accuracies(predict_labels(repaired.model, subject.clean_images),
+                             predict_labels(repaired.model, subject.triggered_images), subject)
+    return RepairCell(**header, CA=ca, ASR=asr, seconds=repaired.seconds, holdout_images=repaired.holdout_images)
 
 
 def _same_diagnosis(preset: MatrixPreset) -> bool:
@@ -312,11 +421,12 @@ def _cell_identity(subject: Subject, defence: str, config: dict[str, Any], prese
 
 
 def run_cell(subject: Subject, defence: str, preset: MatrixPreset, folder: Path, *, seed: int = 0,
-             found: dict[str, Any] | None = None) -> dict[str, Any]:
+             found: dict[str, Any] | None = None) -> Cell:
     """One defence on one subject: the stored cell if its settings match, else computed and stored. A defence
-    that does not apply to the subject (e.g. a white-box repair on a model it cannot train) is stored with its
-    reason in "n/a" instead of failing the matrix. `found` collects this subject's detector results computed in
-    this run: REStore's purifier starts from REStore's diagnosis there when the two share their settings."""
+    that does not apply to the subject (e.g. a white-box repair on a model it cannot train) is stored as
+    `NotApplicable` with its reason instead of failing the matrix. `found` collects this subject's detector
+    results computed in this run: REStore's purifier starts from REStore's diagnosis there when the two share
+    their settings."""
     found = {} if found is None else found
     config = preset.config(defence)
     kind = describe(defence).kind
@@ -326,45 +436,56 @@ def run_cell(subject: Subject, defence: str, preset: MatrixPreset, folder: Path,
     if path.is_file():
         stored = json.loads(path.read_text())
         if stored.get("identity") == identity:
-            return stored
+            return Cell.from_stored(stored)
     cell_folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    header = {"identity": identity, "model": subject.name, "defence": defence, "kind": kind, "wall_seconds": 0.0}
     try:
         if kind == "detector":
-            values = _detection_cell(subject, defence, config, seed, found)
+            cell: Cell = _detection_cell(subject, defence, config, seed, found, header)
         elif kind == "purifier":
             shared = found if _same_diagnosis(preset) else {}
-            values = _purification_cell(subject, defence, config, seed, cell_folder, shared)
+            cell = _purification_cell(subject, defence, config, seed, cell_folder, shared, header)
         else:
-            values = _repair_cell(subject, defence, config, seed)
+            cell = _repair_cell(subject, defence, config, seed, header)
     except WorkbenchError as exc:
-        values = {"n/a": str(exc).splitlines()[0]}
-    cell = {"identity": identity, "model": subject.name, "defence": defence, "kind": kind,
-            "wall seconds": time.perf_counter() - start, **values}
-    atomic_write_json(path, cell)
+        cell = NotApplicable(**header, reason=str(exc).splitlines()[0])
+    cell = dataclasses.replace(cell, wall_seconds=time.perf_counter() - start)
+    atomic_write_json(path, cell.stored())
     return cell
 
 
 def undefended(subject: Subject) -> dict[str, Any]:
     """The subject's own CA, BA and ASR on the matrix's images (the "no defence" row)."""
-    return {"model": subject.name, "defence": "no defence",
-            **_accuracies(predict_labels(subject.model, subject.clean_images),
-                          predict_labels(subject.model, subject.triggered_images), subject)}
+    ca, ba, asr = _accuracies(predict_labels(subject.model, subject.clean_images),
+                              predict_labels(subject.model, subject.triggered_images), subject)
+    return {"model": subject.name, "defence": "no defence", "CA": ca, "BA": ba, "ASR": asr}
+
+
+_CAPTIONS = {
+    "detector": "Detections: verdict, suspected target, the method's statistic and p-value (L-RED), model queries "
+                "(REStore; L-RED is white-box) and seconds.",
+    "purifier": "Purifications: CA, BA and ASR (%) of the defended pipeline on the same images; seconds and label "
+                "queries per image ('no defence': the model itself).",
+    "repair": "Repairs: CA and ASR (%) of the repaired model on the same images; seconds of the repair.",
+}
 
 
 @dataclass
 class Matrix:
     """The matrix's three tables (one row per model and defence) and its cells as stored."""
 
+    scale: str
     detections: pd.DataFrame
     purifications: pd.DataFrame
     repairs: pd.DataFrame
-    cells: list[dict[str, Any]]
+    cells: list[Cell]
 
-    def table(self, kind: str) -> pd.DataFrame:
-        """The table of one kind: "detector", "purifier" or "repair"."""
-        return {"detector": self.detections, "purifier": self.purifications, "repair": self.repairs}[
+    def table(self, kind: str) -> ResultTable:
+        """The table of one kind ("detector", "purifier" or "repair") with its caption, named "<kind>s"."""
+        frame = {"detector": self.detections, "purifier": self.purifications, "repair": self.repairs}[
             check_name("defence kind", kind, KINDS)]
+        return ResultTable(f"{kind}s", f"Defence matrix at scale {self.scale}. {_CAPTIONS[kind]}", frame)
 
 
 _COLUMNS = {
@@ -384,11 +505,12 @@ def _table(kind: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def run_matrix(subjects: Sequence[Subject], preset: MatrixPreset, folder: str | Path, *,
-               defences: Sequence[str] | None = None, seed: int = 0, progress: bool = True) -> Matrix:
+               defences: Sequence[str] | None = None, seed: int = 0, progress: bool = True,
+               scale: str = "") -> Matrix:
     """Every defence in `defences` (default: every registered detector, purifier and repair but the preset's
-    `skipped`) on every subject;
-    cells are stored in `folder` as they finish and reused by a re-run with the same settings. Training-time
-    defences are not matrix cells: they need the poisoned training set, not a trained model."""
+    `skipped`) on every subject; cells are stored in `folder` as they finish and reused by a re-run with the same
+    settings. Training-time defences are not matrix cells: they need the poisoned training set, not a trained
+    model. `scale` only names the preset in the tables' captions."""
     from tqdm.auto import tqdm
 
     names = (list(defences) if defences is not None else
@@ -399,7 +521,8 @@ def run_matrix(subjects: Sequence[Subject], preset: MatrixPreset, folder: str | 
                                  f"training set, so it has no cell in the matrix; choose among {', '.join(KINDS)}s")
     names.sort(key=lambda name: KINDS.index(describe(name).kind))  # detectors first: REStore reuses its diagnosis
     folder = Path(folder)
-    cells, rows = [], {kind: [] for kind in KINDS}
+    cells: list[Cell] = []
+    rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
     for subject in subjects:
         baseline = undefended(subject)
         rows["purifier"].append(baseline)
@@ -411,19 +534,13 @@ def run_matrix(subjects: Sequence[Subject], preset: MatrixPreset, folder: str | 
             # the undefended model's measured ASR beside the truth: a backdoor the training did not instil (ASR near
             # the clean twin's) is in the model's history, not in its behaviour, and a detector cannot see it
             extra = {"backdoored": subject.backdoored, "true target": subject.target, "model ASR": baseline["ASR"]} \
-                if cell["kind"] == "detector" else {}
-            rows[cell["kind"]].append({**cell, **extra})
-    matrix = Matrix(_table("detector", rows["detector"]), _table("purifier", rows["purifier"]),
+                if cell.kind == "detector" else {}
+            rows[cell.kind].append({**cell.stored(), **extra})
+    matrix = Matrix(scale, _table("detector", rows["detector"]), _table("purifier", rows["purifier"]),
                     _table("repair", rows["repair"]), cells)
     for kind in KINDS:
-        matrix.table(kind).to_csv(folder / f"{kind}s.csv", index=False)
+        matrix.table(kind).frame.to_csv(folder / f"{kind}s.csv", index=False)
     return matrix
-
-
-def purified_examples(folder: str | Path, model: str, defence: str) -> dict[str, torch.Tensor] | None:
-    """The triggered images a purification cell kept and their purified versions and labels (None if none)."""
-    path = Path(folder) / "cells" / model / f"{defence}.safetensors"
-    return load_file(str(path)) if path.is_file() else None
 
 
 def default_folder(scale: str) -> Path:
@@ -442,13 +559,12 @@ def build_matrix(scale: str, *, subjects: Sequence[str] | None = None, defences:
     Returns:
         (the matrix, the heat map's path).
     """
-    from workbench.repro.results import save_figure
     from workbench.viz.matrix import matrix_figure
 
     preset = pick(scale, MATRIX_PRESETS)
     folder = Path(folder) if folder is not None else default_folder(scale)
     loaded = load_subjects(subjects, preset, scale, seed=seed, device=device)
-    matrix = run_matrix(loaded, preset, folder, defences=defences, seed=seed, progress=progress)
+    matrix = run_matrix(loaded, preset, folder, defences=defences, seed=seed, progress=progress, scale=scale)
     figure = matrix_figure(matrix.detections, matrix.purifications, matrix.repairs,
                            f"Defence matrix at {scale} scale ({preset.images} clean + {preset.images} triggered "
                            "test images per model)")
@@ -456,6 +572,6 @@ def build_matrix(scale: str, *, subjects: Sequence[str] | None = None, defences:
     lines = [f"# Defence matrix at `{scale}` scale", ""]
     lines += [f"- {s.name}: {s.note}" for s in loaded]
     for kind in KINDS:
-        lines += ["", f"## {kind}s", "", matrix.table(kind).to_markdown(index=False, floatfmt=".4g")]
+        lines += ["", f"## {kind}s", "", matrix.table(kind).frame.to_markdown(index=False, floatfmt=".4g")]
     atomic_write(folder / "matrix.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     return matrix, path

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -67,27 +66,29 @@ def matrix_figure(detections: pd.DataFrame, purifications: pd.DataFrame, repairs
     return fig
 
 
-def detection_cell_figure(cell: Mapping[str, Any], class_names: list[str] | None = None) -> Figure:
-    """A detector's per-class scores (the statistic it ranks), the suspected target in red."""
-    scores = np.asarray(cell["class_scores"], dtype=float)
-    names = class_names or [str(k) for k in range(len(scores))]
+def detection_cell_figure(class_scores: Sequence[float], target: int, detected: bool, title: str,
+                          class_names: Sequence[str] | None = None) -> Figure:
+    """A detector's per-class scores (the statistic it ranks), the suspected `target` in red, the verdict in the
+    title."""
+    scores = np.asarray(class_scores, dtype=float)
+    names = list(class_names) if class_names else [str(k) for k in range(len(scores))]
     fig, ax = plt.subplots(figsize=(max(5, 0.3 * len(scores)), 3))
-    colours = ["#d9534f" if k == cell["target"] else "#7f7f7f" for k in range(len(scores))]
+    colours = ["#d9534f" if k == target else "#7f7f7f" for k in range(len(scores))]
     ax.bar(range(len(scores)), np.where(np.isfinite(scores), scores, np.nan), color=colours)
     ax.set_xticks(range(len(scores)), names, rotation=60, fontsize=7)
     ax.set_xlabel("putative target class")
     ax.set_ylabel("detection statistic")
-    verdict = f"backdoor, target {names[cell['target']]}" if cell["detected"] else "no backdoor detected"
-    ax.set_title(f"{cell['defence']} on {cell['model']}: {verdict}", fontsize=10)
+    verdict = f"backdoor, target {names[target]}" if detected else "no backdoor detected"
+    ax.set_title(f"{title}: {verdict}", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def purification_cell_figure(examples: Mapping[str, torch.Tensor], title: str) -> Figure:
+def purification_cell_figure(triggered: torch.Tensor, purified: torch.Tensor, labels: torch.Tensor,
+                             title: str) -> Figure:
     """Triggered test images (top) and what the purifier made of them (bottom), with the output labels."""
-    labels = [f"label {int(label)}" for label in examples["labels"]]
-    fig = image_grid([examples["triggered"], examples["purified"]], ["triggered", "purified"],
-                     [[""] * len(labels), labels])
+    captions = [f"label {int(label)}" for label in labels]
+    fig = image_grid([triggered, purified], ["triggered", "purified"], [[""] * len(captions), captions])
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

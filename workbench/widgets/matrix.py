@@ -5,38 +5,38 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import ipywidgets as widgets
 import pandas as pd
 
-from workbench.repro.matrix import purified_examples
+from workbench.repro.matrix import Cell, DetectionCell, NotApplicable, PurificationCell, PurifiedExamples
 from workbench.viz.matrix import detection_cell_figure, purification_cell_figure
 from workbench.widgets.display import choice, show
 
 _HIDDEN = ("identity", "class_scores", "clean labels", "triggered labels")
 
 
-def cell_view(cell: dict[str, Any], folder: str | Path, class_names: Sequence[str] | None = None) -> object:
+def cell_view(cell: Cell, folder: str | Path, class_names: Sequence[str] | None = None) -> object:
     """What the explorer shows for one cell: its figure, or its numbers as an HTML table."""
-    if "n/a" in cell:
-        return f"<p><b>not applicable</b>: {cell['n/a']}</p>"
-    if cell["kind"] == "detector":
-        return detection_cell_figure(cell, list(class_names) if class_names else None)
-    examples = purified_examples(folder, cell["model"], cell["defence"]) if cell["kind"] == "purifier" else None
-    if examples is not None:
-        return purification_cell_figure(examples, f"{cell['defence']} on {cell['model']}: CA {cell['CA']:.0f} %, "
-                                                  f"BA {cell['BA']:.0f} %, ASR {cell['ASR']:.0f} %")
-    shown = {k: v for k, v in cell.items() if k not in _HIDDEN}
+    title = f"{cell.defence} on {cell.model}"
+    if isinstance(cell, NotApplicable):
+        return f"<p><b>not applicable</b>: {cell.reason}</p>"
+    if isinstance(cell, DetectionCell):
+        return detection_cell_figure(cell.class_scores, cell.target, cell.detected, title, class_names)
+    examples = PurifiedExamples.load(folder, cell.model, cell.defence) if isinstance(cell, PurificationCell) else None
+    if isinstance(cell, PurificationCell) and examples is not None:
+        return purification_cell_figure(examples.triggered, examples.purified, examples.labels,
+                                        f"{title}: CA {cell.CA:.0f} %, BA {cell.BA:.0f} %, ASR {cell.ASR:.0f} %")
+    shown = {k: v for k, v in cell.stored().items() if k not in _HIDDEN}
     return pd.DataFrame([shown]).to_html(index=False, float_format=lambda v: f"{v:.2f}")
 
 
-def matrix_explorer(cells: Sequence[dict[str, Any]], folder: str | Path,
+def matrix_explorer(cells: Sequence[Cell], folder: str | Path,
                     class_names: dict[str, Sequence[str]] | None = None) -> widgets.VBox:
     """Pick a model and a defence: a detector's per-class scores, a purifier's triggered and purified images, a
     repair's numbers. `class_names` maps a model to its classes (default: class indices)."""
-    by_key = {(c["model"], c["defence"]): c for c in cells}
-    models = list(dict.fromkeys(c["model"] for c in cells))
+    by_key = {(c.model, c.defence): c for c in cells}
+    models = list(dict.fromkeys(c.model for c in cells))
     model_box = choice(models, "model")
     defence_box = choice([d for m, d in by_key if m == models[0]], "defence")
     out = widgets.Output()
