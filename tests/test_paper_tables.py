@@ -180,7 +180,6 @@ def test_tr_tables_match_the_notebook() -> None:
     recorded += [tables.table11(preset.dp_attacks)] if preset.dp_attacks else []
     for table in recorded:
         assert_like_golden(table, "41_trap_replace_tables")
-    originals, reconstructions = tables.fig4(preset.detail_attack, preset.lambdas)
-    assert list(originals) == ["clean", preset.detail_attack]
-    shapes = {r.shape for by_weight in reconstructions.values() for r in by_weight.values()}
-    assert shapes == {originals["clean"].shape}
+    fig4 = tables.fig4(preset.detail_attack, preset.lambdas)
+    assert fig4.row_names == ("clean", preset.detail_attack) and fig4.lambdas[-1] == 10.0
+    assert fig4.reconstructions.shape == (2, len(fig4.lambdas), *fig4.originals.shape[1:])

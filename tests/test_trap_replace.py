@@ -201,8 +201,9 @@ def test_reconstruction_head_keeps_poisoned_automobiles_with_their_class(tmp_pat
                       device="cpu", progress=False)
     scatters = tables.scatters("l2-Invisible", per_class=100)
     automobile = 1
-    with_head = scatters["with reconstruction"][automobile]
-    without_head = scatters["without reconstruction"][automobile]
+    with_head = scatters.with_reconstruction[automobile]
+    without_head = scatters.without[automobile]
+    assert scatters.group_labels(automobile) == ("clean airplane", "clean automobile", "poisoned automobile")
     assert with_head.poisoned_nearer_source and without_head.poisoned_nearer_target
     assert not (with_head.poisoned_nearer_target or without_head.poisoned_nearer_source)
     for without, with_reconstruction in ((without_head.pca, with_head.pca),
@@ -216,9 +217,12 @@ def test_views_label_their_axes() -> None:  # the widgets: tests/test_widgets.py
     scatter = scatter_of(torch.randn(20, 6, generator=gen), torch.randn(20, 6, generator=gen) + 3,
                          torch.randn(20, 6, generator=gen) + 2.5)
     assert scatter.poisoned_nearer_source  # the poisoned group sits by the source group
-    fig = feature_scatter_pair(scatter, scatter)
+    fig = feature_scatter_pair(scatter, scatter, ("clean 0", "clean 1", "poisoned 1"))
     assert [ax.get_xlabel().startswith("PC 1 of stem features") for ax in fig.axes] == [True, True]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["clean 0", "clean 1", "poisoned 1"]
+    with pytest.raises(WorkbenchError, match="one label per group"):
+        feature_scatter_pair(scatter, scatter, ("clean 0", "clean 1"))
     image = torch.rand(3, 8, 8)
-    fig = reconstruction_figure({"clean": image}, {"clean": {1.0: image * 0.5, 10.0: image}})
+    fig = reconstruction_figure(image[None], torch.stack([image * 0.5, image])[None], ["clean"], [1.0, 10.0])
     assert [ax.get_title() for ax in fig.axes][1:] == [f"lambda1 = 1\nMSE {((image * 0.5 - image) ** 2).mean():.4f}",
                                                        "lambda1 = 10\nMSE 0.0000"]

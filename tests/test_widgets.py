@@ -25,7 +25,7 @@ from workbench.core.validation import WorkbenchError
 from workbench.defenses.bdmae import BDMAE
 from workbench.defenses.lred import detect, estimate_patterns, estimation_problems
 from workbench.defenses.restore import Purifier, estimate_trigger
-from workbench.defenses.trap_replace import scatter_of
+from workbench.defenses.trap_replace import ScatterComparison, scatter_of
 from workbench.viz.bdmae import refinement_step_plotly, score_maps_plotly
 from workbench.viz.images import image_grid
 from workbench.viz.lred import annealing_plotly, detection_plotly
@@ -247,20 +247,20 @@ def test_feature_scatter_explorer_opens_on_its_first_source_and_redraws_both_mod
         return scatter_of(torch.randn(10, 6, generator=gen), torch.randn(10, 6, generator=gen) + shift,
                           torch.randn(10, 6, generator=gen) + shift / 2)
 
-    scatters = {attack: {model: {1: scatter(3), 2: scatter(5)}
-                         for model in ("without reconstruction", "with reconstruction")}
-                for attack in ("BadNet-Grid", "Blend")}
-    names = [str(c) for c in range(10)]
-    explorer = feature_scatter_explorer(scatters, names, target=0)
+    names = tuple(str(c) for c in range(10))
+    comparisons = {attack: ScatterComparison(attack, 0, names, {1: scatter(3), 2: scatter(5)},
+                                             {1: scatter(3), 2: scatter(5)}) for attack in ("BadNet-Grid", "Blend")}
+    explorer = feature_scatter_explorer(list(comparisons.values()))
     source = control(explorer, "source")
     assert source.value == 1 and [value for _, value in source.options] == [1, 2]
 
     [out] = outputs(explorer)
 
     def check(attack: str, source_class: int) -> None:
-        groups = {"clean target": "clean 0", "clean source": f"clean {source_class}",
-                  "poisoned source": f"poisoned {source_class}"}
-        panels = {model: by_source[source_class] for model, by_source in scatters[attack].items()}
+        groups = ("clean 0", f"clean {source_class}", f"poisoned {source_class}")
+        comparison = comparisons[attack]
+        panels = {"without reconstruction": comparison.without[source_class],
+                  "with reconstruction": comparison.with_reconstruction[source_class]}
         assert_shows(out, feature_scatter_plotly(panels, groups))
         spec = shown(out)[PLOTLY_MIME]
         assert {trace["xaxis"] for trace in spec["data"]} == {"x", "x2"}  # both models, side by side

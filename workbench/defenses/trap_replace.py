@@ -573,3 +573,26 @@ def scatters_by_source(classifier: nn.Module, images: torch.Tensor, labels: torc
     target_features = clean[labels == target]
     return {int(source): scatter_of(target_features, clean[labels == source], poisoned[labels == source])
             for source in labels.unique() if source != target}
+
+
+@dataclass(frozen=True)
+class ScatterComparison:
+    """[T&R] Fig. 2 for one attack and every source class: the stem-feature scatter of the model trained normally
+    (`without`) and of stage 1 with the reconstruction head (`with_reconstruction`), keyed by source class."""
+
+    attack: str
+    target: int
+    class_names: tuple[str, ...]
+    without: dict[int, FeatureScatter]
+    with_reconstruction: dict[int, FeatureScatter]
+
+    @property
+    def sources(self) -> list[int]:
+        """The source classes, ascending."""
+        return sorted(self.without)
+
+    def group_labels(self, source: int) -> tuple[str, str, str]:
+        """Display labels of the `GROUPS` of `source`'s panel, e.g. ("clean airplane", "clean automobile",
+        "poisoned automobile")."""
+        names = self.class_names
+        return f"clean {names[self.target]}", f"clean {names[source]}", f"poisoned {names[source]}"

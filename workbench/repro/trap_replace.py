@@ -49,6 +49,7 @@ from workbench.defenses.baselines.nad import NADConfig, nad
 from workbench.defenses.trap_replace import (
     FeatureScatter,
     ReplaceConfig,
+    ScatterComparison,
     TrapConfig,
     TrappedModel,
     get_or_replace,
@@ -564,7 +565,7 @@ class TRTables:
         return ResultTable(f"table{number}_dp", f"T&R Table {number} at scale {self.scale!r}: DP-SGD ASR / CA (%) on "
                            f"{TITLES[self.dataset]}.", frame)
 
-    def scatters(self, attack: str, per_class: int = 100) -> dict[str, dict[int, FeatureScatter]]:
+    def scatters(self, attack: str, per_class: int = 100) -> ScatterComparison:
         """Fig. 2 for every source class: stem features of normal training and of stage 1 with the reconstruction
         head, on `per_class` clean test images per class and their triggered copies."""
         recipe = base_recipe(self.dataset, self.scale, seed=self.seed)
@@ -573,46 +574,41 @@ class TRTables:
         images, labels = test.float_images()[chosen], test.labels[chosen]
         poison = poison_config(self.dataset, attack, self.scale, seed=self.seed)
         triggered = poison.attack.apply(images)
-        models = {"without reconstruction": self.trapped(attack, reconstruct=False),
-                  "with reconstruction": self.trapped(attack)}
-        return {name: scatters_by_source(t.model, images, labels, triggered, poison.target, t.net.split)
-                for name, t in models.items()}
+        without, trapped = self.trapped(attack, reconstruct=False), self.trapped(attack)
+        return ScatterComparison(
+            attack, poison.target, tuple(dataset_spec(self.dataset).class_names),
+            scatters_by_source(without.model, images, labels, triggered, poison.target, without.net.split),
+            scatters_by_source(trapped.model, images, labels, triggered, poison.target, trapped.net.split))
 
     def fig2(self, attack: str, per_class: int = 100, source: int = 1) -> Fig2:
         """[T&R] Fig. 2 for `attack`: the stem-feature scatters of every source class and, per class, the distances
         (PCA plane) from the poisoned-source centroid to the clean source and target centroids. `source` is the
         class of the paper's panel (automobile)."""
         scatters = self.scatters(attack, per_class)
-        names = dataset_spec(self.dataset).class_names
+        names = scatters.class_names
         distances = pd.DataFrame([{"model": model, "source": names[s],
                                    "poisoned to source": d.pca.to_source, "poisoned to target": d.pca.to_target,
                                    "nearer the source": d.poisoned_nearer_source}
-                                  for model, by_source in scatters.items() for s, d in by_source.items()]).round(3)
-        target = TARGETS[self.dataset]
-        return Fig2(attack, source, scatters["without reconstruction"], scatters["with reconstruction"],
-                    {"clean target": f"clean {names[target]}", "clean source": f"clean {names[source]}",
-                     "poisoned source": f"poisoned {names[source]}"},
+                                  for model, by_source in (("without reconstruction", scatters.without),
+                                                           ("with reconstruction", scatters.with_reconstruction))
+                                  for s, d in by_source.items()]).round(3)
+        return Fig2(source, scatters,
                     ResultTable("fig2_centroid_distances", "Fig. 2: distances (PCA plane) from the poisoned-source "
                                 "centroid to the clean source and target centroids, per source class; 'nearer the "
                                 "source' holds in the PCA plane and the full space.", distances))
 
-    def fig4(self, attack: str, lambdas: tuple[tuple[float, float], ...]
-             ) -> tuple[dict[str, torch.Tensor], dict[str, dict[float, torch.Tensor]]]:
+    def fig4(self, attack: str, lambdas: tuple[tuple[float, float], ...]) -> Fig4:
         """[T&R] App. C.2 Fig. 4: a clean test image and its poisoned copy, and their reconstructions f_r(f_s(x)) by
         the stage-1 models of every lambda1 > 0 at lambda2 = 0.1 (the paper's 10 first), for `reconstruction_figure`."""
         clean_image = self.trapped(attack).config.train.splits().test.float_images()[:1]
-        poisoned_image = poison_config(self.dataset, attack, self.scale).attack.apply(clean_image)
-        originals = {"clean": clean_image[0], attack: poisoned_image[0]}
-        reconstructions: dict[str, dict[float, torch.Tensor]] = {kind: {} for kind in originals}
-        for rec_weight, tv_weight in ((10.0, 0.1), *lambdas):
-            if tv_weight != 0.1 or rec_weight == 0:
-                continue
-            net = self.trapped(attack, rec_weight=rec_weight, tv_weight=tv_weight).net
+        originals = torch.cat([clean_image, poison_config(self.dataset, attack, self.scale).attack.apply(clean_image)])
+        rec_weights = sorted({rec for rec, tv in ((10.0, 0.1), *lambdas) if tv == 0.1 and rec != 0})
+        reconstructions = []
+        for rec_weight in rec_weights:
+            net = self.trapped(attack, rec_weight=rec_weight, tv_weight=0.1).net
             with torch.no_grad():
-                for kind, image in originals.items():
-                    device = next(net.parameters()).device
-                    reconstructions[kind][rec_weight] = net.forward_both(image[None].to(device))[1][0]
-        return originals, reconstructions
+                reconstructions.append(net.forward_both(originals.to(next(net.parameters()).device))[1].cpu())
+        return Fig4(("clean", attack), originals, tuple(rec_weights), torch.stack(reconstructions, dim=1))
 
     def acceptance(self, table1: ResultTable, table4: ResultTable, fig2: Fig2,
                    table7: ResultTable | None) -> ResultTable:
@@ -637,10 +633,10 @@ class TRTables:
                            means[variant] >= 3 * means["T&R"]))
         names = dataset_spec(self.dataset).class_names
         nearer = fig2.distances.frame.groupby("model")["nearer the source"].mean()
-        with_head = fig2.with_reconstruction[fig2.source].poisoned_nearer_source
-        without_head = fig2.without[fig2.source].poisoned_nearer_target
+        with_head = fig2.with_reconstruction.poisoned_nearer_source
+        without_head = fig2.without.poisoned_nearer_target
         source = names[fig2.source]
-        checks.append((f"Fig. 2 ({fig2.attack}, poisoned {source}): nearer the clean {source} than the target "
+        checks.append((f"Fig. 2 ({fig2.scatters.attack}, poisoned {source}): nearer the clean {source} than the target "
                        f"centroid with the reconstruction head ({with_head}) and nearer the target without it "
                        f"({without_head}); over all sources, nearer the source: "
                        f"{100 * nearer['with reconstruction']:.0f} % with, "
@@ -665,12 +661,35 @@ class TRTables:
 
 @dataclass(frozen=True)
 class Fig2:
-    """[T&R] Fig. 2 measured for one attack: per source class, the stem-feature scatters of normal training
-    (`without`) and of stage 1 with the reconstruction head, the groups' display names and the centroid distances."""
+    """[T&R] Fig. 2 measured for one attack: the scatters of every source class, the class of the paper's panel
+    (`source`) and, per source class, the centroid distances."""
 
-    attack: str
-    source: int  # the class of the paper's panel
-    without: dict[int, FeatureScatter]
-    with_reconstruction: dict[int, FeatureScatter]
-    group_names: dict[str, str]
+    source: int
+    scatters: ScatterComparison
     distances: ResultTable
+
+    @property
+    def without(self) -> FeatureScatter:
+        """The panel's scatter under normal training (Fig. 2a)."""
+        return self.scatters.without[self.source]
+
+    @property
+    def with_reconstruction(self) -> FeatureScatter:
+        """The panel's scatter after stage 1 with the reconstruction head (Fig. 2b)."""
+        return self.scatters.with_reconstruction[self.source]
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        """The panel's group labels (`ScatterComparison.group_labels`)."""
+        return self.scatters.group_labels(self.source)
+
+
+@dataclass(frozen=True)
+class Fig4:
+    """[T&R] App. C.2 Fig. 4 measured: R input images (`row_names`, e.g. clean and poisoned), (R, C, H, W), and
+    their reconstructions by the stage-1 model of each lambda1 in `lambdas`, (R, L, C, H, W)."""
+
+    row_names: tuple[str, ...]
+    originals: torch.Tensor
+    lambdas: tuple[float, ...]
+    reconstructions: torch.Tensor

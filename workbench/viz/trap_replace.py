@@ -16,6 +16,8 @@ import torch
 from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
+from workbench.core.validation import WorkbenchError
+
 if TYPE_CHECKING:  # types only: viz draws results and never runs a defence
     from workbench.defenses.trap_replace import FeatureScatter
 
@@ -33,14 +35,21 @@ def _caption(scatter: FeatureScatter) -> str:
     return f"poisoned-source centroid: {d.to_source:.2f} to source, {d.to_target:.2f} to target"
 
 
-def feature_scatter_figure(scatter: FeatureScatter, title: str, names: Mapping[str, str] | None = None,
+def _labels(labels: Sequence[str] | None) -> Sequence[str]:
+    """The groups' display labels in Fig. 2's group order (default: the group names)."""
+    if labels is not None and len(labels) != len(STYLE):
+        raise WorkbenchError(f"labels: give one label per group of {tuple(STYLE)}, got {len(labels)}")
+    return tuple(STYLE) if labels is None else labels
+
+
+def feature_scatter_figure(scatter: FeatureScatter, title: str, labels: Sequence[str] | None = None,
                            ax: plt.Axes | None = None) -> Figure:
     """One panel of Fig. 2: the three groups on the first two principal components, centroids as large markers.
-    `names` relabels the groups (e.g. {"clean target": "clean airplane", ...})."""
+    `labels` names the groups in Fig. 2's order (e.g. ("clean airplane", "clean automobile", "poisoned
+    automobile"), `ScatterComparison.group_labels`)."""
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.6, 4.2), layout="constrained")
-    for group, points in scatter.groups():
+    for (group, points), label in zip(scatter.groups(), _labels(labels), strict=True):
         colour, marker = STYLE[group]
-        label = (names or {}).get(group, group)
         xy = points.numpy()
         ax.scatter(xy[:, 0], xy[:, 1], s=9, c=colour, marker=marker, alpha=0.5, label=label)
         outline = {"edgecolors": "black"} if marker != "x" else {}  # an "x" has no face to outline
@@ -54,26 +63,26 @@ def feature_scatter_figure(scatter: FeatureScatter, title: str, names: Mapping[s
 
 
 def feature_scatter_pair(without: FeatureScatter, with_reconstruction: FeatureScatter,
-                         names: Mapping[str, str] | None = None) -> Figure:
+                         labels: Sequence[str] | None = None) -> Figure:
     """Fig. 2: stem features trained without (left) and with (right) the reconstruction head."""
     fig, axes = plt.subplots(1, 2, figsize=(9.4, 4.3), layout="constrained")
-    feature_scatter_figure(without, "(a) without reconstruction head", names, ax=axes[0])
-    feature_scatter_figure(with_reconstruction, "(b) with reconstruction head", names, ax=axes[1])
+    feature_scatter_figure(without, "(a) without reconstruction head", labels, ax=axes[0])
+    feature_scatter_figure(with_reconstruction, "(b) with reconstruction head", labels, ax=axes[1])
     return fig
 
 
-def feature_scatter_plotly(scatters: Mapping[str, FeatureScatter], names: Mapping[str, str] | None = None
+def feature_scatter_plotly(scatters: Mapping[str, FeatureScatter], labels: Sequence[str] | None = None
                            ) -> go.Figure:
     """Interactive Fig. 2: one panel per model (title -> scatter, e.g. "without reconstruction" and "with
     reconstruction"), side by side in one figure with one legend (hover shows the sample index within its group)."""
     titles = [f"{title}<br><sub>{_caption(scatter)}</sub>" for title, scatter in scatters.items()]
     fig = make_subplots(rows=1, cols=len(scatters), horizontal_spacing=0.12, subplot_titles=titles)
     for col, scatter in enumerate(scatters.values(), start=1):
-        for group, points in scatter.groups():
+        for (group, points), label in zip(scatter.groups(), _labels(labels), strict=True):
             colour, marker = STYLE[group]
             colour = colour.removeprefix("tab:")
             xy = points.numpy()
-            fig.add_scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=(names or {}).get(group, group),
+            fig.add_scatter(x=xy[:, 0], y=xy[:, 1], mode="markers", name=label,
                             legendgroup=group, showlegend=col == 1,
                             marker={"color": colour, "symbol": "x" if marker == "x" else "circle", "size": 5,
                                     "opacity": 0.6},
@@ -96,25 +105,27 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
     return img.repeat(3, axis=2) if img.shape[2] == 1 else img
 
 
-def reconstruction_figure(originals: Mapping[str, torch.Tensor],
-                          reconstructions: Mapping[str, Mapping[float, torch.Tensor]]) -> Figure:
-    """Fig. 4: one row per input kind (e.g. "clean", "l2-Invisible poisoned"): the original (C, H, W) image, then its
-    reconstruction f_r(f_s(x)) by the model trained with each lambda1 (with the per-pixel MSE in the title)."""
-    rows = list(originals)
-    lambdas = sorted({lam for row in rows for lam in reconstructions[row]})
-    fig, axes = plt.subplots(len(rows), 1 + len(lambdas), figsize=(1.7 * (1 + len(lambdas)), 1.9 * len(rows)),
-                             squeeze=False, layout="constrained")
-    for r, row in enumerate(rows):
-        axes[r, 0].imshow(_hwc(originals[row]), interpolation="nearest")
+def reconstruction_figure(originals: torch.Tensor, reconstructions: torch.Tensor, row_names: Sequence[str],
+                          lambdas: Sequence[float]) -> Figure:
+    """Fig. 4: one row per input (`row_names`, e.g. "clean", "l2-Invisible"): the original image (`originals`,
+    (R, C, H, W)), then its reconstruction f_r(f_s(x)) by the model trained with each lambda1 (`reconstructions`,
+    (R, L, C, H, W)), with the per-pixel MSE in the title."""
+    rows, count = len(row_names), len(lambdas)
+    if originals.shape[0] != rows or reconstructions.shape[:2] != (rows, count):
+        raise WorkbenchError(f"reconstructions {tuple(reconstructions.shape)} must be (rows, lambdas, C, H, W) = "
+                             f"({rows}, {count}, ...) for originals {tuple(originals.shape)}")
+    fig, axes = plt.subplots(rows, 1 + count, figsize=(1.7 * (1 + count), 1.9 * rows), squeeze=False,
+                             layout="constrained")
+    for r, row in enumerate(row_names):
+        axes[r, 0].imshow(_hwc(originals[r]), interpolation="nearest")
         axes[r, 0].set_title("original", fontsize=8)
         axes[r, 0].set_ylabel(row, fontsize=8)
         for c, lam in enumerate(lambdas, start=1):
             ax = axes[r, c]
-            if lam in reconstructions[row]:
-                image = reconstructions[row][lam]
-                mse = float(((image.cpu() - originals[row].cpu()) ** 2).mean())
-                ax.imshow(_hwc(image), interpolation="nearest")
-                ax.set_title(f"lambda1 = {lam:g}\nMSE {mse:.4f}", fontsize=7)
+            image = reconstructions[r, c - 1]
+            mse = float(((image.cpu() - originals[r].cpu()) ** 2).mean())
+            ax.imshow(_hwc(image), interpolation="nearest")
+            ax.set_title(f"lambda1 = {lam:g}\nMSE {mse:.4f}", fontsize=7)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])

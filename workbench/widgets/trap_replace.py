@@ -1,7 +1,7 @@
 """Trap and Replace widgets: a stem-feature PCA scatter explorer and a reconstruction viewer (ipywidgets + plotly).
 
 They only wire `workbench.viz.trap_replace` figures to controls; scatters and reconstructions are computed
-beforehand (`scatters_by_source`, `TrapNet.forward_both`).
+beforehand (`TRTables.scatters`, `TrapNet.forward_both`).
 """
 
 from __future__ import annotations
@@ -11,25 +11,28 @@ from collections.abc import Mapping, Sequence
 import ipywidgets as widgets
 import torch
 
-from workbench.defenses.trap_replace import FeatureScatter
+from workbench.core.validation import WorkbenchError
+from workbench.defenses.trap_replace import ScatterComparison
 from workbench.viz.trap_replace import feature_scatter_plotly, reconstruction_plotly
 from workbench.widgets.display import choice, show
 
 
-def feature_scatter_explorer(scatters: Mapping[str, Mapping[str, Mapping[int, FeatureScatter]]],
-                             class_names: Sequence[str], target: int) -> widgets.VBox:
+def feature_scatter_explorer(comparisons: Sequence[ScatterComparison]) -> widgets.VBox:
     """Pick an attack and a source class; see the stem features of clean target, clean source and poisoned source
     samples side by side for the models trained without and with the reconstruction head (Fig. 2).
 
     Args:
-        scatters: attack -> model ("without reconstruction", "with reconstruction") -> source class -> scatter.
-        class_names: names of the classes.
-        target: the attacks' target class.
+        comparisons: one `ScatterComparison` per attack (`TRTables.scatters`), all of the same dataset.
     """
-    def source_options(attack: str) -> list[tuple[str, int]]:
-        return [(class_names[s], s) for s in sorted(next(iter(scatters[attack].values())))]
+    by_attack = {comparison.attack: comparison for comparison in comparisons}
+    if not by_attack:
+        raise WorkbenchError("comparisons: give at least one ScatterComparison (TRTables.scatters(attack))")
 
-    attack_box = choice(list(scatters), "attack")
+    def source_options(attack: str) -> list[tuple[str, int]]:
+        comparison = by_attack[attack]
+        return [(comparison.class_names[s], s) for s in comparison.sources]
+
+    attack_box = choice(list(by_attack), "attack")
     source_box = choice(source_options(attack_box.value), "source")
     out = widgets.Output()
     resetting = False  # while a new attack resets the source choice, draw once at the end
@@ -37,11 +40,10 @@ def feature_scatter_explorer(scatters: Mapping[str, Mapping[str, Mapping[int, Fe
     def draw(_: object = None) -> None:
         if resetting:
             return
-        source = class_names[source_box.value]
-        names = {"clean target": f"clean {class_names[target]}", "clean source": f"clean {source}",
-                 "poisoned source": f"poisoned {source}"}
-        show(out, feature_scatter_plotly({model: by_source[source_box.value]
-                                          for model, by_source in scatters[attack_box.value].items()}, names))
+        comparison, source = by_attack[attack_box.value], source_box.value
+        show(out, feature_scatter_plotly({"without reconstruction": comparison.without[source],
+                                          "with reconstruction": comparison.with_reconstruction[source]},
+                                         comparison.group_labels(source)))
 
     def new_attack(_: object = None) -> None:
         nonlocal resetting
