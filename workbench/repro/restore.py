@@ -406,8 +406,8 @@ def defence_table(trained: TrainedModel, images: Images, dataset: str, attack: s
 
 def _model_percent(trained: TrainedModel) -> dict[str, float | None]:
     """A model's recorded CDA and ASR (%, one decimal; ASR None for a clean model), as Table I prints them."""
-    summary = trained.summary
-    return {"CDA": round(100 * summary.ca, 1), "ASR": None if summary.asr is None else round(100 * summary.asr, 1)}
+    ca, asr = trained.summary.percent()
+    return {"CDA": round(ca, 1), "ASR": None if math.isnan(asr) else round(asr, 1)}
 
 
 

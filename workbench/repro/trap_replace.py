@@ -397,12 +397,9 @@ def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *,
 
 # --- tables -----------------------------------------------------------------------------------------------------------
 
-def _percent(fraction: float) -> float:
-    return round(100 * fraction, 2)
-
-
 def _measured(summary: TrainingSummary) -> dict[str, float]:
-    return {"ASR": _percent(summary.asr) if summary.asr is not None else math.nan, "CA": _percent(summary.ca)}
+    ca, asr = summary.percent()
+    return {"ASR": round(asr, 2), "CA": round(ca, 2)}
 
 
 def _paper(numbers: dict[Any, Published] | None, key: Any) -> dict[str, float]:
