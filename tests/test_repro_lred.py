@@ -26,7 +26,7 @@ from workbench.repro.lred import (
     table1,
     table2,
 )
-from workbench.repro.paper_numbers import LRED_TABLE1
+from workbench.repro.paper_numbers import LRED_TABLE1, printed_p_value
 
 
 def test_groups_follow_appendix_a4_with_0_based_classes():
@@ -89,8 +89,13 @@ def test_table1_mean_and_std_per_group():
                             "CTA": [70.0, 72.0, 71.0]})
     t1 = table1(effects, LRED_TABLE1).set_index("group")
     assert t1.loc["G-1", "ASR"] == "85.0 ± 7.1" and t1.loc["G-1", "classifiers"] == 2
-    assert t1.loc["G-1", "paper ASR"] == LRED_TABLE1["G-1"]["ASR"]
+    assert t1.loc["G-1", "paper ASR"] == "92.1 ± 1.9" and t1.loc["C-0", "paper ASR"] == ""  # as the paper prints them
     assert t1.loc["C-0", "ASR"] == "" and t1.loc["C-0", "CTA"] == "71.0 ± 0.0"
+
+
+def test_published_p_values_print_as_in_the_paper():
+    assert [printed_p_value(p) for p in (0.0, 8.44e-07, 3.41e-09, 0.3, 0.551)] == [
+        "u.f.", "8.44e-07", "3.41e-09", "0.300", "0.551"]
 
 
 class _PixelBackdoor(torch.nn.Module):
@@ -131,7 +136,7 @@ def test_table2_counts_and_speedup():
     rows = pd.DataFrame([{"setting": "G-1", "index": index, "method": method, "success": success, "seconds": seconds}
                          for method, index, success, seconds in [("RED-A", 0, True, 10.0), ("RED-A", 1, False, 12.0),
                                                                  ("RED-A'", 0, True, 2.0), ("RED-A'", 1, True, 2.0)]])
-    t2 = table2(rows, {"RED-A": {"G-1": "10/10"}})
+    t2 = table2(rows, {"RED-A": {"G-1": 10}})
     assert t2.set_index("method").loc["RED-A", "G-1"] == "1/2 (10/10)"
     assert t2.set_index("method").loc["RED-A'", "G-1"] == "2/2 (-)"
     assert speedup(rows) == pytest.approx(22 / 4)

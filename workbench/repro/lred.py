@@ -24,7 +24,17 @@ from workbench.core.scales import pick, resolve_scale
 from workbench.core.training import TrainConfig, TrainedModel, get_or_train
 from workbench.core.validation import WorkbenchError, check_name
 from workbench.defenses.lred import DetectionResult, LREDConfig, detect, detection_images
-from workbench.repro.paper_numbers import LRED_TABLE1, LRED_TABLE2, LRED_TABLE3, LRED_TABLE4, LRED_TABLE6
+from workbench.repro.paper_numbers import (
+    LRED_CLASSIFIERS_PER_GROUP,
+    LRED_TABLE1,
+    LRED_TABLE2,
+    LRED_TABLE3,
+    LRED_TABLE4,
+    LRED_TABLE6,
+    LRED_TABLE6_CLEAN,
+    Published,
+    printed_p_value,
+)
 from workbench.repro.presets import ModelRecipe
 from workbench.repro.results import ColdRunClock, ResultTable
 
@@ -291,30 +301,33 @@ def _mean_std(values: Iterable[float]) -> str:
     return f"{values.mean().item():.1f} ± {std:.1f}"
 
 
-def table1(effects: pd.DataFrame, paper: dict[str, dict[str, str]]) -> pd.DataFrame:
+def table1(effects: pd.DataFrame, paper: dict[str, Published]) -> pd.DataFrame:
     """Table 1: ASR and CTA (mean ± std over a group's classifiers) beside the paper's.
 
     Args:
         effects: one row per classifier with columns group, ASR, CTA.
-        paper: group -> {"ASR": "92.1 ± 1.9", "CTA": ...}.
+        paper: group -> the paper's row (`LRED_TABLE1`).
     """
     rows = []
     for group, members in effects.groupby("group", sort=False):
-        published = paper.get(group, {})
+        published = paper.get(group, Published())
         rows.append({"group": group, "classifiers": len(members),
                      "ASR": _mean_std(members["ASR"]) if members["ASR"].notna().all() else "",
                      "CTA": _mean_std(members["CTA"]),
-                     "paper ASR": published.get("ASR", ""), "paper CTA": published.get("CTA", "")})
+                     "paper ASR": published.mean_std("ASR"), "paper CTA": published.mean_std("CA")})
     return pd.DataFrame(rows)
 
 
-def table2(inspections: pd.DataFrame, paper: dict[str, dict[str, str]]) -> pd.DataFrame:
-    """Table 2: successful detections per method (rows) and group (columns), "measured (paper)"."""
+def table2(inspections: pd.DataFrame, paper: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """Table 2: successful detections per method (rows) and group (columns), "measured (paper)"; `paper`:
+    method -> group -> detections out of `LRED_CLASSIFIERS_PER_GROUP`."""
     out = {}
     for method, by_method in inspections.groupby("method", sort=False):
         cells = {}
         for group, members in by_method.groupby("setting", sort=False):
-            cells[group] = f"{int(members['success'].sum())}/{len(members)} ({paper.get(method, {}).get(group, '-')})"
+            published = paper.get(method, {}).get(group)
+            shown = "-" if published is None else f"{published}/{LRED_CLASSIFIERS_PER_GROUP}"
+            cells[group] = f"{int(members['success'].sum())}/{len(members)} ({shown})"
         out[method] = cells
     return pd.DataFrame(out).T.rename_axis("method").reset_index()
 
@@ -462,13 +475,14 @@ class LREDTables:
                 found = inspect(trained, s, dataset, 0, "RED-A", self.preset, per_class=per_class, seed=self.seed)
                 cta, asr = trained.summary.percent()
                 row[f"{kind} p-value"] = f"{found.result.p_value:.3g}"
-                row[f"paper {kind} p-value"] = LRED_TABLE4[kind][dataset]
+                row[f"paper {kind} p-value"] = printed_p_value(LRED_TABLE4[kind][dataset])
                 row[f"{kind} detected"] = found.result.detected
                 row[f"{kind} CTA"] = round(cta, 1)
                 if kind == "attacked":
                     row["ASR"] = round(asr, 1)
                     row["inferred target (true)"] = f"{found.result.inferred_target} ({setting.target})"
-            row["paper ASR / CTA / clean CTA"] = " / ".join(str(v) for v in LRED_TABLE6[dataset].values())
+            attacked, clean = LRED_TABLE6[dataset], LRED_TABLE6_CLEAN[dataset]
+            row["paper ASR / CTA / clean CTA"] = f"{attacked.asr} / {attacked.ca} / {clean.ca}"
             rows.append(row)
         return ResultTable("table4_other_datasets", "L-RED Table 4 (and Table 6): RED-A p-values on attacked and "
                            "clean classifiers of other datasets.", pd.DataFrame(rows))

@@ -3,7 +3,8 @@
 Every row of accuracies is a `Published` record (CA, BA, ASR, and T&R's reconstruction MSE; None where the paper
 has no number), whatever order the paper prints its columns in: each table below is written in its paper's order
 (the `_rows` call names it) and converted, so a transcription can be checked against the paper line by line.
-L-RED's tables are kept as printed text (mean ± std, "5/10", p-values such as "u.f.").
+L-RED's tables are numbers too: Table 1's standard deviations in `Published`'s `*_std` fields, Table 2's detection
+counts, Table 4's p-values (0.0 for the paper's "u.f.", printed back by `printed_p_value`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ class Published:
     ba: float | None = None
     asr: float | None = None
     mse: float | None = None
+    ca_std: float | None = None  # [L-RED] Table 1 reports mean ± std over a group's classifiers
+    asr_std: float | None = None
 
     def metric(self, name: str) -> float:
         """The value of column `name` ("CA", "BA", "ASR", "MSE"), NaN where the paper gives none."""
         value = getattr(self, name.lower())
         return math.nan if value is None else value
+
+    def mean_std(self, name: str) -> str:
+        """Column `name` ("CA" or "ASR") as "mean ± std" to one decimal, "" where the paper gives none."""
+        value, std = getattr(self, name.lower()), getattr(self, f"{name.lower()}_std")
+        return "" if value is None else f"{value:.1f} ± {std:.1f}"
 
 
 def _leaves(make: Callable[[tuple], Any], table: Any) -> Any:
@@ -196,21 +204,19 @@ BDMAE_TABLE_A3_A4 = _rows(("CA", "BA", "ASR"), {
 
 #: [L-RED] Table 1: ASR and CTA (%, mean ± std over 10 ResNet-18 classifiers per group);
 #: the clean group C-0 has CTA 93.8 ± 0.1 (Sec. 4.2).
-LRED_TABLE1 = {
-    "G-1": {"ASR": "92.1 ± 1.9", "CTA": "93.6 ± 0.2"}, "G-3": {"ASR": "94.1 ± 1.1", "CTA": "93.5 ± 0.2"},
-    "G-9": {"ASR": "96.6 ± 0.3", "CTA": "93.5 ± 0.2"}, "L-1": {"ASR": "93.1 ± 1.6", "CTA": "93.7 ± 0.1"},
-    "L-3": {"ASR": "91.1 ± 0.8", "CTA": "93.6 ± 0.2"}, "L-9": {"ASR": "91.9 ± 0.7", "CTA": "93.6 ± 0.2"},
-    "C-0": {"ASR": "", "CTA": "93.8 ± 0.1"},
-}
+LRED_TABLE1 = _rows(("ASR", "ASR_std", "CA", "CA_std"), {
+    "G-1": (92.1, 1.9, 93.6, 0.2), "G-3": (94.1, 1.1, 93.5, 0.2), "G-9": (96.6, 0.3, 93.5, 0.2),
+    "L-1": (93.1, 1.6, 93.7, 0.1), "L-3": (91.1, 0.8, 93.6, 0.2), "L-9": (91.9, 0.7, 93.6, 0.2),
+    "C-0": (None, None, 93.8, 0.1),
+})
 
-#: [L-RED] Table 2: successful detections out of 10 classifiers per group.
+#: [L-RED] Table 2: successful detections out of `LRED_CLASSIFIERS_PER_GROUP` classifiers per group.
+LRED_CLASSIFIERS_PER_GROUP = 10
 LRED_TABLE2 = {
-    "RED-P": {"G-1": "5/10", "G-3": "9/10", "G-9": "7/10", "L-1": "2/10", "L-3": "3/10", "L-9": "3/10", "C-0": "7/10"},
-    "RED-U": {"G-1": "2/10", "G-3": "8/10", "G-9": "10/10", "L-1": "2/10", "L-3": "5/10", "L-9": "10/10",
-              "C-0": "10/10"},
-    "RED-A": {g: "10/10" for g in ("G-1", "G-3", "G-9", "L-1", "L-3", "L-9", "C-0")},
-    "RED-A'": {"G-1": "9/10", "G-3": "10/10", "G-9": "10/10", "L-1": "9/10", "L-3": "8/10", "L-9": "10/10",
-               "C-0": "9/10"},
+    "RED-P": {"G-1": 5, "G-3": 9, "G-9": 7, "L-1": 2, "L-3": 3, "L-9": 3, "C-0": 7},
+    "RED-U": {"G-1": 2, "G-3": 8, "G-9": 10, "L-1": 2, "L-3": 5, "L-9": 10, "C-0": 10},
+    "RED-A": {g: 10 for g in ("G-1", "G-3", "G-9", "L-1", "L-3", "L-9", "C-0")},
+    "RED-A'": {"G-1": 9, "G-3": 10, "G-9": 10, "L-1": 9, "L-3": 8, "L-9": 10, "C-0": 9},
 }
 
 #: [L-RED] Table 3: mean seconds per classifier on an RTX 2080 Ti (RED-U "similar to RED-A", not printed).
@@ -220,13 +226,23 @@ LRED_TABLE3 = {
     "RED-A'": {"G-1": 136, "G-3": 161, "G-9": 167, "L-1": 129, "L-3": 169, "L-9": 163, "C-0": 157},
 }
 
-#: [L-RED] Table 4: order-statistic p-values of RED-A ("u.f." = underflow). Table 6: ASR / CTA of those classifiers.
-LRED_TABLE4 = {"attacked": {"mnist": "u.f.", "fashion-mnist": "8.44e-07", "gtsrb": "3.41e-09", "cifar100": "u.f."},
-               "clean": {"mnist": "0.300", "fashion-mnist": "0.331", "gtsrb": "0.152", "cifar100": "0.551"}}
-LRED_TABLE6 = {"mnist": {"ASR": 96.3, "CTA": 98.9, "clean CTA": 99.1},
-               "fashion-mnist": {"ASR": 91.7, "CTA": 91.0, "clean CTA": 90.8},
-               "gtsrb": {"ASR": 87.8, "CTA": 98.1, "clean CTA": 98.7},
-               "cifar100": {"ASR": 98.0, "CTA": 72.4, "clean CTA": 72.8}}
+#: [L-RED] Table 4: order-statistic p-values of RED-A; 0.0 where the paper prints "u.f." (underflow).
+LRED_TABLE4 = {"attacked": {"mnist": 0.0, "fashion-mnist": 8.44e-07, "gtsrb": 3.41e-09, "cifar100": 0.0},
+               "clean": {"mnist": 0.300, "fashion-mnist": 0.331, "gtsrb": 0.152, "cifar100": 0.551}}
+
+#: [L-RED] Table 6: ASR / CTA (%) of Table 4's attacked classifiers, and the CTA of their clean twins.
+LRED_TABLE6 = _rows(("ASR", "CA"), {"mnist": (96.3, 98.9), "fashion-mnist": (91.7, 91.0), "gtsrb": (87.8, 98.1),
+                                    "cifar100": (98.0, 72.4)})
+LRED_TABLE6_CLEAN = _rows(("CA",), {"mnist": (99.1,), "fashion-mnist": (90.8,), "gtsrb": (98.7,),
+                                    "cifar100": (72.8,)})
+
+
+def printed_p_value(p: float) -> str:
+    """A p-value as [L-RED] Table 4 prints it: "u.f." for an underflow (0.0), three significant digits in
+    scientific notation below 0.001, else three decimals."""
+    if p == 0:
+        return "u.f."
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
 
 
 # --- [REStore]; MNIST and CIFAR-10 rows (CASIA-Webface is not obtainable here) ----------------------------------
