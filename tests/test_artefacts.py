@@ -10,6 +10,7 @@ import torch
 
 from workbench.core.artefacts import Artefact, ArtefactStore, StaleArtefact, config_key, get_or_compute
 from workbench.core.storage import atomic_write, atomic_write_json
+from workbench.core.validation import WorkbenchError
 
 
 def test_key_depends_on_content_not_order() -> None:
@@ -104,3 +105,31 @@ def test_get_or_compute_computes_once_then_loads(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="ignoring artefact .*: its weights do not fit; rebuilding it"):
         result, _, loaded = get_or_compute(store, "models", key, identity, compute=compute, restore=stale)
     assert (result, loaded, len(computed)) == ("computed", False, 3)
+    assert torch.equal(store.load("models", key, identity).tensors["w"], torch.full((3,), 3.0))  # replaced
+
+
+def test_the_first_complete_artefact_of_a_key_stays(tmp_path: Path) -> None:
+    store = ArtefactStore(tmp_path, read_only_roots=[])
+    identity = {"k": 5}
+    key = config_key(identity)
+    store.save("models", key, {"w": torch.zeros(2)}, identity, {"first": True})
+    again = store.save("models", key, {"w": torch.ones(2)}, identity, {"first": False})
+    assert torch.equal(again.tensors["w"], torch.zeros(2)) and again.metrics == {"first": True}
+
+
+def test_adopt_replaces_a_committed_artefact_atomically_and_refuses_a_damaged_one(tmp_path: Path) -> None:
+    """`python -m workbench assets` commits a retrained model with `adopt` (it used to delete the committed copy
+    before copying the new one)."""
+    identity = {"k": 6}
+    key = config_key(identity)
+    committed = ArtefactStore(tmp_path / "assets", read_only_roots=[])
+    committed.save("models", key, {"w": torch.zeros(2)}, identity, {"version": 1})
+    retrained = ArtefactStore(tmp_path / "cache", read_only_roots=[]).save("models", key, {"w": torch.ones(2)},
+                                                                           identity, {"version": 2})
+    path = committed.adopt("models", key, retrained.path)
+    assert committed.load("models", key, identity).metrics == {"version": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == [key]  # the old copy is gone, nothing half-copied
+    (retrained.path / "weights.safetensors").write_bytes(b"damaged")
+    with pytest.raises(WorkbenchError, match="not a complete artefact"):
+        committed.adopt("models", key, retrained.path)
+    assert committed.load("models", key, identity).metrics == {"version": 2}

@@ -10,6 +10,7 @@ import torch
 import workbench.core.pretraining as pretraining
 from workbench.core.mae import MAEArchitecture
 from workbench.core.mae_training import MAETrainConfig, train_mae
+from workbench.core.validation import WorkbenchError
 
 ARCH = MAEArchitecture(img_size=16, patch_size=4, in_chans=3, embed_dim=16, depth=1, num_heads=2,
                        decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2)
@@ -66,3 +67,22 @@ def test_held_out_evaluation_known_answers(tiny_mirror: Path) -> None:
     masked = rows[1] == 0.5
     assert 0.5 < float(masked.float().mean()) < 0.95  # about 75 % of the pixels are masked (grey)
     assert errors == held_out_evaluation(mae, ("cifar10", "mnist"), images=16, examples=2)[0]  # seeded
+
+
+def test_a_checkpoint_of_another_recipe_is_refused_and_a_truncated_one_discarded(tiny_mirror: Path,
+                                                                                tmp_path: Path) -> None:
+    """Issue 25: a checkpoint folder reused for another recipe used to resume into different weights, and a
+    truncated checkpoint crashed with a raw SafetensorError."""
+    config = MAETrainConfig(arch=ARCH, datasets=("cifar10",), steps=20, batch_size=8, warmup_steps=5)
+    other = MAETrainConfig(arch=ARCH, datasets=("cifar10",), steps=20, batch_size=8, warmup_steps=5, lr=1e-4)
+    folder = tmp_path / "checkpoints"
+    reference, _ = train_mae(config, checkpoint_dir=tmp_path / "reference", progress=False)
+    train_mae(config, checkpoint_dir=folder, progress=False)
+    with pytest.raises(WorkbenchError, match="belongs to another training recipe"):
+        train_mae(other, checkpoint_dir=folder, progress=False)
+    state = folder / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:500])
+    with pytest.warns(UserWarning, match="discarding the unreadable checkpoint"):
+        retrained, _ = train_mae(config, checkpoint_dir=folder, progress=False)
+    for (name, a), (_, b) in zip(reference.state_dict().items(), retrained.state_dict().items(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name  # trained again from step 0, to the same weights

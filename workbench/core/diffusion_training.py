@@ -136,7 +136,8 @@ def train_diffusion(config: DiffusionTrainConfig, *, device: str = "auto", check
     losses, seconds = run_resumable(
         unet, opt, steps=config.steps, batch_loss=batch_loss, replay=draw,
         lr_at=lambda step: warmup_cosine(step, lr=config.lr, warmup_steps=config.warmup_steps, steps=config.steps),
-        state_file=checkpoint_dir / "state.safetensors", desc="pretrain tiny diffusion model", progress=progress)
+        state_file=checkpoint_dir / "state.safetensors", recipe=config.to_dict(),
+        desc="pretrain tiny diffusion model", progress=progress)
     metrics = {"train_seconds": seconds, "train_images": len(images), "loss_curve": losses[::10],
                "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "datasets": list(config.datasets)}
     return Diffusion(unet.eval(), diffusion.scheduler, config.max_time), metrics

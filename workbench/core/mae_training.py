@@ -148,7 +148,8 @@ def train_mae(config: MAETrainConfig, *, device: str = "auto", checkpoint_dir: P
     losses, seconds = run_resumable(
         mae, opt, steps=config.steps, batch_loss=batch_loss, replay=lambda: _draw(gen, len(images), config),
         lr_at=lambda step: warmup_cosine(step, lr=config.lr, warmup_steps=config.warmup_steps, steps=config.steps),
-        state_file=checkpoint_dir / "state.safetensors", desc="pretrain tiny MAE", progress=progress)
+        state_file=checkpoint_dir / "state.safetensors", recipe=config.to_dict(), desc="pretrain tiny MAE",
+        progress=progress)
     metrics = {"train_seconds": seconds, "train_images": len(images), "loss_curve": losses[::10],
                "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "datasets": list(config.datasets)}
     return mae.eval(), metrics

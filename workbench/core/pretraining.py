@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from workbench.core.artefacts import ArtefactStore, config_key
-from workbench.core.storage import atomic_write
+from workbench.core.storage import atomic_write, canonical_json
 from workbench.core.validation import WorkbenchError
 
 
@@ -40,8 +42,8 @@ def warmup_cosine(step: int, *, lr: float, warmup_steps: int, steps: int) -> flo
 
 def run_resumable(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, steps: int,
                   lr_at: Callable[[int], float], batch_loss: Callable[[], torch.Tensor],
-                  replay: Callable[[], object], state_file: Path, desc: str, progress: bool = True,
-                  every: int = 100) -> tuple[list[float], float]:
+                  replay: Callable[[], object], state_file: Path, recipe: dict[str, Any], desc: str,
+                  progress: bool = True, every: int = 100) -> tuple[list[float], float]:
     """Train `model` for `steps` steps, resuming from `state_file` if an earlier run left one.
 
     Args:
@@ -52,14 +54,17 @@ def run_resumable(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, s
         replay: draws the next batch as `batch_loss` would, without computing anything (run once per finished
             step on resuming, so the data order goes on where it stopped).
         state_file: the checkpoint, written atomically every `every` steps and at the end.
+        recipe: the training recipe (JSON values), recorded in the checkpoint: a checkpoint of another recipe is
+            refused, and one that cannot be read (truncated) is discarded with a warning.
         desc: the progress bar's label.
 
     Returns:
         (loss of every step, training seconds over all runs).
     """
     start, losses, seconds = 0, [], 0.0
-    if state_file.is_file():
-        state = load_file(state_file)
+    recipe_json = canonical_json(recipe)
+    state = _read_checkpoint(state_file, recipe_json) if state_file.is_file() else None
+    if state is not None:
         model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
         _load_optimizer(optimizer, {k[4:]: v for k, v in state.items() if k.startswith("opt.")})
         meta = state["meta"].tolist()
@@ -83,20 +88,46 @@ def run_resumable(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, s
         if (step + 1) % every == 0 or step + 1 == steps:
             seconds += time.time() - tick
             tick = time.time()
-            _checkpoint(state_file, model, optimizer, step + 1, seconds, losses)
+            _checkpoint(state_file, model, optimizer, step + 1, seconds, losses, recipe_json)
     bar.close()
     return losses, seconds
 
 
+def _read_checkpoint(path: Path, recipe_json: str) -> dict[str, torch.Tensor] | None:
+    """The checkpoint's tensors if it belongs to `recipe_json`; None (with a warning) if it cannot be read."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            recorded = (handle.metadata() or {}).get("recipe")
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError) as exc:
+        warnings.warn(f"discarding the unreadable checkpoint {path} ({exc}); training starts from step 0",
+                      stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+    if recorded is None:  # written before checkpoints recorded their recipe: it may be another recipe's
+        warnings.warn(f"discarding the checkpoint {path}: it does not record its recipe; training starts from step 0",
+                      stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+    if recorded != recipe_json:
+        raise WorkbenchError(f"the checkpoint {path} belongs to another training recipe; it is not resumed. Delete "
+                             "it, or give this recipe its own checkpoint folder")
+    if not {"meta", "losses"} <= state.keys():
+        warnings.warn(f"discarding the incomplete checkpoint {path}; training starts from step 0", stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
 def _checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, seconds: float,
-                losses: list[float]) -> None:
+                losses: list[float], recipe_json: str) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for index, param_state in optimizer.state_dict()["state"].items():
         for name, value in param_state.items():
             tensors[f"opt.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous().clone()
     tensors["meta"] = torch.tensor([float(step), seconds], dtype=torch.float64)
     tensors["losses"] = torch.tensor(losses, dtype=torch.float64)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"recipe": recipe_json}))
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:

@@ -1,7 +1,8 @@
 """Atomic file writes and content hashes.
 
-Everything the workbench writes goes through a temporary file in the destination folder followed by
-`os.replace`, so an interrupted run leaves either the old file or the new one, never half of one.
+Everything the workbench writes goes through a temporary file in the destination folder, flushed to disk, followed
+by `os.replace`, so an interrupted run (or a crash of the machine) leaves either the old file or the new one, never
+half of one.
 """
 
 from __future__ import annotations
@@ -24,11 +25,21 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file normal permissions
     try:
         write(Path(tmp))
+        fsync_path(Path(tmp))  # the data reaches the disk before the rename publishes it
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def current_umask() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -71,10 +70,8 @@ def _assets(args: argparse.Namespace) -> int:
                 trained = get_or_trap(config, store=store, progress=True)
             else:
                 trained = get_or_train(config, store=store, progress=True)
-            if Path(trained.path) != committed:
-                if committed.exists():
-                    shutil.rmtree(committed)
-                shutil.copytree(trained.path, committed)
+            if Path(trained.path) != committed:  # replaced atomically: never absent or half-copied
+                ArtefactStore(target_root, read_only_roots=[]).adopt(kind, key, trained.path)
         summary = trained.summary
         asr = float("nan") if summary.asr is None else summary.asr
         print(f"{name}: test CA {summary.ca:.4f}, ASR {asr:.4f} -> {committed}")

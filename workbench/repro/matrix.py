@@ -39,7 +39,7 @@ from workbench.core.metrics import predict_labels
 from workbench.core.runtime import make_generator
 from workbench.core.scales import pick
 from workbench.core.storage import atomic_write, atomic_write_json, sha256_file
-from workbench.core.validation import WorkbenchError, check_name
+from workbench.core.validation import WorkbenchError, check_name, check_path_component
 from workbench.defenses import available, create, describe
 from workbench.defenses.interface import Detection, Purification
 from workbench.repro import bdmae as bdmae_repro
@@ -430,7 +430,7 @@ def run_cell(subject: Subject, defence: str, preset: MatrixPreset, folder: Path,
     found = {} if found is None else found
     config = preset.config(defence)
     kind = describe(defence).kind
-    cell_folder = folder / "cells" / subject.name
+    cell_folder = folder / "cells" / check_path_component(subject.name, "subject name")
     path = cell_folder / f"{defence}.json"
     identity = _cell_identity(subject, defence, config, preset, seed)
     if path.is_file():

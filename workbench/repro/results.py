@@ -19,6 +19,7 @@ import pandas as pd
 
 from workbench.core.runtime import figures_root
 from workbench.core.storage import atomic_write, atomic_write_json
+from workbench.core.validation import check_path_component
 
 
 def _jsonable(value: Any) -> Any:
@@ -46,6 +47,8 @@ def record_table(table: pd.DataFrame, *, notebook: str, name: str, caption: str 
         results_dir: the runner's results folder; None records nothing.
     """
     if results_dir is not None:
+        check_path_component(notebook, "notebook")
+        check_path_component(name, "table name")
         folder = Path(results_dir)
         payload = {"notebook": notebook, "name": name, "caption": caption, "columns": [str(c) for c in table.columns],
                    "rows": json_rows(table)}
@@ -83,6 +86,8 @@ def load_tables(results_dir: str | Path) -> list[dict[str, Any]]:
 
 def save_figure(fig: Any, *, notebook: str, name: str, scale: str, folder: str | Path | None = None) -> Path:
     """Save a matplotlib figure as `<figures>/<notebook>_<scale>_<name>.png` (atomically) and return the path."""
+    for value, what in ((notebook, "notebook"), (name, "figure name"), (scale, "scale")):
+        check_path_component(value, what)
     path = Path(folder) if folder is not None else figures_root()
     target = path / f"{notebook}_{scale}_{name}.png"
     atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))

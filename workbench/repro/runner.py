@@ -18,7 +18,7 @@ import pandas as pd
 from workbench.core.runtime import PROJECT_ROOT, figures_root
 from workbench.core.scales import resolve_scale
 from workbench.core.storage import atomic_write_bytes, atomic_write_json
-from workbench.core.validation import WorkbenchError, check_name
+from workbench.core.validation import WorkbenchError, check_inside, check_name
 from workbench.repro.html import write_html
 from workbench.repro.results import load_tables
 
@@ -64,6 +64,7 @@ def reproduce(papers: list[str] | None = None, *, scale: str | None = None, outp
     out = Path(output_dir) if output_dir is not None else (PROJECT_ROOT or Path.cwd()) / "outputs" / scale
     results = out / "results"
     results.mkdir(parents=True, exist_ok=True)
+    check_inside(results, out, "the results folder")  # its stale tables are deleted below: never outside it
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     for stale in results.glob("*__*.*"):  # tables are rewritten by this run
         stale.unlink()
