@@ -55,7 +55,7 @@ def test_config_validation_and_round_trip() -> None:
     assert a == b and hash(a) == hash(b) and config_key(a.to_dict()) == config_key(b.to_dict())
     for kwargs, fragment in (({"model": "vgg"}, "unknown model 'vgg'"), ({"dataset": "svhn"}, "unknown dataset"),
                              ({"epochs": 0}, "epochs must be a positive integer"),
-                             ({"lr": -1}, "lr must be a number > 0"),
+                             ({"lr": -1}, "lr must be a finite number > 0"),
                              ({"augment": "mixup"}, "unknown augmentation 'mixup'")):
         with pytest.raises(WorkbenchError, match=fragment):
             TrainConfig(**{"dataset": "cifar10", "model": "lenet5", **kwargs})
@@ -131,3 +131,37 @@ def test_adaptive_attacks_train(tiny_mirror: Path, tmp_path: Path) -> None:
                                         poison=PoisonConfig(make_attack("bdmae_badnets_colour"), target=3, ratio=0.1)),
                             store=store, progress=False)
     assert anchored.metrics["poisoned_images"] == 19 and "test_asr" in anchored.metrics
+
+
+def test_a_diverging_training_stops_and_caches_nothing(tiny_mirror: Path, tmp_path: Path) -> None:
+    """Issue 25: lr = 1e6 used to cache a model with NaN weights (test CA 10 %)."""
+    store = ArtefactStore(tmp_path / "store", read_only_roots=[])
+    config = TrainConfig(dataset="cifar10", model="resnet_small", epochs=2, batch_size=32, lr=1e6)
+    with pytest.raises(training.TrainingDiverged, match=r"diverged in epoch 1 .*lr=1000000"):
+        get_or_train(config, store=store, progress=False)
+    assert not list((tmp_path / "store").glob("models/*"))  # no artefact, no temporary folder
+
+
+def test_an_empty_training_set_is_refused() -> None:
+    config = TrainConfig(dataset="cifar10", model="lenet5")
+    empty = ImageDataset("cifar10", torch.zeros(0, 32, 32, 3, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
+                         tuple(str(k) for k in range(10)))
+    with pytest.raises(WorkbenchError, match=r"training set .* is empty"):
+        train_classifier(new_model(config), empty, config, progress=False)
+
+
+def test_stale_weights_are_retrained_but_other_errors_are_not_swallowed(tiny_mirror: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only weights that do not fit the architecture count as stale; e.g. a missing CUDA device is an error of its
+    own (it used to be reported as "weights do not fit", and the model retrained)."""
+    store = ArtefactStore(tmp_path / "store", read_only_roots=[])
+    config = TrainConfig(dataset="cifar10", model="lenet5", epochs=1, batch_size=32)
+    first = get_or_train(config, store=store, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(WorkbenchError, match="no CUDA device"):
+            get_or_train(config, store=store, device="cuda", progress=False)
+    real_new_model = training.new_model
+    monkeypatch.setattr(training, "new_model", lambda c: real_new_model(TrainConfig("cifar10", "resnet_small")))
+    with pytest.warns(UserWarning, match="do not fit the current lenet5 code"):
+        retrained = get_or_train(config, store=store, progress=False)
+    assert not retrained.loaded and retrained.path == first.path

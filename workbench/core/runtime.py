@@ -29,9 +29,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
-    except RuntimeError as exc:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
         raise WorkbenchError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise WorkbenchError(f"device {device!r}: this machine has no CUDA device (or torch was built without CUDA); "
+                             "use device='auto' or 'cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise WorkbenchError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             "use 'cuda:0' up to the last one")
+    return resolved
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from workbench.core.artefacts import Artefact, ArtefactStore, StaleArtefact, config_key, get_or_compute
+from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute, restore_state
 from workbench.core.attacks import AllClassesPoison, PoisonConfig, backdoor_test_set, poison_dataset
 from workbench.core.attacks.input_aware import (
     InputAware,
@@ -37,10 +37,13 @@ from workbench.core.models import MODELS, StagedClassifier, build_model
 from workbench.core.runtime import child_seed, make_generator, resolve_device
 from workbench.core.validation import (
     WorkbenchError,
+    check_finite,
     check_fraction,
     check_name,
+    check_non_negative,
     check_positive,
     check_positive_int,
+    check_seed,
 )
 
 #: loss of one augmented batch: (model, images, labels, generator) -> scalar
@@ -114,15 +117,20 @@ class TrainConfig:
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.train_size, "train_size", optional=True)
         check_positive_int(self.test_size, "test_size", optional=True)
-        check_positive(self.lr, "lr")
+        check_positive(check_finite(self.lr, "lr"), "lr")
+        if not (_is_real(self.momentum) and 0 <= self.momentum < 1):
+            raise WorkbenchError(f"momentum must be in [0, 1), got {self.momentum!r}; SGD's usual value is 0.9")
+        check_non_negative(check_finite(self.weight_decay, "weight_decay"), "weight_decay")
         check_fraction(self.holdout_fraction, "holdout_fraction", allow_one=False)
         check_fraction(self.warmup_fraction, "warmup_fraction", allow_zero=True)
-        if not 0 <= self.label_smoothing < 1:
-            raise WorkbenchError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not (_is_real(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise WorkbenchError(f"label_smoothing must be a number in [0, 1), got {self.label_smoothing!r}")
         if self.poison is not None and self.all_classes_poison is not None:
             raise WorkbenchError("give either poison (one target) or all_classes_poison (every class), not both")
-        if not 0 <= self.logit_anchor < 1:
-            raise WorkbenchError(f"logit_anchor must be in [0, 1), got {self.logit_anchor}")
+        if not (_is_real(self.logit_anchor) and 0 <= self.logit_anchor < 1):
+            raise WorkbenchError(f"logit_anchor must be a number in [0, 1), got {self.logit_anchor!r}")
+        check_seed(self.seed, "seed")
+        check_seed(self.split_seed, "split_seed")
         if self.logit_anchor > 0 and (self.poison is None or self.poison.clean_label):
             raise WorkbenchError("logit_anchor anchors relabelled poisoned images to clean target-class images: it "
                                  "needs a poison-label `poison` config")
@@ -285,6 +293,14 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
 
 
+class TrainingDiverged(WorkbenchError):
+    """Training produced a non-finite loss or non-finite weights (nothing is cached)."""
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def train_classifier(model: StagedClassifier, train: ImageDataset, config: TrainConfig, *,
                      monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
                      monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
@@ -335,6 +351,9 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
     if (config.logit_anchor > 0 or injection is not None) and (poisoned is None or len(poisoned) != n):
         raise WorkbenchError("logit_anchor and the latent injection need the poisoned-image mask of the training set "
                              "(`poisoned`)")
+    if n == 0:
+        raise WorkbenchError(f"the training set of {config.model} on {config.dataset} is empty; check train_size "
+                             "and the dataset")
     memo: torch.Tensor | None = None
     latent_memo: torch.Tensor | None = None
     for epoch in range(config.epochs):
@@ -358,12 +377,20 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
                 term, latent_memo = latent_distance(latents[-1], y, poisoned[idx].to(dev), config.poison.target,
                                                     latent_memo)
                 loss = loss + injection.weight * term
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"training {config.model} on {config.dataset} diverged in epoch {epoch + 1} "
+                                       f"(loss {value}); nothing was stored. The learning rate (lr={config.lr}) is "
+                                       "the usual cause: lower it")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.item()
+            loss_sum += value
             step += 1
             bar.update()
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise TrainingDiverged(f"training {config.model} on {config.dataset} left non-finite weights after epoch "
+                                   f"{epoch + 1}; nothing was stored. Lower the learning rate (lr={config.lr})")
         record = {"epoch": epoch + 1, "loss": loss_sum / steps_per_epoch, "seconds": time.time() - start}
         if monitor is not None:
             record["ca"] = clean_accuracy(model, *monitor)
@@ -496,13 +523,7 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
     key = config_key(identity)
 
     def restore(found: Artefact) -> StagedClassifier:
-        model = new_model(config)
-        try:
-            model.load_state_dict(found.tensors, strict=True)
-        except RuntimeError as exc:
-            raise StaleArtefact(f"its weights do not fit the current {config.model} code (bump RECIPE_VERSION when "
-                                "an architecture changes)") from exc
-        return model
+        return restore_state(new_model(config), found.tensors, f"the current {config.model} code")
 
     def train() -> tuple[StagedClassifier, dict[str, torch.Tensor], dict[str, Any]]:
         model = new_model(config)
@@ -537,10 +558,8 @@ def get_or_train_input_aware(config: InputAwareConfig, *, store: ArtefactStore |
     dev = resolve_device(device)
 
     def restore(found: Artefact) -> StagedClassifier:
-        model = new_model(recipe)
-        model.load_state_dict({k[len("classifier."):]: v for k, v in found.tensors.items()
-                               if k.startswith("classifier.")})
-        return model
+        return restore_state(new_model(recipe), {k[len("classifier."):]: v for k, v in found.tensors.items()
+                                                 if k.startswith("classifier.")}, f"the current {recipe.model} code")
 
     def train() -> tuple[StagedClassifier, dict[str, torch.Tensor], dict[str, Any]]:
         model = new_model(recipe)

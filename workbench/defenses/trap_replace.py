@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute
+from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute, restore_state
 from workbench.core.classifier import FrozenStem, capture, head_modules, input_shape_of, resolve_split
 from workbench.core.data import DataSplits, ImageDataset, stratified_subset
 from workbench.core.models import StagedClassifier, set_dropout
@@ -54,10 +54,12 @@ from workbench.core.training import (
 )
 from workbench.core.validation import (
     WorkbenchError,
+    check_fraction,
     check_images,
     check_name,
     check_non_negative,
     check_positive_int,
+    check_seed,
 )
 
 TRAP_KIND, REPLACE_KIND = "trap", "replaced"
@@ -86,9 +88,7 @@ class TrapConfig:
 
     def __post_init__(self) -> None:
         for name in ("rec_weight", "tv_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-                raise WorkbenchError(f"TrapConfig.{name} must be a number >= 0, got {value!r}")
+            check_non_negative(getattr(self, name), f"TrapConfig.{name}")
         if self.split is not None:
             check_name("split point", self.split, new_model(self.train).split_points)
 
@@ -139,10 +139,9 @@ class ReplaceConfig:
 
     def __post_init__(self) -> None:
         check_positive_int(self.holdout_size, "holdout_size", optional=True)
-        if not 0 <= self.dropout < 1:
-            raise WorkbenchError(f"ReplaceConfig.dropout must be in [0, 1), got {self.dropout}")
-        if not self.cutmix_beta >= 0:
-            raise WorkbenchError(f"ReplaceConfig.cutmix_beta must be >= 0 (0 = no CutMix), got {self.cutmix_beta}")
+        check_fraction(self.dropout, "ReplaceConfig.dropout", allow_zero=True, allow_one=False)
+        check_non_negative(self.cutmix_beta, "ReplaceConfig.cutmix_beta", meaning_of_zero="0 = no CutMix")
+        check_seed(self.seed, "ReplaceConfig.seed")
         self.recipe(TrainConfig(dataset="cifar10", model="lenet5"))  # validates the optimiser fields
 
     def recipe(self, base: TrainConfig) -> TrainConfig:
@@ -320,8 +319,7 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
         net = TrapNet.build(new_model(config.train), split)
 
     def restore(found: Artefact) -> TrapNet:
-        net.load_state_dict(found.tensors, strict=True)
-        return net
+        return restore_state(net, found.tensors, "the current stage-1 network")
 
     def train() -> tuple[TrapNet, dict[str, torch.Tensor], dict[str, Any]]:
         data = prepare_training_data(config.train, splits, store=store, device=device, progress=progress,
@@ -442,9 +440,7 @@ def get_or_replace(trapped: TrappedModel, config: ReplaceConfig, *, store: Artef
     dev = resolve_device(device)
 
     def restore(found: Artefact) -> nn.Module:
-        classifier = new_model(base)
-        classifier.load_state_dict(found.tensors, strict=True)
-        return classifier
+        return restore_state(new_model(base), found.tensors, f"the current {base.model} code")
 
     def retrain_head() -> tuple[nn.Module, dict[str, torch.Tensor], dict[str, Any]]:
         classifier = copy.deepcopy(trapped.model)

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from workbench.core.artefacts import ArtefactStore, config_key
+from workbench.core.artefacts import ArtefactStore, StaleArtefact, config_key, restore_state
 from workbench.core.attacks.base import Attack
 from workbench.core.runtime import child_seed
 from workbench.core.validation import WorkbenchError, check_fraction, check_positive_int
@@ -164,8 +164,13 @@ def _generators(key: str, channels: int, width: int) -> tuple[TriggerGenerator, 
         raise WorkbenchError(f"IAB generators {key} are not trained here: run the notebook or "
                              "workbench.core.training.get_or_train_input_aware(config) for this attack first")
     pattern_gen, mask_gen = TriggerGenerator(channels, channels, width), TriggerGenerator(channels, 1, width)
-    pattern_gen.load_state_dict({k[8:]: v for k, v in found.tensors.items() if k.startswith("pattern.")})
-    mask_gen.load_state_dict({k[5:]: v for k, v in found.tensors.items() if k.startswith("mask.")})
+    try:
+        restore_state(pattern_gen, {k[8:]: v for k, v in found.tensors.items() if k.startswith("pattern.")},
+                      "this IAB pattern generator")
+        restore_state(mask_gen, {k[5:]: v for k, v in found.tensors.items() if k.startswith("mask.")},
+                      "this IAB mask generator")
+    except StaleArtefact as exc:
+        raise WorkbenchError(f"IAB generators {key}: {exc}; retrain them with get_or_train_input_aware") from exc
     return pattern_gen.eval(), mask_gen.eval()
 
 
