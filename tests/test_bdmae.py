@@ -10,7 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import needs_real_data
 from workbench.core.attacks import make_attack
+from workbench.core.data import load_splits
 from workbench.core.mae import MAEArchitecture, MAERestorer, MaskedAutoencoderViT, neighbours4
 from workbench.core.query import QueryModel
 from workbench.core.validation import WorkbenchError
@@ -279,6 +281,22 @@ def test_ssim_known_answers() -> None:
     expected = (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1)  # constant images: only the luminance term
     assert torch.allclose(ssim_map(a, b), torch.full((1, 16, 16), expected), atol=1e-3)
     assert float(ssim_map(x, 1 - x).mean()) < 0.5
+
+
+@needs_real_data
+def test_ssim_matches_scikit_image_on_natural_images() -> None:
+    """Issue 25: Wang et al.'s SSIM as scikit-image computes it (Gaussian window, sigma 1.5, population covariance)
+    on 50 CIFAR-10 test images against noisy copies, to 1e-6 away from the border (where our replicate padding,
+    the authors' choice, differs from scikit-image's reflection)."""
+    structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
+    x = load_splits("cifar10").test.float_images()[:50]
+    y = (x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    reference = torch.stack([torch.from_numpy(structural_similarity(
+        a.permute(1, 2, 0).double().numpy(), b.permute(1, 2, 0).double().numpy(), gaussian_weights=True, sigma=1.5,
+        use_sample_covariance=False, data_range=1.0, channel_axis=2, full=True)[1].mean(axis=2))
+        for a, b in zip(x, y, strict=True)])
+    inner = (slice(None), slice(5, -5), slice(5, -5))
+    assert (ssim_map(x, y).double() - reference)[inner].abs().max() < 1e-6
 
 
 def test_config_validation() -> None:

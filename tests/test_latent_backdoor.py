@@ -102,7 +102,7 @@ def test_poison_config_carries_the_injection_without_changing_other_keys() -> No
     assert config_key(latent.to_dict()) != config_key(plain.to_dict())
     with pytest.raises(WorkbenchError, match="clean_label=False"):
         PoisonConfig(trigger, ratio=0.1, clean_label=True, latent=LatentInjection("fc"))
-    with pytest.raises(WorkbenchError, match="weight must be a number > 0"):
+    with pytest.raises(WorkbenchError, match="weight must be a finite number > 0"):
         LatentInjection("fc", weight=0)
     with pytest.raises(WorkbenchError, match="module name"):
         LatentInjection("")

@@ -233,7 +233,7 @@ def test_nad_stages_and_config_are_checked(toy: Toy) -> None:
         nad(toy.model, toy.holdout, NADConfig(stages=("stage3", "pool"), betas=(1, 1)), progress=False)
     with pytest.raises(WorkbenchError, match="one beta per stage"):
         NADConfig(stages=STAGES, betas=(1.0,))
-    with pytest.raises(WorkbenchError, match="betas must be numbers >= 0"):
+    with pytest.raises(WorkbenchError, match=r"betas .each. must be a finite number >= 0"):
         NADConfig(betas=(1.0, -1.0, 1.0))
     with pytest.raises(WorkbenchError, match="distance must be 'mse'"):
         NADConfig(distance="cosine")
@@ -359,7 +359,7 @@ def test_anp_repeats_and_validates(toy: Toy) -> None:
         anp_masks(lenet, toy.holdout, config, device="cpu", progress=False)
     with pytest.raises(WorkbenchError, match=r"alpha must be in \[0, 1\]"):
         ANPConfig(alpha=1.5)
-    with pytest.raises(WorkbenchError, match="eps must be a number >= 0"):
+    with pytest.raises(WorkbenchError, match="eps must be a finite number >= 0"):
         ANPConfig(eps=-0.1)
     with pytest.raises(WorkbenchError, match="iterations must be a positive integer"):
         ANPConfig(iterations=0)

@@ -114,7 +114,7 @@ def test_workbench_models_declare_their_input_shape(model: torch.nn.Module) -> N
         QueryModel(model, "label").labels(torch.rand(1, 1, 32, 32))
     with pytest.raises(WorkbenchError, match="NaN"):
         clean_accuracy(model, torch.full((1, 1, 28, 28), float("nan")), torch.tensor([0]))
-    with pytest.raises(WorkbenchError, match="1-D integer tensor with one entry per image"):
+    with pytest.raises(WorkbenchError, match="one label per image"):
         clean_accuracy(model, torch.rand(3, 1, 28, 28), torch.zeros(3, 1, dtype=torch.long))
     with pytest.raises(WorkbenchError, match="batch_size must be a positive integer"):
         QueryModel(model, batch_size=0)

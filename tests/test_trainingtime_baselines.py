@@ -173,7 +173,7 @@ def test_abl_is_repeatable_and_seeded(toy: dict) -> None:
 def test_abl_rejects_bad_configs_and_inputs(toy: dict) -> None:
     with pytest.raises(WorkbenchError, match="isolation_ratio must be in"):
         ABLConfig(isolation_ratio=1.0)
-    with pytest.raises(WorkbenchError, match="gamma must be a number > 0"):
+    with pytest.raises(WorkbenchError, match="gamma must be a finite number > 0"):
         ABLConfig(gamma=0)
     with pytest.raises(WorkbenchError, match="finetune_epochs must be an integer >= 0"):
         ABLConfig(finetune_epochs=-1)
@@ -267,7 +267,7 @@ def test_ibau_unlearns_the_toy_backdoor_on_a_copy(backdoored: nn.Module, toy: di
 
 
 def test_ibau_rejects_bad_configs_and_inputs(backdoored: nn.Module) -> None:
-    with pytest.raises(WorkbenchError, match="bound must be a number > 0"):
+    with pytest.raises(WorkbenchError, match="bound must be a finite number > 0"):
         IBAUConfig(bound=0)
     with pytest.raises(WorkbenchError, match="fixed_point_steps must be an integer >= 0"):
         IBAUConfig(fixed_point_steps=-1)
@@ -345,8 +345,8 @@ def test_train_dp_is_repeatable_and_seeded(toy: dict) -> None:
 
 
 def test_dp_config_validates() -> None:
-    with pytest.raises(WorkbenchError, match="noise_multiplier must be a number >= 0"):
+    with pytest.raises(WorkbenchError, match="noise_multiplier must be a finite number >= 0"):
         DPConfig(noise_multiplier=-1)
-    with pytest.raises(WorkbenchError, match="max_grad_norm must be a number > 0"):
+    with pytest.raises(WorkbenchError, match="max_grad_norm must be a finite number > 0"):
         DPConfig(max_grad_norm=0)
     assert DPConfig().to_dict() == {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "max_groups": 32, "seed": 0}

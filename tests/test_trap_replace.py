@@ -121,7 +121,7 @@ def test_stage_two_retrains_only_the_head() -> None:
 
 
 def test_configs_validate_with_clear_messages() -> None:
-    with pytest.raises(WorkbenchError, match="rec_weight must be a number >= 0"):
+    with pytest.raises(WorkbenchError, match="rec_weight must be a finite number >= 0"):
         TrapConfig(WRN, rec_weight=-1)
     with pytest.raises(WorkbenchError, match="unknown split point 'block9'"):
         TrapConfig(WRN, split="block9")

@@ -14,7 +14,7 @@ from workbench.core.validation import WorkbenchError, check_fraction, check_posi
     (lambda: check_fraction(True, "ratio"), "ratio must be a number in (0, 1], got True"),
     (lambda: check_fraction(1.0, "holdout", allow_one=False), "holdout must be in (0, 1), got 1.0"),
     (lambda: check_fraction(0, "w", allow_zero=True) and None, None),
-    (lambda: check_positive(0, "lr"), "lr must be a number > 0, got 0"),
+    (lambda: check_positive(0, "lr"), "lr must be a finite number > 0, got 0"),
     (lambda: check_positive_int(2.5, "epochs"), "epochs must be a positive integer, got 2.5"),
     (lambda: check_positive_int(None, "size", optional=True), None),
 ])

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.core.models import Normalize, StagedClassifier
-from workbench.core.validation import WorkbenchError, check_images, check_name, check_positive_int
+from workbench.core.validation import WorkbenchError, check_images, check_labels, check_name, check_positive_int
 
 
 class WrappedClassifier(nn.Module):
@@ -158,20 +158,6 @@ def check_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     if labels is not None:
         check_labels(labels, len(images), classes)
     return classes
-
-
-def check_labels(labels: torch.Tensor, count: int, num_classes: int, name: str = "labels") -> torch.Tensor:
-    """Integer labels (count,) in [0, num_classes)."""
-    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32, torch.int16,
-                                                                    torch.uint8):
-        raise WorkbenchError(f"{name} must be an integer torch.Tensor of shape (N,), got "
-                             f"{getattr(labels, 'dtype', type(labels).__name__)}")
-    if labels.shape != (count,):
-        raise WorkbenchError(f"need one label per image: {count} images but {name} of shape {tuple(labels.shape)}")
-    if count and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise WorkbenchError(f"{name} must lie in [0, {num_classes - 1}] for a {num_classes}-class model, got "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
-    return labels
 
 
 def _module_path(model: nn.Module, name: str) -> list[str]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
-from workbench.core.validation import WorkbenchError, check_images
+from workbench.core.validation import WorkbenchError, check_images, check_positive_int
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -232,7 +232,7 @@ class MAERestorer:
 
     def __init__(self, mae: MaskedAutoencoderViT, batch_size: int = 128) -> None:
         self.mae = mae.eval()
-        self.batch_size = batch_size
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         self.restorations = 0
         self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from workbench.core.attacks.functional import stamp_patch_at
 from workbench.core.query import QueryModel
-from workbench.core.validation import WorkbenchError
+from workbench.core.validation import WorkbenchError, check_class, check_images, check_labels, check_positive_int
 
 
 def predict_labels(classifier: QueryModel | nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -28,11 +28,19 @@ def _rate(hits: torch.Tensor) -> float:
     return hits.float().mean().item()
 
 
+def _wrapped(classifier: QueryModel | nn.Module, x: torch.Tensor) -> QueryModel:
+    """`classifier` with label access, after checking `x` is an image batch (so a wrong rank is blamed on it)."""
+    check_images(x)
+    if isinstance(classifier, QueryModel):
+        return classifier
+    # the model's own input shape when it declares one (QueryModel checks the images against it), else the images'
+    return QueryModel(classifier, "label", input_shape=getattr(classifier, "input_shape", None) or tuple(x.shape[1:]))
+
+
 def _accuracy(classifier: QueryModel | nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() or len(y) != len(x):
-        raise WorkbenchError(f"labels must be a 1-D integer tensor with one entry per image ({len(x)}), got "
-                             f"{getattr(y, 'dtype', type(y).__name__)} of shape {tuple(getattr(y, 'shape', ()))}")
-    return _rate(predict_labels(classifier, x) == y.to(x.device))
+    wrapper = _wrapped(classifier, x)
+    check_labels(y, len(x), wrapper.num_classes_for(x))
+    return _rate(wrapper.labels(x) == y.to(x.device))
 
 
 def clean_accuracy(classifier: QueryModel | nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -47,12 +55,17 @@ def backdoor_accuracy(classifier: QueryModel | nn.Module, x_triggered: torch.Ten
 
 def attack_success_rate(classifier: QueryModel | nn.Module, x_triggered: torch.Tensor, target: int) -> float:
     """ASR: fraction of triggered non-target images classified as `target`."""
-    return _rate(predict_labels(classifier, x_triggered) == target)
+    wrapper = _wrapped(classifier, x_triggered)
+    check_class(target, wrapper.num_classes_for(x_triggered), "target")
+    return _rate(wrapper.labels(x_triggered) == target)
 
 
 
 def confusion_matrix(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(K, K) counts: entry [t, p] = number of images of true class t predicted as p."""
+    check_positive_int(num_classes, "num_classes")
+    check_labels(true, len(true) if isinstance(true, torch.Tensor) else 0, num_classes, "true")
+    check_labels(predicted, len(true), num_classes, "predicted")
     flat = true.to(torch.long).cpu() * num_classes + predicted.to(torch.long).cpu()
     return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
 

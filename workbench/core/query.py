@@ -61,6 +61,13 @@ class QueryModel:
             self._num_classes = num_classes_of(self._model, input_shape=self.input_shape)
         return self._num_classes
 
+    def num_classes_for(self, images: torch.Tensor) -> int:
+        """`num_classes`, read from the model on one probe of `images`' shape when neither the caller nor the model
+        declares the class count or the input shape (the probe is not counted as a query)."""
+        if self._num_classes is None and self.input_shape is None and getattr(self._model, "num_classes", None) is None:
+            self._num_classes = num_classes_of(self._model, input_shape=tuple(images.shape[1:]))
+        return self.num_classes
+
     def reset_queries(self) -> None:
         """Set the query and call counters back to zero."""
         self.queries = 0
@@ -88,7 +95,8 @@ class QueryModel:
         was_training = self._model.training
         self._model.eval()
         try:
-            outs = [self._model(x[i:i + self.batch_size].to(self.device)).float().to(x.device)
+            dtype = next(self._model.parameters()).dtype  # float64 / float16 images are evaluated in the model's
+            outs = [self._model(x[i:i + self.batch_size].to(self.device, dtype)).float().to(x.device)
                     for i in range(0, len(x), self.batch_size)]
         finally:
             self._model.train(was_training)

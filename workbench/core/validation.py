@@ -6,7 +6,9 @@ one-line message that says what was wrong and how to fix it, instead of deep ins
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -67,6 +69,22 @@ def check_images(x: torch.Tensor, *, channels: int | None = None, size: int | tu
     return x
 
 
+def check_labels(labels: torch.Tensor, count: int, num_classes: int | None = None, name: str = "labels"
+                 ) -> torch.Tensor:
+    """Integer class labels of shape (count,), in [0, num_classes) when the class count is given."""
+    if (not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex()
+            or labels.dtype == torch.bool):
+        raise WorkbenchError(f"{name} must be an integer torch.Tensor of shape (N,) (class indices), got "
+                             f"{getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != (count,):
+        raise WorkbenchError(f"{name} must hold one label per image: {count} images but {name} of shape "
+                             f"{tuple(labels.shape)}")
+    if num_classes is not None and count and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise WorkbenchError(f"{name} must lie in [0, {num_classes - 1}] for a {num_classes}-class model, got "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+    return labels
+
+
 def check_class(value: int, num_classes: int, name: str = "class") -> int:
     """Check a single class index."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
@@ -91,9 +109,9 @@ def check_fraction(value: float, name: str, *, allow_zero: bool = False, allow_o
 
 
 def check_positive(value: float, name: str) -> float:
-    """Check a strictly positive number."""
-    if not _is_number(value) or not value > 0:
-        raise WorkbenchError(f"{name} must be a number > 0, got {value!r}")
+    """Check a strictly positive finite number."""
+    if not _is_number(value) or not 0 < value < math.inf:
+        raise WorkbenchError(f"{name} must be a finite number > 0, got {value!r}")
     return value
 
 
@@ -109,16 +127,43 @@ def check_positive_int(value: object, name: str, *, optional: bool = False) -> i
 def check_non_negative(value: object, name: str, *, integer: bool = False, meaning_of_zero: str = "") -> float | int:
     """Check a number >= 0 (an integer when `integer`); `meaning_of_zero` (e.g. "0 skips the phase") joins the
     message."""
-    ok = (isinstance(value, int) if integer else _is_number(value)) and not isinstance(value, bool) and value >= 0
+    ok = ((isinstance(value, int) if integer else _is_number(value)) and not isinstance(value, bool)
+          and 0 <= value < math.inf)
     if not ok:
-        what = "an integer" if integer else "a number"
+        what = "an integer" if integer else "a finite number"
         note = f" ({meaning_of_zero})" if meaning_of_zero else ""
         raise WorkbenchError(f"{name} must be {what} >= 0{note}, got {value!r}")
     return value
 
 
 def check_seed(value: object, name: str = "seed") -> int:
-    """Check a seed: any integer."""
+    """Check a seed: any integer (not a float, not a bool)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise WorkbenchError(f"{name} must be an integer, got {value!r}")
     return value
+
+
+def check_path_component(value: object, name: str) -> str:
+    """Check a name that becomes one folder or file name: a non-empty string without path separators, not "." or
+    "..", so the path built from it stays inside its folder."""
+    if (not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value
+            or "\0" in value):
+        raise WorkbenchError(f"{name} must be a plain file name (no '/', '\\', '..' or empty), got {value!r}; "
+                             "it becomes a folder name inside the workbench's own folder")
+    return value
+
+
+def check_inside(path: str | Path, folder: str | Path, name: str) -> Path:
+    """`path` resolved (symbolic links followed), after checking that it lies inside `folder` (also resolved)."""
+    resolved, root = Path(path).resolve(), Path(folder).resolve()
+    if not resolved.is_relative_to(root):
+        raise WorkbenchError(f"{name} resolves to {resolved}, outside {root}; give a name inside that folder "
+                             "(and no symbolic link that leads out of it)")
+    return resolved
+
+
+def check_finite(value: object, name: str) -> float:
+    """Check a finite real number (not NaN or infinite)."""
+    if not _is_number(value) or not math.isfinite(value):
+        raise WorkbenchError(f"{name} must be a finite number, got {value!r}")
+    return float(value)

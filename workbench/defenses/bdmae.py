@@ -35,7 +35,16 @@ import torch.nn.functional as F
 from workbench.core.mae import MAERestorer, neighbours4
 from workbench.core.query import QueryModel
 from workbench.core.runtime import image_generators
-from workbench.core.validation import WorkbenchError, check_fraction, check_images, check_name, check_positive_int
+from workbench.core.validation import (
+    WorkbenchError,
+    check_finite,
+    check_fraction,
+    check_images,
+    check_name,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+)
 
 
 @dataclass(frozen=True)
@@ -86,9 +95,17 @@ class BDMAEConfig:
         check_fraction(self.alpha, "alpha", allow_zero=True)
         check_fraction(self.max_trigger_fraction, "max_trigger_fraction")
         check_fraction(self.threshold_growth, "threshold_growth", allow_one=False)
-        taus = tuple(float(t) for t in self.thresholds)
-        if not taus or any(b > a for a, b in itertools.pairwise(taus)):
-            raise WorkbenchError(f"thresholds must be non-empty and non-increasing, got {self.thresholds}")
+        check_positive(check_finite(self.beta0, "beta0"), "beta0")
+        check_non_negative(check_finite(self.neighbour_bonus, "neighbour_bonus"), "neighbour_bonus")
+        check_fraction(self.image_score_level, "image_score_level")
+        if self.fixed_threshold is not None:
+            check_fraction(self.fixed_threshold, "fixed_threshold")
+        if not isinstance(self.thresholds, (tuple, list)) or not self.thresholds:
+            raise WorkbenchError(f"thresholds must be a non-empty sequence of scores in (0, 1], got "
+                                 f"{self.thresholds!r}")
+        taus = tuple(check_fraction(t, "thresholds (each tau_k, a trigger score)") for t in self.thresholds)
+        if any(b > a for a, b in itertools.pairwise(taus)):
+            raise WorkbenchError(f"thresholds must be non-increasing, got {self.thresholds}")
         object.__setattr__(self, "thresholds", taus)
 
 
@@ -206,34 +223,40 @@ class BDMAEResult:
 
 
 # ----------------------------------------------------------------------------------------------- SSIM
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Normalised 2-D Gaussian window (size, size)."""
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Normalised 2-D Gaussian window (size, size), in float64 by default (sums to 1 to ~1e-16)."""
+    coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
     return g.view(-1, 1) * g.view(1, -1)
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Per-pixel SSIM (App. D Eq. A.3) between image batches (N, C, H, W), averaged over channels -> (N, H, W).
+    """Per-pixel SSIM (App. D Eq. A.3) between image batches (N, C, H, W), averaged over channels -> (N, H, W), in
+    the inputs' dtype.
 
     Gaussian window 11 x 11, sigma 1.5, applied per channel with replicate padding; C1 = 0.01^2, C2 = 0.03^2
-    for data range 1 (follows the authors' public code).
+    for data range 1 (follows the authors' public code). The local moments are accumulated in float64: the
+    variance blur(x^2) - blur(x)^2 cancels almost all of its digits on flat regions, and in float32 it was off by
+    up to ~4e-4 there. Away from the border (window // 2 pixels, where the padding differs) it equals Wang et
+    al.'s SSIM as scikit-image computes it (`gaussian_weights=True, use_sample_covariance=False`) to 1e-6.
     """
     c = x.shape[1]
-    kernel = gaussian_window(window, sigma).to(x).expand(c, 1, window, window)
+    accumulate = torch.float32 if x.device.type == "mps" else torch.float64  # Apple's MPS has no float64
+    kernel = gaussian_window(window, sigma, accumulate).to(x.device).expand(c, 1, window, window)
     pad = window // 2
+    x64, y64 = x.to(accumulate), y.to(accumulate)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.pad(t, (pad, pad, pad, pad), mode="replicate"), kernel, groups=c)
 
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
+    mu_x, mu_y = blur(x64), blur(y64)
+    var_x = blur(x64 * x64) - mu_x**2
+    var_y = blur(y64 * y64) - mu_y**2
+    cov = blur(x64 * y64) - mu_x * mu_y
     c1, c2 = 0.01**2, 0.03**2
     ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim.mean(dim=1)
+    return ssim.mean(dim=1).to(x.dtype)
 
 
 def token_dissimilarity(x: torch.Tensor, y: torch.Tensor, grid: int) -> torch.Tensor:
@@ -345,6 +368,9 @@ class BDMAE:
         self.config = config or BDMAEConfig()
         self.batch_images = check_positive_int(batch_images, "batch_images")
         self.adjacency = neighbours4(restorer.grid)
+        if round(self.config.mask_ratio * restorer.grid**2) < 1:
+            raise WorkbenchError(f"mask_ratio={self.config.mask_ratio} masks no token of this MAE's "
+                                 f"{restorer.grid ** 2}; give at least {1 / restorer.grid ** 2:.3g} (the paper: 0.75)")
 
     # -------------------------------------------------------------------------------------- public API
     def purify(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> BDMAEResult:
@@ -357,6 +383,8 @@ class BDMAE:
                 splitting a test set into calls gives the same result as one call.
         """
         check_images(x)
+        if len(x) == 0:
+            raise WorkbenchError("images are empty: pass at least one image (N, C, H, W) to purify")
         parts = [self._purify_batch(x[s:s + self.batch_images], seed, first_index + s)
                  for s in range(0, len(x), self.batch_images)]
         return _concat(parts)
@@ -378,6 +406,9 @@ class BDMAE:
         gens = image_generators(seed, first_index, len(x))
         y0 = self.classifier.labels(x)
         s_img0, s_lab0 = self.trigger_scores(x, y0, gens)
+        if not bool(torch.isfinite(s_img0).all()):  # else a NaN score would restore nothing and pass x through
+            raise WorkbenchError("BDMAE's image-based trigger scores are not finite: the restorer returned NaN or "
+                                 "infinite pixels; check the MAE's weights (workbench.core.mae_training)")
         refinement = Refinements()
         s_img, s_lab = s_img0.clone(), s_lab0.clone()
         if cfg.refine and cfg.refine_steps > 0:

@@ -36,11 +36,13 @@ from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench.core.classifier import num_classes_of
 from workbench.core.runtime import make_generator
 from workbench.core.validation import (
     WorkbenchError,
     check_fraction,
     check_images,
+    check_labels,
     check_positive,
     check_positive_int,
 )
@@ -319,7 +321,11 @@ def detect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
     `snapshot_every` keeps the patterns along the way (see `estimate_patterns`).
     """
     config = config or LREDConfig()
-    check_positive_int(num_classes, "num_classes")
+    check_images(x, name="detection images")
+    if len(x) == 0:
+        raise WorkbenchError("detection images are empty: pass clean images of every class")
+    num_classes = num_classes_of(model, num_classes, input_shape=tuple(x.shape[1:]))  # must match the model's logits
+    check_labels(y, len(x), num_classes)
     targets, sources = estimation_problems(method, num_classes)
     config = LREDConfig(**{**asdict(config), "weighting": "anneal" if method == "RED-A" else "uniform"})
     estimation = estimate_patterns(model, x, y, targets, sources, config, snapshot_every=snapshot_every,

@@ -27,7 +27,14 @@ from workbench.core.mae_training import load_workbench_mae
 from workbench.core.query import ACCESS_LEVELS, QueryModel
 from workbench.core.runtime import child_seed
 from workbench.core.training import TrainConfig
-from workbench.core.validation import WorkbenchError, check_name
+from workbench.core.validation import (
+    WorkbenchError,
+    check_fraction,
+    check_name,
+    check_non_negative,
+    check_positive_int,
+    check_seed,
+)
 from workbench.defenses import lred, restore
 from workbench.defenses.baselines.abl import ABLConfig, train_abl
 from workbench.defenses.baselines.anp import ANPConfig, anp_with_masks
@@ -41,7 +48,7 @@ from workbench.defenses.baselines.patchcleanser import PatchCleanser as _PatchCl
 from workbench.defenses.baselines.transforms import Blur as _Blur
 from workbench.defenses.baselines.transforms import ShrinkPad as _ShrinkPad
 from workbench.defenses.bdmae import BDMAE as _BDMAE
-from workbench.defenses.bdmae import VARIANTS
+from workbench.defenses.bdmae import VARIANTS, BDMAEConfig
 from workbench.defenses.interface import Detection, Purification, Repair, Training, register
 from workbench.defenses.trap_replace import ReplaceConfig, TrapNet, replace_head, train_trap
 
@@ -123,7 +130,7 @@ class _LRED:
     """L-RED ([L-RED]): pattern estimation with annealed source weights (Alg. 1, Eqs. 3-8) and the order-statistic
     test (Sec. 3.2)."""
 
-    method = "RED-A"
+    method, config_class = "RED-A", lred.LREDConfig
     default_per_class = 8  # the workbench's cpu preset (the paper's Sec. 4.3 setting uses more; see notebook 31)
 
     def __init__(self, *, images_per_class: int | None = None, **config: Any) -> None:
@@ -193,6 +200,9 @@ class RestoreSettings:
     def __post_init__(self) -> None:
         check_name("setup", self.setup, restore.SETUPS)
         check_name("scorer output", self.output, restore.OUTPUTS)
+        if self.alpha is not None:
+            check_fraction(self.alpha, "alpha (alpha_def)")
+        check_positive_int(self.per_set, "per_set")
         object.__setattr__(self, "splitting", tuple(sorted(dict(self.splitting).items())))
 
     def diagnose(self, query: QueryModel, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -222,7 +232,7 @@ class RestoreDetector:
     def __init__(self, *, setup: str = "PI", output: str = "probits", alpha: float | None = None, per_set: int = 9,
                  splitting: dict[str, Any] | None = None, min_margin: float = 1.0) -> None:
         self.settings = _restore_settings(setup, output, alpha, per_set, splitting)
-        self.min_margin = float(min_margin)
+        self.min_margin = check_non_negative(min_margin, "min_margin")
 
     def detect(self, model_or_query: nn.Module | QueryModel, clean_images: torch.Tensor, clean_labels: torch.Tensor,
                *, num_classes: int | None = None, seed: int = 0) -> Detection:
@@ -247,11 +257,13 @@ class BDMAEPurifier:
     and the authors' code's "authors_seed"); other keywords are `BDMAEConfig` fields. `restorer` defaults to the
     workbench's committed tiny MAE (images of another size are resized to it and back)."""
 
+    config_class = BDMAEConfig
+
     def __init__(self, *, variant: str = "full", restorer: MAERestorer | None = None, batch_images: int = 64,
                  **config: Any) -> None:
         self.config = dataclasses.replace(VARIANTS[check_name("BDMAE variant", variant, VARIANTS)], **config)
+        self.batch_images = check_positive_int(batch_images, "batch_images")
         self.restorer = restorer
-        self.batch_images = batch_images
 
     def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
                ) -> Purification:
@@ -273,7 +285,12 @@ class _Transform:
     defence: type = object
 
     def __init__(self, **config: Any) -> None:
+        self.check(config)
         self.config = config
+
+    def check(self, config: dict[str, Any]) -> None:
+        """Validate the settings now, not at the first `purify` (the classifier is not known yet)."""
+        self.defence(None, **config)
 
     def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
                ) -> Purification:
@@ -291,6 +308,7 @@ class Blur(_Transform):
     """Gaussian blur ([BDMAE] App. C baseline: 3 x 3 kernel, `sigma` 0.5 weak / 1.0 strong)."""
 
     name, defence = "blur", _Blur
+    config_class = _Blur
 
 
 @register("shrinkpad", "purifier")
@@ -298,6 +316,7 @@ class ShrinkPad(_Transform):
     """ShrinkPad ([ShrinkPad]; [BDMAE] App. C baseline: `pad` 4 weak / 8 strong on 32 px images)."""
 
     name, defence = "shrinkpad", _ShrinkPad
+    config_class = _ShrinkPad
 
 
 @register("patchcleanser", "purifier")
@@ -305,6 +324,7 @@ class PatchCleanser(_Transform):
     """PatchCleanser's double masking on labels ([PatchCleanser]; [BDMAE] App. C); no purified images."""
 
     name, defence = "patchcleanser", _PatchCleanser
+    config_class = _PatchCleanser
 
 
 @register("diffpure", "purifier")
@@ -314,12 +334,17 @@ class DiffPurePurifier(_Transform):
     the workbench's committed tiny 32 px model; any diffusers DDPM folder loads with
     `workbench.core.diffusion.load_diffusion`. Other keywords are `DiffPure` fields."""
 
-    name = "diffpure"
+    name, config_class = "diffpure", DiffPure
 
     def __init__(self, *, diffusion: Diffusion | None = None, **config: Any) -> None:
-        refuse_unknown(config, [f.name for f in dataclasses.fields(DiffPure)], "DiffPure settings")
         super().__init__(**config)
         self.diffusion = diffusion
+
+    def check(self, config: dict[str, Any]) -> None:
+        """The settings that do not need the diffusion model, checked now (it loads at the first `purify`)."""
+        refuse_unknown(config, [f.name for f in dataclasses.fields(DiffPure) if f.name != "diffusion"],
+                       "DiffPure settings")
+        DiffPure.check_settings(**config)
 
     def defence(self, query: QueryModel, **config: Any) -> DiffPure:
         self.diffusion = self.diffusion or load_workbench_diffusion(device=str(query.device))
@@ -334,6 +359,7 @@ class Februus:
 
     def __init__(self, *, restorer: MAERestorer | None = None, method: str = "gradcam++", threshold: float = 0.7,
                  layer: str | None = None) -> None:
+        check_fraction(threshold, "threshold (of the normalised CAM)", allow_one=False)
         self.restorer, self.method, self.threshold, self.layer = restorer, method, threshold, layer
 
     def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
@@ -370,6 +396,8 @@ class RestorePurifier:
         self.diagnosis = diagnosis
         self.clean = (clean_images, clean_labels)
         self.settings = _restore_settings(setup, output, alpha, per_set, splitting)
+        check_name("purification", transform, restore.TRANSFORMS)
+        check_fraction(max_accuracy_drop, "max_accuracy_drop", allow_zero=True)
         self.transform, self.low_pass, self.max_accuracy_drop = transform, low_pass, max_accuracy_drop
         self._recovered: dict[int, tuple[restore.Purifier, dict[str, Any]]] = {}
 
@@ -566,6 +594,9 @@ class TrapSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_non_negative(self.rec_weight, "rec_weight", meaning_of_zero="0 = no reconstruction head")
+        check_non_negative(self.tv_weight, "tv_weight")
+        check_seed(self.seed, "seed")
         object.__setattr__(self, "replace", tuple(sorted(dict(self.replace).items())))
         self.replace_config()  # validates the stage-2 fields now
 

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workbench.core.classifier import check_labels
 from workbench.core.query import QueryModel
 from workbench.core.runtime import make_generator
 from workbench.core.validation import (
@@ -46,6 +45,7 @@ from workbench.core.validation import (
     check_class,
     check_fraction,
     check_images,
+    check_labels,
     check_name,
     check_positive_int,
 )
@@ -311,6 +311,7 @@ def calibrate_alpha(query: QueryModel, setup_name: str, images: torch.Tensor, la
     accuracy measured with the same seeded draws. Returns alpha_def and every (alpha, accuracy) evaluated.
     """
     check_name("setup", setup_name, SETUPS)
+    _check_clean_set(query, images, labels)
     baseline = _accuracy(query, images, labels)
     probes = [(0.0, baseline)]
 
@@ -337,6 +338,16 @@ def calibrate_alpha(query: QueryModel, setup_name: str, images: torch.Tensor, la
 
 def _accuracy(query: QueryModel, images: torch.Tensor, labels: torch.Tensor) -> float:
     return (query.labels(images).to(labels.device) == labels).float().mean().item()
+
+
+def _check_clean_set(query: QueryModel, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """The defender's clean set: a non-empty image batch the model accepts, one label per image, in range."""
+    if not isinstance(query, QueryModel):
+        raise WorkbenchError(f"query must be a QueryModel (query access to the classifier), got {type(query).__name__}")
+    check_images(images, name="clean images")
+    if len(images) == 0:
+        raise WorkbenchError("clean images are empty: pass at least one labelled clean image")
+    check_labels(labels, len(images), query.num_classes_for(images))
 
 
 # --- Diagnosis and recovery (Sec. III-D2, IV-D, IV-E) ----------------------------------------------------------------
@@ -531,6 +542,7 @@ class Purifier:
         return self.weights * self.mean
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, channels=self.weights.shape[0], size=tuple(self.weights.shape[1:]))
         # one element-wise pass and an in-place clip: the test-time cost Table IV measures
         operand = self._operand.to(x.device)
         if self.transform == "subtract":
@@ -561,6 +573,7 @@ def select_purifier(query: QueryModel, estimate: TriggerEstimate, images: torch.
     Returns the purifier (strength 0 if none qualifies) and every strength tried, 0 (no purification) first.
     """
     check_fraction(max_accuracy_drop, "max_accuracy_drop", allow_zero=True)
+    _check_clean_set(query, images, labels)
     weights = estimate.weights(low_pass)
     baseline = _accuracy(query, images, labels)
     tried = [StrengthTrial(0.0, baseline)]

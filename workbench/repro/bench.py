@@ -22,6 +22,7 @@ from workbench.core.mae_training import load_workbench_mae
 from workbench.core.query import QueryModel
 from workbench.core.runtime import resolve_device
 from workbench.core.training import get_or_train
+from workbench.core.validation import check_positive_int
 from workbench.defenses.bdmae import BDMAE
 from workbench.repro.presets import quickstart_config
 
@@ -47,6 +48,8 @@ def bench_bdmae(*, batch: int = 64, loop_images: int | None = None, device: str 
         loop_images: images timed in the one-at-a-time loop (default: the same `batch` images, so both
             timings see the same per-image costs).
     """
+    check_positive_int(batch, "batch")
+    check_positive_int(loop_images, "loop_images", optional=True)
     dev = resolve_device(device)
     config = quickstart_config("cpu")
     trained = get_or_train(config, device=str(dev))

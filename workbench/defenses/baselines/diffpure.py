@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from workbench.core.diffusion import Diffusion
 from workbench.core.runtime import image_generators
-from workbench.core.validation import WorkbenchError, check_images, check_name, check_positive_int
+from workbench.core.validation import WorkbenchError, check_fraction, check_images, check_name, check_positive_int
 
 SAMPLERS = ("ddpm", "sde")
 
@@ -111,24 +111,31 @@ class DiffPure:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        check_name("DiffPure sampler", self.sampler, SAMPLERS)
-        if not (isinstance(self.t_star, (int, float)) and 0 < self.t_star <= 1):
-            raise WorkbenchError(f"DiffPure t_star must be in (0, 1], got {self.t_star!r}")
+        self.check_settings(t_star=self.t_star, sampler=self.sampler, sde_steps=self.sde_steps,
+                            batch_size=self.batch_size)
         if round(self.t_star * self.diffusion.steps) < 1:
             raise WorkbenchError(f"t_star={self.t_star} is less than one of the model's {self.diffusion.steps} steps")
         if self.t_star > self.diffusion.max_time:
             raise WorkbenchError(f"t_star={self.t_star} exceeds the {self.diffusion.max_time} the diffusion model was "
                                  "trained up to; lower t_star or use a model trained on all noise levels")
-        check_positive_int(self.sde_steps, "DiffPure sde_steps", optional=True)
-        check_positive_int(self.batch_size, "DiffPure batch_size")
+
+    @staticmethod
+    def check_settings(*, t_star: float = 0.1, sampler: str = "ddpm", sde_steps: int | None = None,
+                       batch_size: int = 64) -> None:
+        """Check the settings that do not depend on the diffusion model (before it is loaded)."""
+        check_name("DiffPure sampler", sampler, SAMPLERS)
+        check_fraction(t_star, "DiffPure t_star")
+        check_positive_int(sde_steps, "DiffPure sde_steps", optional=True)
+        check_positive_int(batch_size, "DiffPure batch_size")
 
     def purify(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         """Purified images (N, C, H, W) in [0, 1]; image i draws its noise from (seed, i), so splitting a test set
         into calls changes nothing."""
         check_images(x)
-        out = [self._purify_batch(batch, seed, start) for start, batch in
-               zip(range(0, len(x), self.batch_size), x.split(self.batch_size), strict=True)]
-        return torch.cat(out) if out else x.clone()
+        if len(x) == 0:
+            raise WorkbenchError("images are empty: pass at least one image (N, C, H, W) to purify")
+        return torch.cat([self._purify_batch(batch, seed, start) for start, batch in
+                          zip(range(0, len(x), self.batch_size), x.split(self.batch_size), strict=True)])
 
     def _purify_batch(self, x: torch.Tensor, seed: int, first_index: int) -> torch.Tensor:
         size, channels = x.shape[-2:], x.shape[1]

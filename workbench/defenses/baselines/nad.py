@@ -41,7 +41,13 @@ from workbench.core.classifier import capture, input_shape_of
 from workbench.core.data import ImageDataset
 from workbench.core.models import StagedClassifier
 from workbench.core.runtime import child_seed
-from workbench.core.validation import WorkbenchError, check_positive, check_seed
+from workbench.core.validation import (
+    WorkbenchError,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    check_seed,
+)
 from workbench.defenses.baselines.finetune import (
     FineTuneConfig,
     check_defence_inputs,
@@ -91,6 +97,8 @@ class NADConfig:
     def __post_init__(self) -> None:
         for name in ("lr_milestones", "stages", "betas"):  # lists (from JSON) become tuples
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        check_positive_int(self.teacher_epochs, "NADConfig.teacher_epochs")
+        check_positive_int(self.epochs, "NADConfig.epochs")
         if not self.stages or any(not isinstance(s, str) for s in self.stages):
             raise WorkbenchError(f"NADConfig.stages must name at least one stage, got {self.stages!r}")
         if len(set(self.stages)) != len(self.stages):
@@ -99,8 +107,7 @@ class NADConfig:
             raise WorkbenchError(f"NADConfig needs one beta per stage: {len(self.stages)} stages {self.stages} but "
                                  f"{len(self.betas)} betas {self.betas}")
         for beta in self.betas:
-            if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
-                raise WorkbenchError(f"NADConfig.betas must be numbers >= 0, got {self.betas!r}")
+            check_non_negative(beta, "NADConfig.betas (each)")
         check_positive(self.p, "NADConfig.p")
         if self.distance not in ("mse", "l2"):
             raise WorkbenchError(f"NADConfig.distance must be 'mse' (public code) or 'l2' (paper), got "

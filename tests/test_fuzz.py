@@ -1,0 +1,209 @@
+"""Issue 25's fuzz suite: generated bad inputs at the public entry points (hypothesis).
+
+Every case must end in a `WorkbenchError` whose one-line message names the argument that was wrong; a bad input
+that gets through (a result) or fails inside torch (another exception) fails the test. Covered:
+- every registered defence (`workbench.defenses.available()`): every numeric setting of its constructor and of its
+  config dataclass, given NaN, infinities, a negative number, a string or a list;
+- every registered defence's entry point (`detect`, `purify`, `repair`, `train`) given corrupted images (wrong rank,
+  channels, size or dtype, NaN, values outside [0, 1], an empty batch) or corrupted labels (wrong length, out of
+  range, floating point, two-dimensional);
+- `workbench.core`: the metrics, `QueryModel`, every registered attack preset, `TrainConfig`'s numeric fields, the
+  artefact store's names, the validators;
+- the command line: bad numbers and names end with exit code 2 and a message, not a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workbench.core.artefacts import ArtefactStore
+from workbench.core.attacks import ATTACK_PRESETS, make_attack
+from workbench.core.metrics import attack_success_rate, backdoor_accuracy, clean_accuracy, confusion_matrix
+from workbench.core.models import build_model
+from workbench.core.query import QueryModel
+from workbench.core.training import TrainConfig
+from workbench.core.validation import WorkbenchError
+from workbench.defenses import available, create, describe
+from workbench.repro.cli import main
+
+FUZZ = settings(max_examples=40, deadline=None, database=None,  # no .hypothesis/ folder in the checkout
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+NOT_NUMBERS = (math.nan, math.inf, -math.inf, "1", [1])
+
+
+def _numeric_settings(name: str) -> list[str]:
+    """The numeric keyword settings of a registered defence: its constructor's and its config dataclass's."""
+    cls = describe(name).factory
+    defaults = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+                if p.default is not inspect.Parameter.empty}
+    config_class = getattr(cls, "config_class", None)
+    if dataclasses.is_dataclass(config_class):
+        defaults.update({f.name: f.default for f in dataclasses.fields(config_class)
+                         if f.default is not dataclasses.MISSING})
+    return sorted(k for k, v in defaults.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+DEFENCE_SETTINGS = [(name, setting) for name in available() for setting in _numeric_settings(name)]
+RESTORE_DATA = {"clean_images": torch.rand(4, 3, 32, 32), "clean_labels": torch.arange(4)}
+
+
+def _refused(call: Callable[[], object], argument: str | tuple[str, ...]) -> None:
+    """`call()` raises a one-line WorkbenchError naming `argument` (or one of several names)."""
+    with pytest.raises(WorkbenchError) as info:
+        call()
+    message = str(info.value)
+    names = (argument,) if isinstance(argument, str) else argument
+    assert "\n" not in message and any(n in message for n in names), message
+
+
+@pytest.mark.parametrize(("name", "setting"), DEFENCE_SETTINGS)
+@settings(max_examples=8, deadline=None, database=None)
+@given(bad=st.sampled_from((*NOT_NUMBERS, -1)))
+def test_defence_settings_refuse_non_numbers(name: str, setting: str, bad: Any) -> None:
+    if bad == -1 and setting == "seed":
+        return  # any integer is a seed
+    extra = RESTORE_DATA if name == "restore" else {}
+    _refused(lambda: create(name, **extra, **{setting: bad}), setting)
+
+
+# --- entry points with corrupted inputs -------------------------------------------------------------------------
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("lenet5", in_channels=3, num_classes=10, image_size=32).eval()
+
+
+MODEL = _model()
+IMAGES = torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+LABELS = torch.arange(10)
+
+IMAGE_CORRUPTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "one image without batch dimension": lambda x: x[0],
+    "one channel": lambda x: x[:, :1],
+    "16x16 pixels": lambda x: x[:, :, :16, :16],
+    "uint8": lambda x: (x * 255).to(torch.uint8),
+    "0..255 floats": lambda x: x * 255,
+    "negative values": lambda x: x - 0.5,
+    "a NaN": lambda x: x.clone().index_put_((torch.tensor([0]),), torch.tensor(math.nan)),
+    "empty batch": lambda x: x[:0],
+}
+LABEL_CORRUPTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "one label": lambda y: y[:1],
+    "out of range": lambda y: y + 12,
+    "negative": lambda y: y - 20,
+    "floating point": lambda y: y.float(),
+    "two-dimensional": lambda y: y[:, None],
+}
+
+
+def _entry_point(name: str, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], object]:
+    kind = describe(name).kind
+    if kind == "detector":
+        return lambda: create(name).detect(MODEL, images, labels)
+    if kind == "purifier":
+        if name == "restore":
+            return lambda: create(name, clean_images=images, clean_labels=labels).purify(MODEL, IMAGES)
+        return lambda: create(name).purify(MODEL, images)
+    if kind == "repair":
+        return lambda: create(name).repair(MODEL, (images, labels))
+    return lambda: create(name).train(MODEL, (images, labels))
+
+
+@FUZZ
+@given(name=st.sampled_from(available()), corruption=st.sampled_from(list(IMAGE_CORRUPTIONS)))
+def test_entry_points_refuse_corrupted_images(name: str, corruption: str) -> None:
+    images = IMAGE_CORRUPTIONS[corruption](IMAGES)
+    _refused(_entry_point(name, images, LABELS[:len(images)] if images.ndim == 4 else LABELS), ("images", "holdout"))
+
+
+LABELLED = [name for name in available() if describe(name).kind != "purifier" or name == "restore"]
+
+
+@FUZZ
+@given(name=st.sampled_from(LABELLED), corruption=st.sampled_from(list(LABEL_CORRUPTIONS)))
+def test_entry_points_refuse_corrupted_labels(name: str, corruption: str) -> None:
+    _refused(_entry_point(name, IMAGES, LABEL_CORRUPTIONS[corruption](LABELS)), "labels")
+
+
+# --- workbench.core ------------------------------------------------------------------------------------------------
+
+@FUZZ
+@given(corruption=st.sampled_from(list(IMAGE_CORRUPTIONS)),
+       metric=st.sampled_from(["clean_accuracy", "backdoor_accuracy", "attack_success_rate", "query"]))
+def test_metrics_and_queries_refuse_corrupted_images(corruption: str, metric: str) -> None:
+    images = IMAGE_CORRUPTIONS[corruption](IMAGES)
+    labels = LABELS[:len(images)] if images.ndim == 4 else LABELS
+    calls = {"clean_accuracy": lambda: clean_accuracy(MODEL, images, labels),
+             "backdoor_accuracy": lambda: backdoor_accuracy(MODEL, images, labels),
+             "attack_success_rate": lambda: attack_success_rate(MODEL, images, 0),
+             "query": lambda: QueryModel(MODEL, "logits").logits(images)}
+    _refused(calls[metric], "images")
+
+
+@FUZZ
+@given(corruption=st.sampled_from(list(LABEL_CORRUPTIONS)))
+def test_metrics_refuse_corrupted_labels(corruption: str) -> None:
+    labels = LABEL_CORRUPTIONS[corruption](LABELS)
+    _refused(lambda: clean_accuracy(MODEL, IMAGES, labels), "labels")
+    _refused(lambda: confusion_matrix(LABELS, labels, 10), ("true", "predicted"))
+
+
+@FUZZ
+@given(target=st.sampled_from([True, -1, 10, 12, 1.5, "0", None]))
+def test_attack_success_rate_refuses_bad_targets(target: Any) -> None:
+    _refused(lambda: attack_success_rate(MODEL, IMAGES, target), "target")
+
+
+@FUZZ
+@given(preset=st.sampled_from(sorted(ATTACK_PRESETS)), corruption=st.sampled_from(list(IMAGE_CORRUPTIONS)))
+def test_attacks_refuse_corrupted_images(preset: str, corruption: str) -> None:
+    images = IMAGE_CORRUPTIONS[corruption](IMAGES)
+    if corruption in ("one channel", "16x16 pixels", "empty batch"):
+        return  # valid inputs for an attack (it adapts to the image's size and channels)
+    _refused(lambda: make_attack(preset)(images), "images")
+
+
+TRAIN_NUMBERS = [f.name for f in dataclasses.fields(TrainConfig)
+                 if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)]
+
+
+@FUZZ
+@given(field=st.sampled_from(TRAIN_NUMBERS), bad=st.sampled_from(NOT_NUMBERS))
+def test_train_config_refuses_non_numbers(field: str, bad: Any) -> None:
+    _refused(lambda: TrainConfig("cifar10", "lenet5", **{field: bad}), field)
+
+
+@FUZZ
+@given(name=st.sampled_from(["", ".", "..", "../x", "/abs", "a/b", "a\\b", "a\0b"]),
+       which=st.sampled_from(["kind", "key"]))
+def test_artefact_store_names_stay_inside_their_folder(tmp_path_factory: pytest.TempPathFactory, name: str,
+                                                       which: str) -> None:
+    store = ArtefactStore(tmp_path_factory.mktemp("store"), read_only_roots=[])
+    address = {"kind": "models", "key": "0123abcd"} | {which: name}
+    _refused(lambda: store.save(address["kind"], address["key"], {"w": torch.zeros(1)}, {}, {}),
+             f"artefact {which}")
+
+
+@pytest.mark.parametrize(("argv", "argument"), [
+    (["bench", "bdmae", "--batch", "0"], "batch"),
+    (["bench", "bdmae", "--batch", "-3"], "batch"),
+    (["bench", "bdmae", "--loop-images", "0"], "loop_images"),
+    (["matrix", "--scale", "smoke", "--defences", "no-such-defence"], "no-such-defence"),
+    (["matrix", "no-such-model", "--scale", "smoke"], "no-such-model"),
+    (["reproduce", "no-such-paper", "--scale", "smoke"], "no-such-paper"),
+    (["bench", "bdmae", "--device", "tpu"], "device"),
+])
+def test_cli_refuses_bad_arguments_with_a_message(argv: list[str], argument: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and argument in error and "Traceback" not in error
