@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
+from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.attacks import SIG, WaNet
+from workbench.core.attacks.input_aware import InputAware
 from workbench.core.mae import MAEArchitecture, MAERestorer, MaskedAutoencoderViT
 from workbench.core.metrics import attack_success_rate, clean_accuracy, confusion_matrix
 from workbench.core.models import build_model
@@ -19,6 +23,8 @@ from workbench.core.validation import WorkbenchError
 from workbench.defenses.bdmae import BDMAE, BDMAEConfig
 from workbench.defenses.lred import detect
 from workbench.defenses.restore import Purifier, TriggerEstimate, calibrate_alpha, select_purifier
+from workbench.repro.results import record_table
+from workbench.repro.runner import reproduce
 
 MAE16 = MAEArchitecture(img_size=16, patch_size=4, in_chans=3, embed_dim=16, depth=1, num_heads=2,
                         decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
@@ -83,3 +89,35 @@ def test_bad_input_is_refused_naming_the_argument(case: str) -> None:
 def test_float64_images_are_converted_not_refused() -> None:
     """Documented conversion: float64 images are evaluated as float32 (the model's dtype)."""
     assert clean_accuracy(MODEL, X.double(), Y) == clean_accuracy(MODEL, X, Y)
+
+
+def test_a_restorer_that_returns_nan_is_an_error_not_an_unpurified_image() -> None:
+    class NaNRestorer(MAERestorer):
+        def predict(self, x: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+            return torch.full_like(x, math.nan)
+
+    defence = BDMAE(QueryModel(MODEL), NaNRestorer(MaskedAutoencoderViT(MAE16)))
+    with pytest.raises(WorkbenchError, match="the restorer returned NaN"):
+        defence.purify(X[:2])
+
+
+def test_names_that_become_paths_stay_inside_their_folder(tmp_path: Path) -> None:
+    table = pd.DataFrame({"a": [1]})
+    with pytest.raises(WorkbenchError, match="notebook must be a plain file name"):
+        record_table(table, notebook="../../x", name="t", results_dir=tmp_path / "results")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "keep__me.json").write_text("{}")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results").symlink_to(outside)  # a results folder that leads out of the output folder
+    with pytest.raises(WorkbenchError, match="outside"):
+        reproduce(["quickstart"], scale="smoke", output_dir=tmp_path / "out", progress=False)
+    assert (outside / "keep__me.json").is_file()  # nothing deleted there
+
+
+def test_iab_generators_that_do_not_fit_are_an_error(isolated_cache: Path) -> None:
+    identity = {"iab": "generators of another width"}
+    key = config_key(identity)
+    ArtefactStore().save("iab", key, {"pattern.weight": torch.zeros(1), "mask.weight": torch.zeros(1)}, identity, {})
+    with pytest.raises(WorkbenchError, match="retrain them with get_or_train_input_aware"):
+        InputAware(artefact_key=key, channels=3, generator_width=16).mask(X[:1])

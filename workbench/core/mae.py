@@ -298,7 +298,11 @@ class MAERestorer:
             raise WorkbenchError(f"token masks must have shape ({x.shape[0]}, {self.grid ** 2}) for this "
                                  f"{self.grid}x{self.grid}-token MAE, got {tuple(token_mask.shape)}")
         m = self.pixel_mask(token_mask, *x.shape[2:]).to(x.device)
-        return x * (1 - m) + self.predict(x, token_mask) * m, m
+        predicted = self.predict(x, token_mask)
+        if not bool(torch.isfinite(predicted).all()):  # else BDMAE's scores turn NaN and restore nothing
+            raise WorkbenchError("the restorer returned NaN or infinite pixels; check the MAE's weights "
+                                 "(workbench.core.mae_training trains and verifies them)")
+        return x * (1 - m) + predicted * m, m
 
 
 def _length_chunks(lengths: torch.Tensor, batch_size: int, min_saving: float = 0.08) -> list[slice]:

@@ -406,9 +406,6 @@ class BDMAE:
         gens = image_generators(seed, first_index, len(x))
         y0 = self.classifier.labels(x)
         s_img0, s_lab0 = self.trigger_scores(x, y0, gens)
-        if not bool(torch.isfinite(s_img0).all()):  # else a NaN score would restore nothing and pass x through
-            raise WorkbenchError("BDMAE's image-based trigger scores are not finite: the restorer returned NaN or "
-                                 "infinite pixels; check the MAE's weights (workbench.core.mae_training)")
         refinement = Refinements()
         s_img, s_lab = s_img0.clone(), s_lab0.clone()
         if cfg.refine and cfg.refine_steps > 0:
