@@ -7,8 +7,9 @@ that gets through (a result) or fails inside torch (another exception) fails the
 - every registered defence's entry point (`detect`, `purify`, `repair`, `train`) given corrupted images (wrong rank,
   channels, size or dtype, NaN, values outside [0, 1], an empty batch) or corrupted labels (wrong length, out of
   range, floating point, two-dimensional);
-- `workbench.core`: the metrics, `QueryModel`, every registered attack preset, `TrainConfig`'s numeric fields, the
-  artefact store's names, the validators;
+- `workbench.core`: the metrics, `QueryModel`, a wrapped model, PGD, the MAE restorer, SSIM, every registered
+  attack preset (corrupted images) and attack family (every numeric setting), `TrainConfig`'s numeric fields, the
+  artefact store's names;
 - the command line: bad numbers and names end with exit code 2 and a message, not a traceback.
 """
 
@@ -26,18 +27,31 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workbench.core.artefacts import ArtefactStore
-from workbench.core.attacks import ATTACK_PRESETS, make_attack
-from workbench.core.metrics import attack_success_rate, backdoor_accuracy, clean_accuracy, confusion_matrix
+from workbench.core.attacks import ATTACK_FAMILIES, ATTACK_PRESETS, make_attack
+from workbench.core.attacks.adversarial import pgd_perturb
+from workbench.core.classifier import wrap
+from workbench.core.mae import MAEArchitecture, MAERestorer, MaskedAutoencoderViT
+from workbench.core.metrics import (
+    attack_success_rate,
+    backdoor_accuracy,
+    clean_accuracy,
+    confusion_matrix,
+    patch_position_asr,
+    predict_labels,
+)
 from workbench.core.models import build_model
 from workbench.core.query import QueryModel
 from workbench.core.training import TrainConfig
 from workbench.core.validation import WorkbenchError
 from workbench.defenses import available, create, describe
+from workbench.defenses.bdmae import ssim_map
 from workbench.repro.cli import main
 
 FUZZ = settings(max_examples=40, deadline=None, database=None,  # no .hypothesis/ folder in the checkout
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 NOT_NUMBERS = (math.nan, math.inf, -math.inf, "1", [1])
+MAE32 = MAEArchitecture(img_size=32, patch_size=4, in_chans=3, embed_dim=16, depth=1, num_heads=2,
+                        decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
 
 
 def _numeric_settings(name: str) -> list[str]:
@@ -207,3 +221,37 @@ def test_cli_refuses_bad_arguments_with_a_message(argv: list[str], argument: str
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and argument in error and "Traceback" not in error
+
+
+def _attack_numbers() -> list[tuple[str, str]]:
+    """(family, numeric field) of every registered attack family."""
+    return [(family, f.name) for family, cls in sorted(ATTACK_FAMILIES.items()) for f in dataclasses.fields(cls)
+            if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)]
+
+
+@pytest.mark.parametrize(("family", "field"), _attack_numbers())
+@settings(max_examples=6, deadline=None, database=None)
+@given(bad=st.sampled_from(NOT_NUMBERS))
+def test_attack_settings_refuse_non_numbers(family: str, field: str, bad: Any) -> None:
+    _refused(lambda: make_attack(family, **{field: bad}), field)
+
+
+CORE_IMAGE_FUNCTIONS: dict[str, Callable[[torch.Tensor], object]] = {
+    "predict_labels": lambda x: predict_labels(MODEL, x),
+    "patch_position_asr": lambda x: patch_position_asr(MODEL, x, torch.ones(3, 3, 3), 0),
+    "pgd_perturb": lambda x: pgd_perturb(MODEL, x, LABELS[:len(x)], epsilon=0.03, steps=1),
+    "MAERestorer.restore": lambda x: MAERestorer(MaskedAutoencoderViT(MAE32)).restore(
+        x, torch.ones(len(x), 64, dtype=torch.bool)),
+    "ssim_map": lambda x: ssim_map(x, x),
+    "wrap(...) queried": lambda x: QueryModel(wrap(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10)),
+                                                   num_classes=10, input_size=32)).labels(x),
+}
+
+
+@FUZZ
+@given(function=st.sampled_from(list(CORE_IMAGE_FUNCTIONS)), corruption=st.sampled_from(list(IMAGE_CORRUPTIONS)))
+def test_core_image_functions_refuse_corrupted_images(function: str, corruption: str) -> None:
+    images = IMAGE_CORRUPTIONS[corruption](IMAGES)
+    if function in ("ssim_map", "MAERestorer.restore") and corruption in ("one channel", "empty batch", "16x16 pixels"):
+        return  # valid for these (any channel count and size: the MAE resizes; an empty batch, an empty result)
+    _refused(lambda: CORE_IMAGE_FUNCTIONS[function](images), ("images", "x"))

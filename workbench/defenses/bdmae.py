@@ -242,6 +242,11 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float
     al.'s SSIM as scikit-image computes it (`gaussian_weights=True, use_sample_covariance=False`) to 1e-6.
     """
     c = x.shape[1]
+    check_images(x, name="x")
+    if not isinstance(y, torch.Tensor) or y.shape != x.shape or not bool(torch.isfinite(y).all()):
+        # y may leave [0, 1]: BDMAE compares with the MAE's unclipped restoration (authors' code)
+        raise WorkbenchError(f"y must be a finite tensor of x's shape {tuple(x.shape)}, got "
+                             f"{tuple(getattr(y, 'shape', ()))}")
     accumulate = torch.float32 if x.device.type == "mps" else torch.float64  # Apple's MPS has no float64
     kernel = gaussian_window(window, sigma, accumulate).to(x.device).expand(c, 1, window, window)
     pad = window // 2

@@ -504,6 +504,19 @@ def _table(kind: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def matrix_defences(preset: MatrixPreset, defences: Sequence[str] | None = None) -> list[str]:
+    """The defences of a matrix, detectors first (REStore's purifier reuses its diagnosis): `defences`, or every
+    registered detector, purifier and repair but the preset's `skipped`. An unknown name or a training-time defence
+    is refused here, before any model is loaded."""
+    names = (list(defences) if defences is not None else
+             [name for kind in KINDS for name in available(kind) if name not in preset.skipped])
+    for name in names:
+        if describe(name).kind not in KINDS:
+            raise WorkbenchError(f"{name!r} is a {describe(name).kind}-time defence: it trains a model on the poisoned "
+                                 f"training set, so it has no cell in the matrix; choose among {', '.join(KINDS)}s")
+    return sorted(names, key=lambda name: KINDS.index(describe(name).kind))
+
+
 def run_matrix(subjects: Sequence[Subject], preset: MatrixPreset, folder: str | Path, *,
                defences: Sequence[str] | None = None, seed: int = 0, progress: bool = True,
                scale: str = "") -> Matrix:
@@ -513,13 +526,7 @@ def run_matrix(subjects: Sequence[Subject], preset: MatrixPreset, folder: str | 
     model. `scale` only names the preset in the tables' captions."""
     from tqdm.auto import tqdm
 
-    names = (list(defences) if defences is not None else
-             [name for kind in KINDS for name in available(kind) if name not in preset.skipped])
-    for name in names:
-        if describe(name).kind not in KINDS:  # an unknown name or a training-time defence fails before any work
-            raise WorkbenchError(f"{name!r} is a {describe(name).kind}-time defence: it trains a model on the poisoned "
-                                 f"training set, so it has no cell in the matrix; choose among {', '.join(KINDS)}s")
-    names.sort(key=lambda name: KINDS.index(describe(name).kind))  # detectors first: REStore reuses its diagnosis
+    names = matrix_defences(preset, defences)
     folder = Path(folder)
     cells: list[Cell] = []
     rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
@@ -563,6 +570,7 @@ def build_matrix(scale: str, *, subjects: Sequence[str] | None = None, defences:
 
     preset = pick(scale, MATRIX_PRESETS)
     folder = Path(folder) if folder is not None else default_folder(scale)
+    matrix_defences(preset, defences)  # bad names fail before the subjects load (or train)
     loaded = load_subjects(subjects, preset, scale, seed=seed, device=device)
     matrix = run_matrix(loaded, preset, folder, defences=defences, seed=seed, progress=progress, scale=scale)
     figure = matrix_figure(matrix.detections, matrix.purifications, matrix.repairs,

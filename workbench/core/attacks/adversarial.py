@@ -11,7 +11,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.core.validation import check_fraction, check_images, check_positive_int
+from workbench.core.classifier import num_classes_of
+from workbench.core.validation import (
+    WorkbenchError,
+    check_fraction,
+    check_images,
+    check_labels,
+    check_positive,
+    check_positive_int,
+)
 
 
 def pgd_perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: float, steps: int,
@@ -29,10 +37,15 @@ def pgd_perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: 
     Returns:
         Perturbed images in [0, 1] with ||x' - x||_inf <= epsilon.
     """
-    check_images(x)
+    shape = getattr(model, "input_shape", None)  # checked against the model's declared input when it has one
+    check_images(x, channels=shape[0] if shape else None, size=tuple(shape[1:]) if shape else None)
+    if len(x) == 0:
+        raise WorkbenchError("images are empty: pass at least one image to perturb")
+    check_labels(y, len(x), num_classes_of(model, input_shape=tuple(x.shape[1:])))
     check_fraction(epsilon, "epsilon")
     check_positive_int(steps, "steps")
-    step_size = 2.5 * epsilon / steps if step_size is None else step_size
+    check_positive_int(batch_size, "batch_size")
+    step_size = 2.5 * epsilon / steps if step_size is None else check_positive(step_size, "step_size")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -16,9 +16,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from workbench.core.validation import WorkbenchError, check_images, check_name
+from workbench.core.validation import WorkbenchError, check_images, check_name, check_positive_int, check_seed
 
 ATTACK_FAMILIES: dict[str, type[Attack]] = {}
+#: fields that several families share, and what each must be
+_POSITION_FIELDS, _SIZE_FIELDS = ("row", "col"), ("channels", "generator_width")
 ATTACK_PRESETS: dict[str, Callable[[], Attack]] = {}
 PRESET_NOTES: dict[str, str] = {}
 
@@ -35,6 +37,14 @@ class Attack:
         super().__init_subclass__(**kwargs)
         if cls.family:
             ATTACK_FAMILIES[cls.family] = cls
+        own_check = cls.__dict__.get("__post_init__")
+
+        def __post_init__(self: Attack) -> None:  # every family checks its common fields, then its own
+            _check_common_fields(self)
+            if own_check is not None:
+                own_check(self)
+
+        cls.__post_init__ = __post_init__
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Return the triggered images (a new tensor on `x`'s device).
@@ -73,6 +83,22 @@ class Attack:
 
     def _build_pattern(self, channels: int, height: int, width: int) -> Any:
         raise NotImplementedError
+
+
+def _check_common_fields(attack: Attack) -> None:
+    """Seeds are integers, patch positions integers (or None = the family's default), channel counts and widths
+    positive integers: checked for every family, whatever its own `__post_init__` checks."""
+    family = type(attack).__name__
+    for f in dataclasses.fields(attack):
+        value = getattr(attack, f.name)
+        if f.name == "seed" or f.name.endswith("_seed"):
+            check_seed(value, f"{family} {f.name}")
+        elif f.name in _POSITION_FIELDS and value is not None and (isinstance(value, bool)
+                                                                   or not isinstance(value, int)):
+            raise WorkbenchError(f"{family} {f.name} must be an integer pixel index (negative counts from the end) "
+                                 f"or None, got {value!r}")
+        elif f.name in _SIZE_FIELDS:
+            check_positive_int(value, f"{family} {f.name}")
 
 
 def register_preset(name: str, note: str) -> Callable[[Callable[[], Attack]], Callable[[], Attack]]:
