@@ -27,9 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workbench.core.artefacts import ArtefactStore
-from workbench.core.attacks import ATTACK_FAMILIES, ATTACK_PRESETS, make_attack
+from workbench.core.attacks import ATTACK_FAMILIES, ATTACK_PRESETS, PoisonConfig, make_attack
 from workbench.core.attacks.adversarial import pgd_perturb
+from workbench.core.attacks.latent import mean_latent
 from workbench.core.classifier import wrap
+from workbench.core.data import load_splits
 from workbench.core.mae import MAEArchitecture, MAERestorer, MaskedAutoencoderViT
 from workbench.core.metrics import (
     attack_success_rate,
@@ -41,9 +43,11 @@ from workbench.core.metrics import (
 )
 from workbench.core.models import build_model
 from workbench.core.query import QueryModel
+from workbench.core.runtime import make_generator
 from workbench.core.training import TrainConfig
 from workbench.core.validation import WorkbenchError
-from workbench.defenses import available, create, describe
+from workbench.defenses import available, create, describe, lred, restore, trap_replace
+from workbench.defenses.baselines.februus import class_activation_map
 from workbench.defenses.bdmae import ssim_map
 from workbench.repro.cli import main
 
@@ -255,3 +259,72 @@ def test_core_image_functions_refuse_corrupted_images(function: str, corruption:
     if function in ("ssim_map", "MAERestorer.restore") and corruption in ("one channel", "empty batch", "16x16 pixels"):
         return  # valid for these (any channel count and size: the MAE resizes; an empty batch, an empty result)
     _refused(lambda: CORE_IMAGE_FUNCTIONS[function](images), ("images", "x"))
+
+
+ATTACK = make_attack("bdmae_badnets_colour")
+CORE_SETTINGS: dict[str, tuple[Callable[[Any], object], str]] = {
+    "PoisonConfig ratio": (lambda bad: PoisonConfig(ATTACK, target=0, ratio=bad), "ratio"),
+    "PoisonConfig target": (lambda bad: PoisonConfig(ATTACK, target=bad, ratio=0.1), "target"),
+    "PoisonConfig noise_ratio": (lambda bad: PoisonConfig(ATTACK, target=0, ratio=0.1, noise_ratio=bad),
+                                 "noise_ratio"),
+    "PoisonConfig seed": (lambda bad: PoisonConfig(ATTACK, target=0, ratio=0.1, seed=bad), "seed"),
+    "QueryModel batch_size": (lambda bad: QueryModel(MODEL, batch_size=bad), "batch_size"),
+    "QueryModel num_classes": (lambda bad: QueryModel(MODEL, num_classes=bad), "num_classes"),
+    "MAERestorer batch_size": (lambda bad: MAERestorer(MaskedAutoencoderViT(MAE32), batch_size=bad), "batch_size"),
+    "wrap num_classes": (lambda bad: wrap(torch.nn.Linear(2, 2), num_classes=bad, input_size=32), "num_classes"),
+    "wrap input_size": (lambda bad: wrap(torch.nn.Linear(2, 2), num_classes=10, input_size=bad), "input_size"),
+    "build_model num_classes": (lambda bad: build_model("lenet5", in_channels=3, num_classes=bad, image_size=32),
+                                "num_classes"),
+    "load_splits holdout_fraction": (lambda bad: load_splits("cifar10", holdout_fraction=bad), "holdout_fraction"),
+    "load_splits train_size": (lambda bad: load_splits("cifar10", train_size=bad), "train_size"),
+    "make_generator seed": (lambda bad: make_generator(bad), "seed"),
+}
+
+
+@FUZZ
+@given(case=st.sampled_from(list(CORE_SETTINGS)), bad=st.sampled_from(NOT_NUMBERS))
+def test_core_settings_refuse_non_numbers(case: str, bad: Any) -> None:
+    build, argument = CORE_SETTINGS[case]
+    _refused(lambda: build(bad), argument)
+
+
+# --- the methods' own entry functions (below the registered interface) ----------------------------------------------
+
+SETUP = restore.RestoreSetup("PI", 0.2)
+TINY_SPLITTING = {"particles": 4, "survivors": 2, "passes": 1, "max_levels": 2}
+DEFENCE_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {
+    "lred.detect": lambda x, y: lred.detect(MODEL, x, y, num_classes=10),
+    "lred.estimate_patterns": lambda x, y: lred.estimate_patterns(MODEL, x, y, torch.tensor([0]),
+                                                                  torch.ones(1, 10, dtype=torch.bool)),
+    "lred.detection_images": lambda x, y: lred.detection_images(x, y, 1, 10),
+    "restore.clean_sets": lambda x, y: restore.clean_sets(QueryModel(MODEL), x, y, [0], per_set=1),
+    "restore.calibrate_alpha": lambda x, y: restore.calibrate_alpha(QueryModel(MODEL), "PI", x, y),
+    "restore.diagnose": lambda x, y: restore.diagnose(
+        QueryModel(MODEL, "probs"), x, y, SETUP, classes=[0], per_set=1,
+        config=restore.splitting_config(SETUP, (3, 32, 32), **TINY_SPLITTING)),
+    "restore.recovered_asr": lambda x, y: restore.recovered_asr(QueryModel(MODEL), SETUP, torch.zeros(2, 3, 32, 32),
+                                                                x, y, 0),
+    "restore.select_purifier": lambda x, y: restore.select_purifier(QueryModel(MODEL), ESTIMATE, x, y),
+    "restore.estimate_trigger": lambda x, y: restore.estimate_trigger(SETUP, torch.zeros(2, 3, 32, 32), x),
+    "trap_replace.stem_features": lambda x, y: trap_replace.stem_features(MODEL, x),
+    "trap_replace.scatters_by_source": lambda x, y: trap_replace.scatters_by_source(MODEL, x, y, x, 0),
+    "februus.class_activation_map": lambda x, y: class_activation_map(MODEL, x),
+    "latent.mean_latent": lambda x, y: mean_latent(MODEL, x, MODEL.default_split),
+}
+ESTIMATE = restore.TriggerEstimate(mean=torch.full((3, 32, 32), 0.1), snr=torch.full((3, 32, 32), 3.0))
+
+
+@FUZZ
+@given(function=st.sampled_from(list(DEFENCE_FUNCTIONS)), corruption=st.sampled_from(list(IMAGE_CORRUPTIONS)))
+def test_defence_functions_refuse_corrupted_images(function: str, corruption: str) -> None:
+    images = IMAGE_CORRUPTIONS[corruption](IMAGES)
+    labels = LABELS[:len(images)] if images.ndim == 4 else LABELS
+    _refused(lambda: DEFENCE_FUNCTIONS[function](images, labels), ("images", "x", "clean"))
+
+
+@FUZZ
+@given(function=st.sampled_from([f for f in DEFENCE_FUNCTIONS if not f.endswith(("stem_features", "activation_map",
+                                                                                "mean_latent", "estimate_trigger"))]),
+       corruption=st.sampled_from(list(LABEL_CORRUPTIONS)))
+def test_defence_functions_refuse_corrupted_labels(function: str, corruption: str) -> None:
+    _refused(lambda: DEFENCE_FUNCTIONS[function](IMAGES, LABEL_CORRUPTIONS[corruption](LABELS)), ("labels", "y"))

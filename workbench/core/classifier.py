@@ -100,6 +100,8 @@ def wrap(model: nn.Module, *, num_classes: int, input_size: int | tuple[int, int
 
 
 def _size_pair(size: int | tuple[int, int], name: str) -> tuple[int, int]:
+    if not isinstance(size, (int, tuple, list)):
+        raise WorkbenchError(f"{name} must be an int or (height, width), got {size!r}")
     pair = (size, size) if isinstance(size, int) else tuple(size)
     if len(pair) != 2:
         raise WorkbenchError(f"{name} must be an int or (height, width), got {size!r}")

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.core.validation import WorkbenchError, check_name
+from workbench.core.validation import WorkbenchError, check_name, check_positive_int
 
 
 class Normalize(nn.Module):
@@ -224,6 +224,8 @@ def build_model(name: str, *, in_channels: int, num_classes: int, image_size: in
         **options: model-specific options (e.g. `widths` for "resnet_small").
     """
     check_name("model", name, MODELS)
+    for value, what in ((in_channels, "in_channels"), (num_classes, "num_classes"), (image_size, "image_size")):
+        check_positive_int(value, what)
     if in_channels < 1 or num_classes < 2 or image_size < 8:
         raise WorkbenchError(f"model {name}: need in_channels >= 1, num_classes >= 2, image_size >= 8; got "
                              f"{in_channels}, {num_classes}, {image_size}")

@@ -23,7 +23,14 @@ from workbench.core.attacks.patches import BadNets, per_class_triggers
 from workbench.core.data import ImageDataset
 from workbench.core.runtime import make_generator
 from workbench.core.storage import canonical_json
-from workbench.core.validation import WorkbenchError, check_class, check_fraction, check_positive_int
+from workbench.core.validation import (
+    WorkbenchError,
+    check_class,
+    check_fraction,
+    check_non_negative,
+    check_positive_int,
+    check_seed,
+)
 
 _CHUNK = 4096  # images triggered per step: bounds the float copy's memory on 50,000-image sets
 
@@ -104,8 +111,10 @@ class PoisonConfig:
             object.__setattr__(self, "sources", tuple(sorted(set(self.sources))))
             if self.target in self.sources:
                 raise WorkbenchError(f"target class {self.target} cannot also be a source class")
-        if self.noise_ratio < 0:
-            raise WorkbenchError(f"noise_ratio must be >= 0, got {self.noise_ratio}")
+        check_non_negative(self.noise_ratio, "noise_ratio", meaning_of_zero="0 = no noise-mode images")
+        if isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0:
+            raise WorkbenchError(f"target must be a class index (an integer >= 0), got {self.target!r}")
+        check_seed(self.seed, "PoisonConfig seed")
         if self.noise_ratio > 0 and not self.attack.has_noise_mode:
             raise WorkbenchError(f"attack {self.attack.family!r} has no noise mode; set noise_ratio=0")
         if self.adversarial is not None and not self.clean_label:
