@@ -317,6 +317,8 @@ ESTIMATE = restore.TriggerEstimate(mean=torch.full((3, 32, 32), 0.1), snr=torch.
 @FUZZ
 @given(function=st.sampled_from(list(DEFENCE_FUNCTIONS)), corruption=st.sampled_from(list(IMAGE_CORRUPTIONS)))
 def test_defence_functions_refuse_corrupted_images(function: str, corruption: str) -> None:
+    if function == "lred.detection_images" and corruption in ("one channel", "16x16 pixels", "uint8"):
+        return  # valid: it only draws from the caller's set (uint8 is its documented conversion)
     images = IMAGE_CORRUPTIONS[corruption](IMAGES)
     labels = LABELS[:len(images)] if images.ndim == 4 else LABELS
     _refused(lambda: DEFENCE_FUNCTIONS[function](images, labels), ("images", "x", "clean"))

@@ -145,6 +145,16 @@ def num_classes_of(model: nn.Module, num_classes: int | None = None,
     return int(produced)
 
 
+def check_model_images(model: nn.Module, images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """A non-empty image batch (N, C, H, W) in [0, 1], of the channels and size the model declares if it declares
+    them (`input_shape`; any nn.Module is accepted, a foreign one unchecked for shape)."""
+    shape = getattr(model, "input_shape", None)
+    check_images(images, channels=shape[0] if shape else None, size=tuple(shape[1:]) if shape else None, name=name)
+    if len(images) == 0:
+        raise WorkbenchError(f"{name} are empty: pass at least one image")
+    return images
+
+
 def check_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None = None, *,
                      num_classes: int | None = None, name: str = "images") -> int:
     """Check that `images` (N, C, H, W) in [0, 1] (and `labels` (N,), in range) fit `model`; return the class

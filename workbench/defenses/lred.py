@@ -36,7 +36,7 @@ from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.core.classifier import num_classes_of
+from workbench.core.classifier import check_model_images, num_classes_of
 from workbench.core.runtime import make_generator
 from workbench.core.validation import (
     WorkbenchError,
@@ -141,7 +141,7 @@ def estimate_patterns(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target
         An `EstimationResult` (tensors on the CPU).
     """
     config = config or LREDConfig()
-    check_images(x, name="detection images")
+    check_model_images(model, x, "detection images")
     if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 0:
         raise WorkbenchError(f"snapshot_every must be an integer >= 0 (0: no snapshots), got {snapshot_every!r}")
     num_classes = sources.shape[1] if sources.ndim == 2 else -1
@@ -321,9 +321,7 @@ def detect(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
     `snapshot_every` keeps the patterns along the way (see `estimate_patterns`).
     """
     config = config or LREDConfig()
-    check_images(x, name="detection images")
-    if len(x) == 0:
-        raise WorkbenchError("detection images are empty: pass clean images of every class")
+    check_model_images(model, x, "detection images")
     num_classes = num_classes_of(model, num_classes, input_shape=tuple(x.shape[1:]))  # must match the model's logits
     check_labels(y, len(x), num_classes)
     targets, sources = estimation_problems(method, num_classes)
@@ -349,6 +347,14 @@ def detection_images(images: torch.Tensor, labels: torch.Tensor, per_class: int,
         WorkbenchError: if a class has fewer than `per_class` images.
     """
     check_positive_int(per_class, "per_class")
+    check_positive_int(num_classes, "num_classes")
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:  # the documented conversion, on the subset
+        check_images(images[:1].float() / 255)
+        if images.ndim != 4:
+            raise WorkbenchError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    else:
+        check_images(images)
+    check_labels(labels, len(images), num_classes)
     gen = make_generator(seed)
     chosen = []
     for cls in range(num_classes):

@@ -207,6 +207,7 @@ def clean_sets(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, cl
     Returns:
         (len(classes), per_set, C, H, W).
     """
+    _check_clean_set(query, images, labels)
     pick = _round_robin(query, images, labels, seed)
     return torch.stack([images[pick(per_set, exclude=c)] for c in classes])
 
@@ -465,6 +466,9 @@ def recovered_asr(query: QueryModel, setup: RestoreSetup, realisations: torch.Te
     a single recovered perturbation."""
     if len(realisations) == 0:
         raise WorkbenchError("no realisations to test: the splitting run ended without survivors")
+    _check_clean_set(query, images, labels)
+    check_class(target, query.num_classes_for(images), "target")
+    _check_realisations(realisations, images)
     keep = labels != target
     x = images[keep]
     gen = make_generator(seed)
@@ -506,8 +510,20 @@ class TriggerEstimate:
         return row, col
 
 
+def _check_realisations(realisations: torch.Tensor, images: torch.Tensor) -> None:
+    """Realisations (R, C', H, W) of the images' size, with their channels or one (a greyscale search)."""
+    if (not isinstance(realisations, torch.Tensor) or realisations.ndim != 4
+            or realisations.shape[2:] != images.shape[2:] or realisations.shape[1] not in (1, images.shape[1])):
+        raise WorkbenchError(f"realisations must have shape (R, {images.shape[1]} or 1, {images.shape[2]}, "
+                             f"{images.shape[3]}) for these images, got {tuple(getattr(realisations, 'shape', ()))}")
+
+
 def estimate_trigger(setup: RestoreSetup, realisations: torch.Tensor, clean: torch.Tensor) -> TriggerEstimate:
     """Mean and SNR of the realisations' effect on clean images (N, C, H, W) (see `TriggerEstimate`)."""
+    check_images(clean, name="clean images")
+    if len(clean) == 0:
+        raise WorkbenchError("clean images are empty: the trigger's effect is measured on them")
+    _check_realisations(realisations, clean)
     if len(realisations) < 2:
         raise WorkbenchError(f"an SNR needs at least 2 realisations, got {len(realisations)}")
     effects = (setup.perturb(clean[None], realisations[None].to(clean.device))[0] - clean[None]).mean(dim=1)

@@ -36,7 +36,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute, restore_state
-from workbench.core.classifier import FrozenStem, capture, head_modules, input_shape_of, resolve_split
+from workbench.core.classifier import (
+    FrozenStem,
+    capture,
+    check_model_images,
+    head_modules,
+    input_shape_of,
+    num_classes_of,
+    resolve_split,
+)
 from workbench.core.data import DataSplits, ImageDataset, stratified_subset
 from workbench.core.models import StagedClassifier, set_dropout
 from workbench.core.runtime import child_seed, make_generator, resolve_device
@@ -54,8 +62,9 @@ from workbench.core.training import (
 )
 from workbench.core.validation import (
     WorkbenchError,
+    check_class,
     check_fraction,
-    check_images,
+    check_labels,
     check_name,
     check_non_negative,
     check_positive_int,
@@ -340,7 +349,7 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
 @torch.no_grad()
 def reconstruction_error(net: TrapNet, images: torch.Tensor, batch_size: int = 500) -> float:
     """Mean squared error of f_r(f_s(x)) against x over `images` (N, C, H, W) in [0, 1] (Table 8's MSE)."""
-    check_images(images)
+    check_model_images(net.classifier, images)
     net.eval()
     device = next(net.parameters()).device
     total = sum(F.mse_loss(net.forward_both(batch.to(device))[1], batch.to(device), reduction="sum").item()
@@ -465,7 +474,7 @@ def stem_features(classifier: nn.Module, images: torch.Tensor, split: str | None
                   batch_size: int = 500) -> torch.Tensor:
     """The stem's output f_s(x) (the input of split module `split`; default a workbench model's `default_split`)
     for `images` (N, C, H, W) in [0, 1], flattened to (N, D); the classifier is put in eval mode."""
-    check_images(images)
+    check_model_images(classifier, images)
     split = resolve_split(classifier, split)
     classifier.eval()
     device = next(classifier.parameters()).device
@@ -562,9 +571,13 @@ def scatters_by_source(classifier: nn.Module, images: torch.Tensor, labels: torc
                        triggered: torch.Tensor, target: int, split: str | None = None) -> dict[int, FeatureScatter]:
     """`feature_scatter` for every source class at once (the stem runs once over all images): `images` (N, C, H, W)
     clean test images with `labels` (N,), `triggered` the same images with the trigger. Keys: source classes."""
-    if triggered.shape != images.shape or len(labels) != len(images):
-        raise WorkbenchError(f"images {tuple(images.shape)}, triggered {tuple(triggered.shape)} and labels "
-                             f"{tuple(labels.shape)} must describe the same images")
+    check_model_images(classifier, images)
+    if not isinstance(triggered, torch.Tensor) or triggered.shape != images.shape:
+        raise WorkbenchError(f"triggered images {tuple(getattr(triggered, 'shape', ()))} must be the images "
+                             f"{tuple(images.shape)} with the trigger")
+    classes = num_classes_of(classifier, input_shape=tuple(images.shape[1:]))
+    check_labels(labels, len(images), classes)
+    check_class(target, classes, "target")
     clean, poisoned = stem_features(classifier, images, split), stem_features(classifier, triggered, split)
     target_features = clean[labels == target]
     return {int(source): scatter_of(target_features, clean[labels == source], poisoned[labels == source])

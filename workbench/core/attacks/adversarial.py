@@ -11,11 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.core.classifier import num_classes_of
+from workbench.core.classifier import check_model_images, num_classes_of
 from workbench.core.validation import (
-    WorkbenchError,
     check_fraction,
-    check_images,
     check_labels,
     check_positive,
     check_positive_int,
@@ -37,10 +35,7 @@ def pgd_perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilon: 
     Returns:
         Perturbed images in [0, 1] with ||x' - x||_inf <= epsilon.
     """
-    shape = getattr(model, "input_shape", None)  # checked against the model's declared input when it has one
-    check_images(x, channels=shape[0] if shape else None, size=tuple(shape[1:]) if shape else None)
-    if len(x) == 0:
-        raise WorkbenchError("images are empty: pass at least one image to perturb")
+    check_model_images(model, x)
     check_labels(y, len(x), num_classes_of(model, input_shape=tuple(x.shape[1:])))
     check_fraction(epsilon, "epsilon")
     check_positive_int(steps, "steps")

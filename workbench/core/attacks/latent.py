@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from workbench.core.attacks import functional as Fn
 from workbench.core.attacks.base import Attack, resolve_position
-from workbench.core.classifier import capture
+from workbench.core.classifier import capture, check_model_images
 from workbench.core.validation import (
     WorkbenchError,
     check_images,
@@ -155,6 +155,7 @@ def latent_distance(features: torch.Tensor, labels: torch.Tensor, poisoned: torc
 @torch.no_grad()
 def mean_latent(model: nn.Module, images: torch.Tensor, layer: str, batch_size: int = 256) -> torch.Tensor:
     """Mean representation of `images` at `layer` (the input of that module) in eval mode."""
+    check_model_images(model, images)
     model.eval()
     device = next(model.parameters()).device
     total, count = None, 0

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.core.classifier import capture
+from workbench.core.classifier import capture, check_model_images
 from workbench.core.mae import MAERestorer
 from workbench.core.models import StagedClassifier
 from workbench.core.validation import WorkbenchError, check_fraction, check_images
@@ -38,6 +38,7 @@ def class_activation_map(model: nn.Module, x: torch.Tensor, method: str = "gradc
         (N, H, W) maps in [0, 1], each min-max normalised (as pytorch-grad-cam's `scale_cam_image`, which the
         Februus thresholds refer to), up-sampled bilinearly to the image size; a constant map becomes all zeros.
     """
+    check_model_images(model, x)
     if method not in ("gradcam", "xgradcam", "gradcam++"):
         raise WorkbenchError(f"unknown CAM method {method!r}; choose gradcam, xgradcam or gradcam++")
     layer = layer or getattr(model, "cam_layer", None)
