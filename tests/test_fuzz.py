@@ -10,7 +10,8 @@ that gets through (a result) or fails inside torch (another exception) fails the
 - `workbench.core`: the metrics, `QueryModel`, a wrapped model, PGD, the MAE restorer, SSIM, every registered
   attack preset (corrupted images) and attack family (every numeric setting), `TrainConfig`'s numeric fields, the
   artefact store's names;
-- the command line: bad numbers and names end with exit code 2 and a message, not a traceback.
+- the command line: bad numbers and names end with exit code 2 and a message, not a traceback;
+- every widget given nothing to show.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ from workbench.defenses import available, create, describe, lred, restore, trap_
 from workbench.defenses.baselines.februus import class_activation_map
 from workbench.defenses.bdmae import ssim_map
 from workbench.repro.cli import main
+from workbench.widgets.bdmae import trigger_score_explorer
+from workbench.widgets.lred import annealing_player, detection_view
+from workbench.widgets.matrix import matrix_explorer
+from workbench.widgets.restore import tau_rho_explorer, trigger_gallery
+from workbench.widgets.trap_replace import feature_scatter_explorer, reconstruction_viewer
 
 FUZZ = settings(max_examples=40, deadline=None, database=None,  # no .hypothesis/ folder in the checkout
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -330,3 +336,24 @@ def test_defence_functions_refuse_corrupted_images(function: str, corruption: st
        corruption=st.sampled_from(list(LABEL_CORRUPTIONS)))
 def test_defence_functions_refuse_corrupted_labels(function: str, corruption: str) -> None:
     _refused(lambda: DEFENCE_FUNCTIONS[function](IMAGES, LABEL_CORRUPTIONS[corruption](LABELS)), ("labels", "y"))
+
+
+# --- widgets -------------------------------------------------------------------------------------------------------
+
+CLASSES = [str(k) for k in range(10)]
+WIDGETS_WITH_NOTHING_TO_SHOW: dict[str, Callable[[], object]] = {
+    "trigger_score_explorer": lambda: trigger_score_explorer({}, {}, CLASSES),
+    "annealing_player": lambda: annealing_player({}, CLASSES),
+    "detection_view": lambda: detection_view({}, CLASSES),
+    "matrix_explorer": lambda: matrix_explorer([], "."),
+    "tau_rho_explorer": lambda: tau_rho_explorer({}, CLASSES),
+    "trigger_gallery": lambda: trigger_gallery({}),
+    "feature_scatter_explorer": lambda: feature_scatter_explorer([]),
+    "reconstruction_viewer": lambda: reconstruction_viewer({}, {}),
+}
+
+
+@pytest.mark.parametrize("widget", list(WIDGETS_WITH_NOTHING_TO_SHOW))
+def test_widgets_refuse_empty_collections(widget: str) -> None:
+    """A widget given nothing to show says so (the control it cannot fill, or the argument), never IndexError."""
+    _refused(WIDGETS_WITH_NOTHING_TO_SHOW[widget], ("no options for the", "give at least one"))
