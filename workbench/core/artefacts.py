@@ -161,7 +161,7 @@ class ArtefactStore:
         final = self._folders(kind, key)[0]
         final.parent.mkdir(parents=True, exist_ok=True)
         with self.lock(kind, key):
-            _publish(final, lambda tmp: [shutil.copy2(item, tmp / item.name) for item in source.iterdir()])
+            _publish(final, lambda tmp: shutil.copytree(source, tmp, dirs_exist_ok=True))
         return final
 
 

@@ -37,7 +37,6 @@ from workbench.core.models import MODELS, StagedClassifier, build_model
 from workbench.core.runtime import child_seed, make_generator, resolve_device
 from workbench.core.validation import (
     WorkbenchError,
-    check_finite,
     check_fraction,
     check_name,
     check_non_negative,
@@ -117,18 +116,15 @@ class TrainConfig:
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.train_size, "train_size", optional=True)
         check_positive_int(self.test_size, "test_size", optional=True)
-        check_positive(check_finite(self.lr, "lr"), "lr")
-        if not (_is_real(self.momentum) and 0 <= self.momentum < 1):
-            raise WorkbenchError(f"momentum must be in [0, 1), got {self.momentum!r}; SGD's usual value is 0.9")
-        check_non_negative(check_finite(self.weight_decay, "weight_decay"), "weight_decay")
+        check_positive(self.lr, "lr")
+        check_fraction(self.momentum, "momentum (SGD's usual value: 0.9)", allow_zero=True, allow_one=False)
+        check_non_negative(self.weight_decay, "weight_decay")
         check_fraction(self.holdout_fraction, "holdout_fraction", allow_one=False)
         check_fraction(self.warmup_fraction, "warmup_fraction", allow_zero=True)
-        if not (_is_real(self.label_smoothing) and 0 <= self.label_smoothing < 1):
-            raise WorkbenchError(f"label_smoothing must be a number in [0, 1), got {self.label_smoothing!r}")
+        check_fraction(self.label_smoothing, "label_smoothing", allow_zero=True, allow_one=False)
         if self.poison is not None and self.all_classes_poison is not None:
             raise WorkbenchError("give either poison (one target) or all_classes_poison (every class), not both")
-        if not (_is_real(self.logit_anchor) and 0 <= self.logit_anchor < 1):
-            raise WorkbenchError(f"logit_anchor must be a number in [0, 1), got {self.logit_anchor!r}")
+        check_fraction(self.logit_anchor, "logit_anchor", allow_zero=True, allow_one=False)
         check_seed(self.seed, "seed")
         check_seed(self.split_seed, "split_seed")
         if self.logit_anchor > 0 and (self.poison is None or self.poison.clean_label):
@@ -295,10 +291,6 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 
 class TrainingDiverged(WorkbenchError):
     """Training produced a non-finite loss or non-finite weights (nothing is cached)."""
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def train_classifier(model: StagedClassifier, train: ImageDataset, config: TrainConfig, *,

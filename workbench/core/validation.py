@@ -160,10 +160,3 @@ def check_inside(path: str | Path, folder: str | Path, name: str) -> Path:
         raise WorkbenchError(f"{name} resolves to {resolved}, outside {root}; give a name inside that folder "
                              "(and no symbolic link that leads out of it)")
     return resolved
-
-
-def check_finite(value: object, name: str) -> float:
-    """Check a finite real number (not NaN or infinite)."""
-    if not _is_number(value) or not math.isfinite(value):
-        raise WorkbenchError(f"{name} must be a finite number, got {value!r}")
-    return float(value)

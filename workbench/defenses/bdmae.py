@@ -37,7 +37,6 @@ from workbench.core.query import QueryModel
 from workbench.core.runtime import image_generators
 from workbench.core.validation import (
     WorkbenchError,
-    check_finite,
     check_fraction,
     check_images,
     check_name,
@@ -95,8 +94,8 @@ class BDMAEConfig:
         check_fraction(self.alpha, "alpha", allow_zero=True)
         check_fraction(self.max_trigger_fraction, "max_trigger_fraction")
         check_fraction(self.threshold_growth, "threshold_growth", allow_one=False)
-        check_positive(check_finite(self.beta0, "beta0"), "beta0")
-        check_non_negative(check_finite(self.neighbour_bonus, "neighbour_bonus"), "neighbour_bonus")
+        check_positive(self.beta0, "beta0")
+        check_non_negative(self.neighbour_bonus, "neighbour_bonus")
         check_fraction(self.image_score_level, "image_score_level")
         if self.fixed_threshold is not None:
             check_fraction(self.fixed_threshold, "fixed_threshold")

@@ -9,7 +9,7 @@ import torch
 from workbench.core.attacks import functional as Fn
 from workbench.core.attacks.base import Attack, resolve_position
 from workbench.core.runtime import make_generator
-from workbench.core.validation import WorkbenchError, check_finite, check_fraction, check_positive, check_positive_int
+from workbench.core.validation import WorkbenchError, check_fraction, check_positive, check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +76,7 @@ class SIG(Attack):
 
     def __post_init__(self) -> None:
         check_fraction(self.alpha, "SIG alpha")
-        check_positive(check_finite(self.cycles, "SIG cycles"), "SIG cycles")
+        check_positive(self.cycles, "SIG cycles")
         if self.mode not in ("additive", "blend"):
             raise WorkbenchError(f"SIG mode must be 'additive' or 'blend', got {self.mode!r}")
 

@@ -9,7 +9,7 @@ import torch
 from workbench.core.attacks import functional as Fn
 from workbench.core.attacks.base import Attack
 from workbench.core.runtime import make_generator
-from workbench.core.validation import WorkbenchError, check_finite, check_non_negative, check_positive_int
+from workbench.core.validation import WorkbenchError, check_non_negative, check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,7 @@ class WaNet(Attack):
     noise: str = "uniform"
 
     def __post_init__(self) -> None:
-        check_non_negative(check_finite(self.strength, "WaNet strength"), "WaNet strength",
+        check_non_negative(self.strength, "WaNet strength",
                            meaning_of_zero="0 is the identity")
         if check_positive_int(self.control_size, "WaNet control_size") < 2:
             raise WorkbenchError(f"WaNet control_size must be >= 2, got {self.control_size}")
