@@ -282,7 +282,7 @@ class _Transform:
     """A purifier that transforms each image and classifies the result (one label query per image)."""
 
     name = ""
-    defence: type = object
+    config_class: type = object  # the transform's dataclass: (classifier, **settings)
 
     def __init__(self, **config: Any) -> None:
         self.check(config)
@@ -290,7 +290,11 @@ class _Transform:
 
     def check(self, config: dict[str, Any]) -> None:
         """Validate the settings now, not at the first `purify` (the classifier is not known yet)."""
-        self.defence(None, **config)
+        self.config_class(None, **config)
+
+    def defence(self, query: QueryModel, **config: Any) -> Any:
+        """The transform for `query`'s classifier."""
+        return self.config_class(query, **config)
 
     def purify(self, model_or_query: nn.Module | QueryModel, images: torch.Tensor, *, seed: int = 0
                ) -> Purification:
@@ -307,24 +311,21 @@ class _Transform:
 class Blur(_Transform):
     """Gaussian blur ([BDMAE] App. C baseline: 3 x 3 kernel, `sigma` 0.5 weak / 1.0 strong)."""
 
-    name, defence = "blur", _Blur
-    config_class = _Blur
+    name, config_class = "blur", _Blur
 
 
 @register("shrinkpad", "purifier")
 class ShrinkPad(_Transform):
     """ShrinkPad ([ShrinkPad]; [BDMAE] App. C baseline: `pad` 4 weak / 8 strong on 32 px images)."""
 
-    name, defence = "shrinkpad", _ShrinkPad
-    config_class = _ShrinkPad
+    name, config_class = "shrinkpad", _ShrinkPad
 
 
 @register("patchcleanser", "purifier")
 class PatchCleanser(_Transform):
     """PatchCleanser's double masking on labels ([PatchCleanser]; [BDMAE] App. C); no purified images."""
 
-    name, defence = "patchcleanser", _PatchCleanser
-    config_class = _PatchCleanser
+    name, config_class = "patchcleanser", _PatchCleanser
 
 
 @register("diffpure", "purifier")
