@@ -92,7 +92,7 @@ def wrap(model: nn.Module, *, num_classes: int, input_size: int | tuple[int, int
                                 None if resized == (height, width) else resized, cam_layer).to(device).eval()
     if cam_layer is not None:
         _module_path(wrapped, cam_layer)  # a clear error now for a layer the model does not have
-    produced = logit_count(wrapped)
+    produced = _logit_count(wrapped)
     if produced != num_classes:
         raise WorkbenchError(f"the model outputs {produced} logits per image but num_classes={num_classes}; pass "
                              f"num_classes={produced} or the model that has {num_classes} outputs")
@@ -118,7 +118,7 @@ def input_shape_of(model: nn.Module) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def logit_count(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> int:
+def _logit_count(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> int:
     """Number of logits the classifier outputs, from one forward pass of a grey image of `input_shape` (default:
     the model's own) in eval mode."""
     channels, height, width = input_shape or input_shape_of(model)
@@ -138,7 +138,7 @@ def num_classes_of(model: nn.Module, num_classes: int | None = None,
                    input_shape: tuple[int, int, int] | None = None) -> int:
     """The class count: the caller's, else the model's `num_classes` attribute, else its number of logits (on
     images of `input_shape`, default the model's); a caller's count is checked against the model's output."""
-    produced = getattr(model, "num_classes", None) or logit_count(model, input_shape)
+    produced = getattr(model, "num_classes", None) or _logit_count(model, input_shape)
     if num_classes is not None and check_positive_int(num_classes, "num_classes") != produced:
         raise WorkbenchError(f"num_classes={num_classes} but the model outputs {produced} logits; pass "
                              f"num_classes={produced} (or None to take it from the model)")

@@ -15,7 +15,6 @@ pastes into the masked tokens.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -60,7 +59,7 @@ MAE_BASE = MAEArchitecture(embed_dim=768, depth=12, num_heads=12)
 MAE_LARGE = MAEArchitecture(embed_dim=1024, depth=24, num_heads=16)
 
 
-def sincos_position_embedding(dim: int, grid: int, cls_token: bool = True) -> torch.Tensor:
+def _sincos_position_embedding(dim: int, grid: int, cls_token: bool = True) -> torch.Tensor:
     """Fixed 2-D sin-cos position embedding (MAE): half the channels encode the row, half the column.
 
     Returns:
@@ -96,14 +95,14 @@ class MaskedAutoencoderViT(nn.Module):
         num_patches = arch.grid**2
         self.patch_embed = PatchEmbed(arch.img_size, arch.patch_size, arch.in_chans, arch.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, arch.embed_dim))
-        self.pos_embed = nn.Parameter(sincos_position_embedding(arch.embed_dim, arch.grid), requires_grad=False)
+        self.pos_embed = nn.Parameter(_sincos_position_embedding(arch.embed_dim, arch.grid), requires_grad=False)
         self.blocks = nn.ModuleList([
             Block(arch.embed_dim, arch.num_heads, arch.mlp_ratio, qkv_bias=True, norm_layer=_layer_norm)
             for _ in range(arch.depth)])
         self.norm = _layer_norm(arch.embed_dim)
         self.decoder_embed = nn.Linear(arch.embed_dim, arch.decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, arch.decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(sincos_position_embedding(arch.decoder_embed_dim, arch.grid),
+        self.decoder_pos_embed = nn.Parameter(_sincos_position_embedding(arch.decoder_embed_dim, arch.grid),
                                               requires_grad=False)
         self.decoder_blocks = nn.ModuleList([
             Block(arch.decoder_embed_dim, arch.decoder_num_heads, arch.mlp_ratio, qkv_bias=True,
@@ -339,14 +338,6 @@ def load_official_mae(path: str, arch: MAEArchitecture = MAE_BASE) -> MaskedAuto
         raise WorkbenchError(f"{path} does not fit {arch}: missing {sorted(missing)[:4]}..., unexpected "
                              f"{sorted(unexpected)[:4]}...; pass arch=MAE_LARGE for ViT-Large checkpoints")
     return mae.eval()
-
-
-def token_grid_side(num_tokens: int) -> int:
-    """Side of a square token grid, checked."""
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise WorkbenchError(f"{num_tokens} tokens do not form a square grid")
-    return side
 
 
 def neighbours4(grid: int) -> torch.Tensor:

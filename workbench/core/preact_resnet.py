@@ -19,7 +19,7 @@ STAGE_WIDTHS = (64, 128, 256, 512)
 """Output channels of layer1..layer4 (BackdoorBench v2 `models/preact_resnet.py`)."""
 
 
-class PreActBlock(nn.Module):
+class _PreActBlock(nn.Module):
     """Pre-activation basic block: BN-ReLU before each 3x3 convolution, the shortcut taken after the first BN-ReLU.
 
     `forward`: a = relu(bn1(x)); shortcut = shortcut(a) if the block changes stride or width, else x;
@@ -65,8 +65,8 @@ class PreActResNet18(nn.Module):
         in_planes = STAGE_WIDTHS[0]
         for index, planes in enumerate(STAGE_WIDTHS, start=1):
             stride = 1 if index == 1 else 2
-            self.add_module(f"layer{index}", nn.Sequential(PreActBlock(in_planes, planes, stride),
-                                                           PreActBlock(planes, planes, 1)))
+            self.add_module(f"layer{index}", nn.Sequential(_PreActBlock(in_planes, planes, stride),
+                                                           _PreActBlock(planes, planes, 1)))
             in_planes = planes
         if final_norm:
             self.bn = nn.BatchNorm2d(in_planes)

@@ -222,7 +222,7 @@ class BDMAEResult:
 
 
 # ----------------------------------------------------------------------------------------------- SSIM
-def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def _gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Normalised 2-D Gaussian window (size, size), in float64 by default (sums to 1 to ~1e-16)."""
     coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
@@ -247,7 +247,7 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float
         raise WorkbenchError(f"y must be a finite tensor of x's shape {tuple(x.shape)}, got "
                              f"{tuple(getattr(y, 'shape', ()))}")
     accumulate = torch.float32 if x.device.type == "mps" else torch.float64  # Apple's MPS has no float64
-    kernel = gaussian_window(window, sigma, accumulate).to(x.device).expand(c, 1, window, window)
+    kernel = _gaussian_window(window, sigma, accumulate).to(x.device).expand(c, 1, window, window)
     pad = window // 2
     x64, y64 = x.to(accumulate), y.to(accumulate)
 
@@ -295,7 +295,7 @@ def _tie_level(score: torch.Tensor) -> torch.Tensor:
     return torch.round(score, decimals=6)
 
 
-def argmax_random_ties(values: torch.Tensor, allowed: torch.Tensor, priority: torch.Tensor) -> torch.Tensor:
+def _argmax_random_ties(values: torch.Tensor, allowed: torch.Tensor, priority: torch.Tensor) -> torch.Tensor:
     """(N,) per row, the allowed position of the largest value; ties go to the highest `priority`."""
     masked = torch.where(allowed, values, torch.full_like(values, -torch.inf))
     best = masked == masked.amax(dim=1, keepdim=True)
@@ -327,14 +327,14 @@ def topology_masks(scores: torch.Tensor, regions: torch.Tensor, sizes: torch.Ten
         draws[i, : int(sizes[i])] = torch.rand(int(sizes[i]), num_tokens, generator=gen)
     rows = torch.arange(n)
     seed_values = draws[:, 0] * scores if random_seed_token else _tie_level(scores)
-    first = argmax_random_ties(seed_values, torch.ones_like(regions), priority)
+    first = _argmax_random_ties(seed_values, torch.ones_like(regions), priority)
     selected = torch.zeros(n, num_tokens, dtype=torch.bool)
     selected[rows, first] = True
     near = adjacency[first].clone()
     for t in range(1, longest):
         candidates = regions & ~selected & (t < sizes).view(-1, 1)
         weights = draws[:, t] * (scores + bonus * near.to(scores.dtype))
-        pick = argmax_random_ties(weights, candidates, priority)
+        pick = _argmax_random_ties(weights, candidates, priority)
         grow = candidates.any(dim=1)
         selected[rows[grow], pick[grow]] = True
         near[grow] |= adjacency[pick[grow]]

@@ -97,27 +97,27 @@ TRAINING_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "weigh
                    "warmup_fraction", "label_smoothing", "augment")
 
 
-def refuse_unknown(settings: dict[str, Any], allowed: tuple[str, ...] | list[str], what: str) -> None:
+def _refuse_unknown(settings: dict[str, Any], allowed: tuple[str, ...] | list[str], what: str) -> None:
     """Refuse keys of `settings` outside `allowed`, naming them and the choices (`what`: e.g. "training settings")."""
     unknown = sorted(set(settings) - set(allowed))
     if unknown:
         raise WorkbenchError(f"unknown {what} {unknown}; choose among {', '.join(allowed)}")
 
 
-def training_settings(training: dict[str, Any] | None) -> dict[str, Any]:
+def _training_settings(training: dict[str, Any] | None) -> dict[str, Any]:
     """`training` checked: only `TRAINING_FIELDS`, with values `TrainConfig` accepts."""
     training = dict(training or {})
-    refuse_unknown(training, TRAINING_FIELDS, "training settings")
+    _refuse_unknown(training, TRAINING_FIELDS, "training settings")
     TrainConfig(dataset="cifar10", model="lenet5", **training)  # checks the values (the names are placeholders)
     return training
 
 
-def training_recipe(model: nn.Module, data: ImageDataset, training: dict[str, Any] | None = None, seed: int = 0
+def _training_recipe(model: nn.Module, data: ImageDataset, training: dict[str, Any] | None = None, seed: int = 0
                     ) -> TrainConfig:
     """The optimisation settings for training `model` on `data` as a `TrainConfig` (its defaults where `training`
     is silent); the config's dataset and model names only label the progress bar."""
     return TrainConfig(dataset=data.name, model=registered_model_name(model), seed=seed,
-                       **training_settings(training))
+                       **_training_settings(training))
 
 
 def _seeded(config: Any, seed: int) -> Any:
@@ -343,7 +343,7 @@ class DiffPurePurifier(_Transform):
 
     def check(self, config: dict[str, Any]) -> None:
         """The settings that do not need the diffusion model, checked now (it loads at the first `purify`)."""
-        refuse_unknown(config, [f.name for f in dataclasses.fields(DiffPure) if f.name != "diffusion"],
+        _refuse_unknown(config, [f.name for f in dataclasses.fields(DiffPure) if f.name != "diffusion"],
                        "DiffPure settings")
         DiffPure.check_settings(**config)
 
@@ -530,7 +530,7 @@ class HeadReplacement(_Repair):
         """Re-initialise and retrain a copy's head from `split` on ([T&R] Alg. 1 lines 5-6)."""
         split = resolve_split(model, self.split)
         repaired = copy.deepcopy(model).requires_grad_(True)
-        history = replace_head(repaired, holdout, config, training_recipe(model, holdout), split, device=self.device,
+        history = replace_head(repaired, holdout, config, _training_recipe(model, holdout), split, device=self.device,
                                progress=self.progress)
         return repaired, {"split": split, "history": history}
 
@@ -548,7 +548,7 @@ class _TrainingDefence:
     def __init__(self, *, training: dict[str, Any] | None = None, device: str = "auto", progress: bool = False,
                  **config: Any) -> None:
         self.config = self.config_class(**config)
-        self.training = training_settings(training)
+        self.training = _training_settings(training)
         self.device, self.progress = device, progress
 
     def run(self, model: nn.Module, train: ImageDataset, recipe: TrainConfig, config: Any,
@@ -565,7 +565,7 @@ class _TrainingDefence:
         white_box(model, self.name)
         data = as_dataset(train_set, model, "train_set")
         holdout = None if clean_holdout is None else as_dataset(clean_holdout, model)
-        recipe = training_recipe(model, data, self.training, seed)
+        recipe = _training_recipe(model, data, self.training, seed)
         config = _seeded(self.config, seed)
         start = time.perf_counter()
         trained, details, result = self.run(copy.deepcopy(model).requires_grad_(True), data, recipe, config, holdout)

@@ -166,7 +166,7 @@ class ReplaceConfig:
 
 # --- stage 1 --------------------------------------------------------------------------------------------------------
 
-def reconstruction_head(features: tuple[int, int, int], image: tuple[int, int, int]) -> nn.Sequential:
+def _reconstruction_head(features: tuple[int, int, int], image: tuple[int, int, int]) -> nn.Sequential:
     """f_r: stride-2 transposed convolutions (kernel 4, padding 1) from the stem's (C_h, H_h, W_h) features up to
     the (C, H, W) image, halving the channels at each step, ReLU between and a sigmoid at the end (the public code's
     head for the default WRN-16-1 split: 64 -> 32 -> 3 channels, 8 -> 16 -> 32 px). When H / H_h is not a power
@@ -236,7 +236,7 @@ class TrapNet(nn.Module):
         if features[0].ndim != 4:
             raise WorkbenchError(f"the stem up to {split!r} gives {tuple(features[0].shape[1:])} features; a "
                                  "reconstruction head needs a spatial (C, H, W) map: split at an earlier stage")
-        return cls(classifier, split, reconstruction_head(tuple(features[0].shape[1:]), shape).to(device))
+        return cls(classifier, split, _reconstruction_head(tuple(features[0].shape[1:]), shape).to(device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)
@@ -339,7 +339,7 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
                              device=device, progress=progress, poisoned=data.poisoned_mask())
         net.eval()
         metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(net, config.train, splits),
-                   "test_rec_mse": reconstruction_error(net, splits.test.float_images())}
+                   "test_rec_mse": _reconstruction_error(net, splits.test.float_images())}
         return net, net.state_dict(), metrics
 
     net, artefact, loaded = get_or_compute(store, kind, key, identity, compute=train, restore=restore)
@@ -347,7 +347,7 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
 
 
 @torch.no_grad()
-def reconstruction_error(net: TrapNet, images: torch.Tensor, batch_size: int = 500) -> float:
+def _reconstruction_error(net: TrapNet, images: torch.Tensor, batch_size: int = 500) -> float:
     """Mean squared error of f_r(f_s(x)) against x over `images` (N, C, H, W) in [0, 1] (Table 8's MSE)."""
     check_model_images(net.classifier, images)
     net.eval()

@@ -68,7 +68,7 @@ def sine_wave(height: int, width: int, fx: float, fy: float = 0.0) -> torch.Tens
     return torch.sin(2 * torch.pi * (fx * cols + fy * rows)).float().unsqueeze(0)
 
 
-def identity_grid(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def _identity_grid(height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The sampling grid (1, H, W, 2) of `grid_sample` (align_corners=True) that leaves an image unchanged."""
     ys = torch.linspace(-1, 1, height, device=device)
     xs = torch.linspace(-1, 1, width, device=device)
@@ -90,7 +90,7 @@ def wanet_grid(height: int, width: int, control_size: int, strength: float,
     field = torch.rand(1, 2, control_size, control_size, generator=generator) * 2 - 1
     field = field / field.abs().mean()
     field = F.interpolate(field, size=(height, width), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-    return (identity_grid(height, width) + strength * field / height).clamp(-1, 1)
+    return (_identity_grid(height, width) + strength * field / height).clamp(-1, 1)
 
 
 def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ FIXED_PATCHES = {"bdmae_colour": (BDMAE_COLOUR_PATCH, 16, 27), "bdmae_checkerboa
 PATCH_PATTERNS = ("white", "black", "checkerboard", "random_colour", *FIXED_PATCHES)
 
 
-def patch_pattern(pattern: str, size: int, channels: int, seed: int) -> torch.Tensor:
+def _patch_pattern(pattern: str, size: int, channels: int, seed: int) -> torch.Tensor:
     """The (C or 1, size, size) patch for a named pattern.
 
     - "white" / "black": solid 1 / 0.
@@ -81,7 +81,7 @@ class BadNets(Attack):
             raise WorkbenchError(f"pattern {self.pattern!r} is a fixed 3x3 patch; leave size=3")
 
     def _build_pattern(self, channels: int, height: int, width: int) -> list[tuple[torch.Tensor, int, int]]:
-        patch = patch_pattern(self.pattern, self.size, channels, self.seed)
+        patch = _patch_pattern(self.pattern, self.size, channels, self.seed)
         if self.four_corners:
             far_r, far_c = height - self.size, width - self.size
             return [(patch, far_r, far_c), (patch.flip(-1), far_r, 0), (patch.flip(-2), 0, far_c),
@@ -127,7 +127,7 @@ class DynamicBadNets(Attack):
         BadNets(pattern=self.pattern, size=self.size, seed=self.seed)  # validates the patch settings
 
     def _build_pattern(self, channels: int, height: int, width: int) -> torch.Tensor:
-        return patch_pattern(self.pattern, self.size, channels, self.seed)
+        return _patch_pattern(self.pattern, self.size, channels, self.seed)
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         _, channels, height, width = x.shape

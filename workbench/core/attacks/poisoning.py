@@ -174,7 +174,7 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def apply_in_chunks(images: torch.Tensor, transform: Any) -> torch.Tensor:
+def _apply_in_chunks(images: torch.Tensor, transform: Any) -> torch.Tensor:
     """Apply a float transform to uint8 images chunk by chunk; returns uint8 (rounded)."""
     out = torch.empty_like(images)
     for start in range(0, len(images), _CHUNK):
@@ -241,7 +241,7 @@ def poison_dataset(dataset: ImageDataset, config: PoisonConfig, *,
         adv = config.adversarial
         originals = _to_uint8(pgd_perturb(surrogate, originals.float() / 255, dataset.labels[chosen],
                                           epsilon=adv.epsilon, steps=adv.steps, generator=gen))
-    images[chosen] = apply_in_chunks(originals, config.attack.apply)
+    images[chosen] = _apply_in_chunks(originals, config.attack.apply)
     if not config.clean_label:
         labels[chosen] = config.target
     noise = torch.empty(0, dtype=torch.long)
@@ -251,7 +251,7 @@ def poison_dataset(dataset: ImageDataset, config: PoisonConfig, *,
         rest_idx = rest.nonzero().squeeze(1)
         n_noise = min(len(rest_idx), round(config.noise_ratio * len(chosen)))
         noise = torch.sort(rest_idx[torch.randperm(len(rest_idx), generator=gen)[:n_noise]]).values
-        images[noise] = apply_in_chunks(dataset.images[noise], lambda x: config.attack.apply_noise_mode(x, gen))
+        images[noise] = _apply_in_chunks(dataset.images[noise], lambda x: config.attack.apply_noise_mode(x, gen))
     targets = torch.full((len(chosen),), config.target, dtype=torch.long)
     return PoisonedDataset(dataset.replace(images=images, labels=labels), chosen, noise, targets)
 
@@ -277,7 +277,7 @@ def poison_all_classes(dataset: ImageDataset, triggers: Sequence[Attack], *, rat
             raise WorkbenchError(f"ratio {ratio} is too high: class {target} cannot get {per_class} free images")
         chosen = pool[torch.randperm(len(pool), generator=gen)[:per_class]]
         free[chosen] = False
-        images[chosen] = apply_in_chunks(dataset.images[chosen], trigger.apply)
+        images[chosen] = _apply_in_chunks(dataset.images[chosen], trigger.apply)
         labels[chosen] = target
         chosen_all.append(chosen)
         targets.append(torch.full((per_class,), target, dtype=torch.long))

@@ -165,7 +165,7 @@ def lga_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, level: str = "
 
 
 @torch.no_grad()
-def per_example_loss(model: nn.Module, train: ImageDataset, batch_size: int = 500) -> torch.Tensor:
+def _per_example_loss(model: nn.Module, train: ImageDataset, batch_size: int = 500) -> torch.Tensor:
     """(N,) cross-entropy of every training example under `model` in eval mode, without augmentation (on CPU)."""
     was_training = model.training
     model.eval()
@@ -261,7 +261,7 @@ def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLC
                                        monitor_backdoor=monitor_backdoor, device=dev, progress=progress,
                                        batch_loss=lga))
     # 2. the lowest-loss p N examples are the suspected backdoor examples
-    losses = per_example_loss(model, train)
+    losses = _per_example_loss(model, train)
     isolated = isolate_lowest(losses, config.isolation_ratio)
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[isolated] = False

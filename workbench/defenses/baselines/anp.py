@@ -233,7 +233,7 @@ def _optimise_masks(model: StagedClassifier, holdout: ImageDataset, config: ANPC
         return {name: mask.detach().cpu().clone() for name, mask in neurons.masks.items()}
 
 
-def pruned_neurons(masks: dict[str, torch.Tensor], threshold: float) -> dict[str, torch.Tensor]:
+def _pruned_neurons(masks: dict[str, torch.Tensor], threshold: float) -> dict[str, torch.Tensor]:
     """Channel indices (1-D long tensors) whose mask value is strictly below `threshold`, per layer."""
     return {name: (values < threshold).nonzero().flatten() for name, values in masks.items()}
 
@@ -253,7 +253,7 @@ def prune_neurons(model: StagedClassifier, masks: dict[str, torch.Tensor], thres
             raise WorkbenchError(f"mask for {name!r} has shape {tuple(values.shape)} but the layer has "
                                  f"{layers[name].num_features} channels")
     with torch.no_grad():
-        for name, idx in pruned_neurons(masks, threshold).items():
+        for name, idx in _pruned_neurons(masks, threshold).items():
             layers[name].weight[idx.to(layers[name].weight.device)] = 0.0
             if zero_bias:
                 layers[name].bias[idx.to(layers[name].bias.device)] = 0.0
@@ -296,7 +296,7 @@ def anp_with_masks(model: StagedClassifier, holdout: ImageDataset, config: ANPCo
     """ANP (mask optimisation, then pruning by threshold), returning the pruned model with its masks."""
     masks = anp_masks(model, holdout, config, device=device, progress=progress)
     pruned = prune_neurons(model, masks, config.threshold, zero_bias=config.zero_bias)
-    return ANPResult(pruned.to(resolve_device(device)), masks, pruned_neurons(masks, config.threshold), config)
+    return ANPResult(pruned.to(resolve_device(device)), masks, _pruned_neurons(masks, config.threshold), config)
 
 
 def anp(model: StagedClassifier, holdout: ImageDataset, config: ANPConfig = ANPConfig(), *, device: str = "auto",

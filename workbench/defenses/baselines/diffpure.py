@@ -37,7 +37,7 @@ from workbench.core.validation import WorkbenchError, check_fraction, check_imag
 SAMPLERS = ("ddpm", "sde")
 
 
-def diffuse_ddpm(diffusion: Diffusion, x0: torch.Tensor, step: int, generators: list[torch.Generator]
+def _diffuse_ddpm(diffusion: Diffusion, x0: torch.Tensor, step: int, generators: list[torch.Generator]
                  ) -> torch.Tensor:
     """x_step = sqrt(abar_step) x0 + sqrt(1 - abar_step) z ([DDPM] Eq. 4), x0 in [-1, 1], one generator per image."""
     from diffusers.utils.torch_utils import randn_tensor
@@ -47,7 +47,7 @@ def diffuse_ddpm(diffusion: Diffusion, x0: torch.Tensor, step: int, generators: 
 
 
 @torch.no_grad()
-def reverse_ddpm(diffusion: Diffusion, x: torch.Tensor, step: int, generators: list[torch.Generator]
+def _reverse_ddpm(diffusion: Diffusion, x: torch.Tensor, step: int, generators: list[torch.Generator]
                  ) -> torch.Tensor:
     """Ancestral sampling ([DDPM] Alg. 2) from discrete step `step` down to x_0, by `DDPMScheduler.step`."""
     for t in range(step, -1, -1):
@@ -62,7 +62,7 @@ def vp_alpha_bar(t: torch.Tensor | float, beta_min: float, beta_max: float) -> t
     return torch.exp(-0.5 * t**2 * (beta_max - beta_min) - t * beta_min)
 
 
-def diffuse_sde(diffusion: Diffusion, x0: torch.Tensor, t_star: float, generators: list[torch.Generator]
+def _diffuse_sde(diffusion: Diffusion, x0: torch.Tensor, t_star: float, generators: list[torch.Generator]
                 ) -> torch.Tensor:
     """x(t*) = sqrt(abar(t*)) x0 + sqrt(1 - abar(t*)) z: the VP-SDE's forward marginal ([DiffPure] Eq. 2)."""
     from diffusers.utils.torch_utils import randn_tensor
@@ -73,7 +73,7 @@ def diffuse_sde(diffusion: Diffusion, x0: torch.Tensor, t_star: float, generator
 
 
 @torch.no_grad()
-def reverse_sde(diffusion: Diffusion, x: torch.Tensor, t_star: float, steps: int, generators: list[torch.Generator]
+def _reverse_sde(diffusion: Diffusion, x: torch.Tensor, t_star: float, steps: int, generators: list[torch.Generator]
                 ) -> torch.Tensor:
     """Euler-Maruyama on the reverse-time VP-SDE dx = [-beta(t) x / 2 - beta(t) score(x, t)] dt + sqrt(beta(t)) dw
     from t* to 0 in `steps` equal steps ([DiffPure] Eq. 4; [ScoreSDE] Eq. 6)."""
@@ -145,11 +145,11 @@ class DiffPure:
         gens = image_generators(seed, first_index, len(x))
         if self.sampler == "ddpm":
             step = round(self.t_star * self.diffusion.steps) - 1
-            restored = reverse_ddpm(self.diffusion, diffuse_ddpm(self.diffusion, model_in, step, gens), step, gens)
+            restored = _reverse_ddpm(self.diffusion, _diffuse_ddpm(self.diffusion, model_in, step, gens), step, gens)
         else:
             steps = self.sde_steps or round(self.t_star * self.diffusion.steps)
-            noisy = diffuse_sde(self.diffusion, model_in, self.t_star, gens)
-            restored = reverse_sde(self.diffusion, noisy, self.t_star, steps, gens)
+            noisy = _diffuse_sde(self.diffusion, model_in, self.t_star, gens)
+            restored = _reverse_sde(self.diffusion, noisy, self.t_star, steps, gens)
         restored = _match_channels((restored.clamp(-1, 1) + 1) / 2, channels)
         back = F.interpolate(restored, size=size, mode="bilinear", align_corners=False, antialias=True)
         return back.clamp_(0, 1).cpu()

@@ -190,10 +190,10 @@ def check_stages(model: nn.Module, stages: tuple[str, ...]) -> None:
     for name, out in zip(stages, outputs, strict=True):
         if out.ndim != 4 or out.shape[2] * out.shape[3] < 2:
             raise WorkbenchError(f"stage {name!r} outputs shape {tuple(out.shape[1:])}; NAD needs a spatial (C, H, W) "
-                                 f"activation: choose among {', '.join(spatial_stages(model))}")
+                                 f"activation: choose among {', '.join(_spatial_stages(model))}")
 
 
-def spatial_stages(model: nn.Module) -> list[str]:
+def _spatial_stages(model: nn.Module) -> list[str]:
     """The stages of `model` (a wrapped model's top-level modules) whose outputs are spatial (N, C, H, W) maps of
     more than one position, in order."""
     probe = copy.deepcopy(model).cpu().eval()
@@ -210,7 +210,7 @@ def default_stages(model: nn.Module, config: NADConfig) -> NADConfig:
     candidates = _candidate_stages(model)
     if all(name in candidates for name in config.stages):
         return config
-    stages = [name for name in spatial_stages(model) if name != candidates[0]][-len(config.betas):]
+    stages = [name for name in _spatial_stages(model) if name != candidates[0]][-len(config.betas):]
     if not stages:
         raise WorkbenchError("NAD needs a spatial stage after the stem to distil attention from; this model has none")
     return dataclasses.replace(config, stages=tuple(stages), betas=config.betas[-len(stages):])
