@@ -1,0 +1,7 @@
+"""Fuzz catalogue entries for baselines (see tests/api_catalogue/__init__.py)."""
+
+from __future__ import annotations
+
+from tests.api_catalogue import Example
+
+EXAMPLES: dict[str, Example] = {}
