@@ -217,7 +217,7 @@ def test_attention_map_and_loss_on_known_answers() -> None:
     assert attention_loss(one, other, p=1.0).item() == pytest.approx(2 / 4)
     with pytest.raises(WorkbenchError, match="must share N, H and W"):
         attention_loss(a, torch.randn(4, 6, 4, 4))
-    with pytest.raises(WorkbenchError, match=r"need an \(N, C, H, W\) activation"):
+    with pytest.raises(WorkbenchError, match=r"activation must be a float tensor \(rank 4\)"):
         attention_map(torch.randn(4, 6))
 
 

@@ -25,8 +25,6 @@ import torch
 
 from workbench.core.data import ImageDataset
 
-__all__ = ["Example", "NUMBER", "kinds_of", "corrupt", "model", "images", "labels", "dataset"]
-
 
 @dataclass(frozen=True)
 class Example:
@@ -40,10 +38,14 @@ class Example:
         datasets: arguments holding an `ImageDataset`.
         tensors: other tensor arguments (a NaN or an extra dimension must be refused).
         names: string arguments naming something registered (an unknown name must be refused).
+        paths: arguments holding a file or folder to read (a missing one must be refused).
+        components: strings that become one path component (a name with a separator or "..", or empty, must be
+            refused: it would leave its folder).
         signed: numeric arguments for which a negative number is valid (offsets counted from the end, seeds).
         skip: arguments the fuzzer leaves alone, each with the reason (as a comment in the catalogue).
         valid: argument -> corruption kinds that are valid input for it (the result is then correct).
         mentions: argument -> other words a message may use for it (e.g. the config field it is checked as).
+        public: the public object `call` exercises when `call` is a wrapper (a context manager is entered).
         record: a result record the library builds from inputs it has checked (a `Detection`, a `SplittingResult`):
             constructed here, never fuzzed, since its fields are measured values (NaN included) and not settings.
     """
@@ -55,11 +57,14 @@ class Example:
     datasets: tuple[str, ...] = ()
     tensors: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
     signed: tuple[str, ...] = ("seed",)
     skip: tuple[str, ...] = ()
     valid: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     mentions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     record: bool = False
+    public: Any = None
 
     def full_arguments(self) -> dict[str, Any]:
         """The example's arguments plus every numeric default it leaves out (those are fuzzed too)."""
@@ -68,7 +73,7 @@ class Example:
 
 
 def _numeric_defaults(call: Callable[..., Any]) -> dict[str, Any]:
-    if dataclasses.is_dataclass(call):
+    if dataclasses.is_dataclass(call) and inspect.isclass(call):
         defaults = {f.name: f.default for f in dataclasses.fields(call) if f.init}
     else:
         target = call.__init__ if inspect.isclass(call) else call
@@ -80,7 +85,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-NUMBER = "number"
 IMAGE_KINDS = ("no batch dimension", "wrong channels", "wrong size", "uint8", "0..255 floats", "negative values",
                "NaN", "empty batch")
 LABEL_KINDS = ("too few", "out of range", "negative", "floating point", "two-dimensional")
@@ -103,6 +107,10 @@ def kinds_of(example: Example, argument: str, value: Any) -> tuple[str, ...]:
         kinds = TENSOR_KINDS
     elif argument in example.names:
         kinds = ("unknown name",)
+    elif argument in example.paths:
+        kinds = ("missing path",)
+    elif argument in example.components:
+        kinds = ("leaves its folder",)
     elif _is_number(value):
         kinds = tuple(k for k in NUMBER_KINDS if k != "negative" or argument not in example.signed)
         if isinstance(value, int):
@@ -118,6 +126,10 @@ def corrupt(kind: str, value: Any, draw: Callable[[Any], Any], strategies: Any) 
     st = strategies
     if kind == "unknown name":
         return "no-such-" + draw(st.text(alphabet="abcdefghij", min_size=1, max_size=6))
+    if kind == "missing path":
+        return f"{value}-missing-" + draw(st.text(alphabet="abcdefghij", min_size=1, max_size=6))
+    if kind == "leaves its folder":
+        return draw(st.sampled_from(("", ".", "..", "../x", "/abs", "a/b", "a\\b", "a\0b")))
     if _is_number(value):
         return _bad_number(kind, value, draw, st)
     if isinstance(value, ImageDataset):
@@ -180,8 +192,10 @@ def _bad_tensor(kind: str, x: torch.Tensor, draw: Callable[[Any], Any], st: Any)
 
 
 def _bad_dataset(kind: str, data: ImageDataset, draw: Callable[[Any], Any], st: Any) -> ImageDataset:
-    if kind == "labels out of range":
-        return data.replace(labels=data.labels + draw(st.integers(min_value=100, max_value=10**6)))
+    if kind == "labels out of range":  # of the model's classes: the dataset itself names enough classes
+        shift = draw(st.integers(min_value=100, max_value=1000))
+        names = data.class_names + tuple(f"extra {k}" for k in range(shift))
+        return ImageDataset(data.name, data.images, data.labels + shift, names, data.source)
     if kind == "empty":
         return data.subset(torch.arange(0))
     return data.replace(images=_bad_tensor(kind, data.images, draw, st))

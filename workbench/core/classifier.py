@@ -38,6 +38,7 @@ class WrappedClassifier(nn.Module):
     def __init__(self, model: nn.Module, normalize: Normalize, input_shape: tuple[int, int, int], num_classes: int,
                  model_size: tuple[int, int] | None = None, cam_layer: str | None = None) -> None:
         super().__init__()
+        check_positive_int(num_classes, "num_classes")
         self.normalize = normalize
         self.model = model
         self.input_shape = input_shape
@@ -192,6 +193,7 @@ def resolve_split(model: nn.Module, split: str | None) -> str:
         top = ", ".join(n for n, _ in getattr(model, "model", model).named_children())
         raise WorkbenchError(f"this {type(model).__name__} has no default split point: pass split=<module name> "
                              f"(one of {top}, e.g. 'layer4' for a torchvision ResNet)")
+    _module_path(model, split)  # refuses a name that is no module of the model
     return split
 
 
@@ -269,6 +271,11 @@ class FrozenStem(nn.Module):
         for module in self._stem_modules:
             module.eval()
         return self
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The images it takes: those of the classifier it trains."""
+        return input_shape_of(self.model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 
 from workbench.core.runtime import cache_root, make_generator
 from workbench.core.storage import atomic_write, sha256_text
-from workbench.core.validation import WorkbenchError, check_fraction, check_name, check_positive_int
+from workbench.core.validation import (
+    WorkbenchError,
+    check_fraction,
+    check_labels,
+    check_name,
+    check_positive_int,
+    check_seed,
+)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -82,6 +89,13 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def check_dataset_names(names: object, name: str = "datasets") -> tuple[str, ...]:
+    """A non-empty tuple (or list) of registered dataset names, as a tuple."""
+    if isinstance(names, str) or not isinstance(names, (tuple, list)) or not names:
+        raise WorkbenchError(f"{name} must be a non-empty tuple of dataset names such as ('cifar10',), got {names!r}")
+    return tuple(check_name("dataset", n, DATASETS) for n in names)
+
+
 def dataset_spec(name: str) -> DatasetSpec:
     """The registered spec of dataset `name`."""
     return DATASETS[check_name("dataset", name, DATASETS)]
@@ -109,9 +123,7 @@ class ImageDataset:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise WorkbenchError(f"{self.name}: images must be uint8 (N, C, H, W), got {self.images.dtype} "
                                  f"{tuple(self.images.shape)}")
-        if self.labels.shape != (len(self.images),):
-            raise WorkbenchError(f"{self.name}: need one label per image, got {tuple(self.labels.shape)} labels "
-                                 f"for {len(self.images)} images")
+        check_labels(self.labels, len(self.images), len(self.class_names), name=f"{self.name} labels")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -361,6 +373,10 @@ class DataSplits:
 
 def stratified_subset(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """A seeded subset of `size` indices whose class proportions follow `labels` (sorted ascending)."""
+    check_labels(labels, len(labels) if isinstance(labels, torch.Tensor) else 0)
+    if len(labels) and int(labels.min()) < 0:
+        raise WorkbenchError(f"labels must be class indices >= 0, got {int(labels.min())}")
+    check_positive_int(size, "size")
     if size >= len(labels):
         return torch.arange(len(labels))
     perm = torch.randperm(len(labels), generator=generator)
@@ -398,6 +414,7 @@ def load_splits(name: str, *, seed: int = 0, holdout_fraction: float = 0.05, tra
     `WORKBENCH_DATA` is read again) and the same `DataSplits` is returned to every caller: its tensors must not be
     modified in place (`subset`, `replace`, `float_images` and the poisoning functions all make new tensors).
     """
+    check_seed(seed)
     check_fraction(holdout_fraction, "holdout_fraction", allow_one=False)
     check_positive_int(train_size, "train_size", optional=True)
     check_positive_int(test_size, "test_size", optional=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.core.validation import WorkbenchError
+from workbench.core.validation import WorkbenchError, check_fraction
 
 #: files a diffusers folder may hold that would need unpickling to load: refused, never opened
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -25,6 +25,9 @@ class Diffusion:
     unet: torch.nn.Module
     scheduler: object
     max_time: float = 1.0  # the model was trained on t < max_time N only (the workbench's tiny one: 0.2)
+
+    def __post_init__(self) -> None:
+        check_fraction(self.max_time, "max_time")
 
     @property
     def steps(self) -> int:

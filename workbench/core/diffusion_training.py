@@ -30,9 +30,9 @@ from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.data import load_splits
 from workbench.core.diffusion import Diffusion
 from workbench.core.mae_training import training_images
-from workbench.core.pretraining import load_pretrained, run_resumable, warmup_cosine
+from workbench.core.pretraining import check_recipe, load_pretrained, run_resumable, warmup_cosine
 from workbench.core.runtime import cache_root, child_seed, make_generator, resolve_device
-from workbench.core.validation import WorkbenchError
+from workbench.core.validation import check_fraction, check_positive_int, check_seed
 
 #: The tiny UNet: three resolutions (32, 16, 8 px) of 32 / 64 / 64 channels, one ResNet block per level, self-
 #: attention at 16 px and in the middle block (1.1 M parameters, 4.5 MB in float32).
@@ -69,8 +69,8 @@ class DiffusionTrainConfig:
     init: DiffusionTrainConfig | None = None
 
     def __post_init__(self) -> None:
-        if not 0 < self.max_time <= 1:
-            raise WorkbenchError(f"max_time must be in (0, 1], got {self.max_time}")
+        check_recipe(self)
+        check_fraction(self.max_time, "max_time")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -148,6 +148,9 @@ def held_out_denoising_error(diffusion: Diffusion, dataset: str = "cifar10", *, 
                              images: int = 256, seed: int = 0, split_seed: int = 0) -> float:
     """Mean squared error of the predicted noise at step t* N on test images the model never saw ([DDPM]'s
     training loss, measured at DiffPure's noise level), with seeded images and noise."""
+    check_fraction(t_star, "t_star")
+    check_positive_int(images, "images")
+    check_seed(split_seed, "split_seed")
     test = load_splits(dataset, seed=split_seed).test
     gen = make_generator(seed)
     x = test.subset(torch.randperm(len(test), generator=gen)[:images]).float_images()

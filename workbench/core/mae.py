@@ -15,7 +15,9 @@ pastes into the masked tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -23,7 +25,14 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
-from workbench.core.validation import WorkbenchError, check_images, check_positive_int
+from workbench.core.validation import (
+    WorkbenchError,
+    check_fraction,
+    check_images,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,8 +55,16 @@ class MAEArchitecture:
     mlp_ratio: float = 4.0
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != "mlp_ratio":
+                check_positive_int(getattr(self, f.name), f.name)
+        check_positive(self.mlp_ratio, "mlp_ratio")
         if self.img_size % self.patch_size:
             raise WorkbenchError(f"MAE img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        for width, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
+            if getattr(self, width) % getattr(self, heads):
+                raise WorkbenchError(f"MAE {width} {getattr(self, width)} is not a multiple of {heads} "
+                                     f"{getattr(self, heads)}: each attention head takes an equal share")
 
     @property
     def grid(self) -> int:
@@ -201,6 +218,9 @@ def _layer_norm(dim: int, **factory: object) -> nn.LayerNorm:
 # ------------------------------------------------------------------------------------------- masks
 def random_token_masks(n: int, num_tokens: int, ratio: float, generator: torch.Generator) -> torch.Tensor:
     """(n, num_tokens) boolean masks, each hiding round(ratio * num_tokens) uniformly chosen tokens."""
+    check_non_negative(n, "n", integer=True)
+    check_positive_int(num_tokens, "num_tokens")
+    check_fraction(ratio, "ratio", allow_one=False)
     count = round(ratio * num_tokens)
     if not 0 < count < num_tokens:
         raise WorkbenchError(f"masking ratio {ratio} hides {count} of {num_tokens} tokens; use a ratio in (0, 1) "
@@ -330,6 +350,8 @@ def load_official_mae(path: str, arch: MAEArchitecture = MAE_BASE) -> MaskedAuto
     The file is read with `torch.load(weights_only=True)` (no code is unpickled); its state dict is under
     "model" (as published) or at the top level. Every parameter must match `arch`.
     """
+    if not Path(path).is_file():
+        raise WorkbenchError(f"no MAE checkpoint at path {path}: download the official checkpoint (see the README)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model", state)
     mae = MaskedAutoencoderViT(arch)
@@ -342,6 +364,7 @@ def load_official_mae(path: str, arch: MAEArchitecture = MAE_BASE) -> MaskedAuto
 
 def neighbours4(grid: int) -> torch.Tensor:
     """(L, L) boolean adjacency of the 4-neighbourhood on a grid x grid token raster."""
+    check_positive_int(grid, "grid")
     idx = torch.arange(grid * grid)
     rows, cols = idx // grid, idx % grid
     dr = (rows.view(-1, 1) - rows.view(1, -1)).abs()

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.core.artefacts import ArtefactStore, config_key
-from workbench.core.data import load_splits
+from workbench.core.data import check_dataset_names, load_splits
 from workbench.core.mae import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -30,8 +30,9 @@ from workbench.core.mae import (
     MaskedAutoencoderViT,
     random_token_masks,
 )
-from workbench.core.pretraining import load_pretrained, run_resumable, warmup_cosine
+from workbench.core.pretraining import check_recipe, load_pretrained, run_resumable, warmup_cosine
 from workbench.core.runtime import cache_root, child_seed, make_generator, resolve_device
+from workbench.core.validation import check_fraction, check_non_negative, check_positive_int, check_seed
 
 TINY_MAE = MAEArchitecture(img_size=56, patch_size=4, in_chans=3, embed_dim=128, depth=6, num_heads=4,
                            decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4, mlp_ratio=4.0)
@@ -54,6 +55,10 @@ class MAETrainConfig:
     split_seed: int = 0
     seed: int = 0
     init: MAETrainConfig | None = None
+
+    def __post_init__(self) -> None:
+        check_recipe(self)
+        check_fraction(self.mask_ratio, "mask_ratio", allow_one=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -95,6 +100,8 @@ def training_images(datasets: tuple[str, ...], split_seed: int = 0) -> torch.Ten
 
     Only the training part of each dataset's workbench split is used (never holdout or test images).
     """
+    check_dataset_names(datasets)
+    check_seed(split_seed, "split_seed")
     parts = []
     for name in datasets:
         train = load_splits(name, seed=split_seed).train
@@ -173,6 +180,10 @@ def held_out_evaluation(mae: MaskedAutoencoderViT, datasets: tuple[str, ...], *,
          [originals, masked inputs (masked pixels grey), restorations] for `examples` images per dataset, as RGB
          32 x 32 images for a figure).
     """
+    check_dataset_names(datasets)
+    check_positive_int(images, "images")
+    check_non_negative(examples, "examples", integer=True)
+    check_seed(split_seed, "split_seed")
     restorer = MAERestorer(mae)
     gen = make_generator(seed)
     errors, shown = {}, [[], [], []]

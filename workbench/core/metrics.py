@@ -64,8 +64,11 @@ def attack_success_rate(classifier: QueryModel | nn.Module, x_triggered: torch.T
 def confusion_matrix(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(K, K) counts: entry [t, p] = number of images of true class t predicted as p."""
     check_positive_int(num_classes, "num_classes")
-    check_labels(true, len(true) if isinstance(true, torch.Tensor) else 0, num_classes, "true")
-    check_labels(predicted, len(true), num_classes, "predicted")
+    for labels, name in ((true, "true"), (predicted, "predicted")):
+        check_labels(labels, len(labels) if isinstance(labels, torch.Tensor) else 0, num_classes, name)
+    if len(predicted) != len(true):
+        raise WorkbenchError(f"predicted and true must hold one label per image each, got {len(predicted)} "
+                             f"predicted and {len(true)} true labels")
     flat = true.to(torch.long).cpu() * num_classes + predicted.to(torch.long).cpu()
     return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
@@ -87,9 +90,12 @@ def patch_position_asr(classifier: QueryModel | nn.Module, x: torch.Tensor, patc
     Returns:
         (H - h + 1, W - w + 1) ASR of the patch with its top-left pixel at each (row, col).
     """
-    if x.ndim != 4 or patch.ndim != 3 or patch.shape[0] not in (1, x.shape[1]):
-        raise WorkbenchError(f"need images (N, C, H, W) and a patch (C or 1, h, w); got {tuple(x.shape)} and "
-                             f"{tuple(patch.shape)}")
+    wrapper = _wrapped(classifier, x)
+    check_class(target, wrapper.num_classes_for(x), "target")
+    if not isinstance(patch, torch.Tensor) or patch.ndim != 3 or patch.shape[0] not in (1, x.shape[1]):
+        raise WorkbenchError(f"patch must have shape (C or 1, h, w) for images {tuple(x.shape)}, got "
+                             f"{tuple(getattr(patch, 'shape', ()))}")
+    check_images(patch.unsqueeze(0), name="patch")
     height, width = x.shape[-2] - patch.shape[-2] + 1, x.shape[-1] - patch.shape[-1] + 1
     if height < 1 or width < 1:
         raise WorkbenchError(f"a {tuple(patch.shape[-2:])} patch does not fit {tuple(x.shape[-2:])} images")
@@ -98,6 +104,6 @@ def patch_position_asr(classifier: QueryModel | nn.Module, x: torch.Tensor, patc
     rows = []
     for row in range(height):  # one batch per row of positions
         stamped = stamp_patch_at(copies, patch, torch.full_like(lefts, row), lefts)
-        hits = predict_labels(classifier, stamped).view(width, len(x)) == target
+        hits = wrapper.labels(stamped).view(width, len(x)) == target
         rows.append(hits.float().mean(dim=1).cpu())
     return torch.stack(rows)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.core.validation import WorkbenchError, check_name, check_positive_int
+from workbench.core.validation import WorkbenchError, check_fraction, check_name, check_positive_int
 
 
 class Normalize(nn.Module):
@@ -44,6 +44,9 @@ class StagedClassifier(nn.Module):
     def __init__(self, normalize: Normalize, stages: OrderedDict[str, nn.Module], default_split: str,
                  input_shape: tuple[int, int, int], feature_split: str) -> None:
         super().__init__()
+        for split, name in ((default_split, "default_split"), (feature_split, "feature_split")):
+            if split not in stages:
+                raise WorkbenchError(f"{name} {split!r} is not one of the stages {list(stages)}")
         self.normalize = normalize
         self.stages = nn.Sequential(stages)
         self.default_split = default_split
@@ -196,8 +199,7 @@ def _wrn16_1(in_channels: int, num_classes: int, image_size: int) -> tuple[Order
 
 def set_dropout(module: nn.Module, p: float) -> nn.Module:
     """Set the probability of every dropout layer in `module` (e.g. a head from `StagedClassifier.split`)."""
-    if not 0 <= p < 1:
-        raise WorkbenchError(f"dropout probability must be in [0, 1), got {p}")
+    check_fraction(p, "dropout probability p", allow_zero=True, allow_one=False)
     for layer in module.modules():
         if isinstance(layer, nn.Dropout):
             layer.p = float(p)

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from workbench.core.validation import check_positive_int
+
 STAGE_WIDTHS = (64, 128, 256, 512)
 """Output channels of layer1..layer4 (BackdoorBench v2 `models/preact_resnet.py`)."""
 
@@ -61,6 +63,8 @@ class PreActResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 10, *, in_channels: int = 3, final_norm: bool = False) -> None:
         super().__init__()
+        check_positive_int(num_classes, "num_classes")
+        check_positive_int(in_channels, "in_channels")
         self.conv1 = nn.Conv2d(in_channels, STAGE_WIDTHS[0], kernel_size=3, stride=1, padding=1, bias=False)
         in_planes = STAGE_WIDTHS[0]
         for index, planes in enumerate(STAGE_WIDTHS, start=1):

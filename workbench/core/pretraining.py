@@ -19,8 +19,27 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from workbench.core.artefacts import ArtefactStore, config_key
+from workbench.core.data import check_dataset_names
 from workbench.core.storage import atomic_write, canonical_json
-from workbench.core.validation import WorkbenchError
+from workbench.core.validation import (
+    WorkbenchError,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    check_seed,
+)
+
+
+def check_recipe(config: Any) -> None:
+    """The settings every pretraining recipe shares (the tiny MAE's, the tiny diffusion model's)."""
+    check_dataset_names(config.datasets)
+    check_positive_int(config.steps, "steps")
+    check_positive_int(config.batch_size, "batch_size")
+    check_non_negative(config.warmup_steps, "warmup_steps", integer=True)
+    check_positive(config.lr, "lr")
+    check_non_negative(config.weight_decay, "weight_decay")
+    check_seed(config.split_seed, "split_seed")
+    check_seed(config.seed)
 
 
 def load_pretrained(kind: str, config: Any, *, name: str, command: str) -> dict[str, torch.Tensor]:
@@ -34,6 +53,10 @@ def load_pretrained(kind: str, config: Any, *, name: str, command: str) -> dict[
 
 def warmup_cosine(step: int, *, lr: float, warmup_steps: int, steps: int) -> float:
     """Linear warm-up over `warmup_steps`, then cosine decay to 0 at `steps`."""
+    check_non_negative(step, "step", integer=True)
+    check_positive(lr, "lr")
+    check_non_negative(warmup_steps, "warmup_steps", integer=True)
+    check_positive_int(steps, "steps")
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, steps - warmup_steps)
@@ -61,6 +84,8 @@ def run_resumable(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, s
     Returns:
         (loss of every step, training seconds over all runs).
     """
+    check_positive_int(steps, "steps")
+    check_positive_int(every, "every")
     start, losses, seconds = 0, [], 0.0
     recipe_json = canonical_json(recipe)
     state = _read_checkpoint(state_file, recipe_json) if state_file.is_file() else None

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.core.validation import WorkbenchError, check_name
+from workbench.core.validation import WorkbenchError, check_name, check_non_negative, check_seed
 
 #: The repository root when the package runs from a checkout (editable install), else None.
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -67,6 +67,8 @@ SEED_STREAMS: dict[str, tuple[int, int]] = {
 def child_seed(parent: int, stream: str, index: int = 0) -> int:
     """The seed of stream `stream` (a name of `SEED_STREAMS`), its `index`-th member where the stream has several,
     derived from `parent`: the one way the workbench splits a seed, so no two uses of one seed collide by accident."""
+    check_seed(parent, "parent")
+    check_non_negative(index, "index", integer=True)
     offset, stride = SEED_STREAMS[check_name("seed stream", stream, SEED_STREAMS)]
     if stride == 0 and index:
         raise WorkbenchError(f"seed stream {stream!r} has one member; got index {index}")
@@ -76,6 +78,9 @@ def child_seed(parent: int, stream: str, index: int = 0) -> int:
 def image_generators(seed: int, first_index: int, count: int) -> list[torch.Generator]:
     """One CPU generator per image of a batch, image i of a test set seeded from (seed, i): a method that draws
     its randomness from these gives each image the same draws however the set is split into calls."""
+    check_seed(seed)
+    check_non_negative(first_index, "first_index", integer=True)
+    check_non_negative(count, "count", integer=True)
     return [torch.Generator().manual_seed(seed * 1_000_003 + first_index + n) for n in range(count)]
 
 

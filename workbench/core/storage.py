@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench.core.validation import WorkbenchError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` and move the result to `path` atomically."""
@@ -77,6 +79,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes."""
+    if not Path(path).is_file():
+        raise WorkbenchError(f"path {path} is not a file: nothing to hash")
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

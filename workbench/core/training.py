@@ -38,6 +38,7 @@ from workbench.core.runtime import child_seed, make_generator, resolve_device
 from workbench.core.validation import (
     WorkbenchError,
     check_fraction,
+    check_images,
     check_name,
     check_non_negative,
     check_positive,
@@ -50,6 +51,9 @@ BatchLoss = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Generat
 
 #: Bump when the training code changes in a way that changes trained weights, so old artefacts stop matching.
 RECIPE_VERSION = 1
+
+
+AUGMENT_MODES = ("crop_flip", "crop", "none")
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class TrainConfig:
         check_name("model", self.model, MODELS)
         check_name("optimizer", self.optimizer, ("sgd", "adam"))
         check_name("schedule", self.schedule, ("onecycle", "cosine", "constant"))
-        check_name("augmentation", self.augment, ("crop_flip", "crop", "none"))
+        check_name("augmentation", self.augment, AUGMENT_MODES)
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.train_size, "train_size", optional=True)
@@ -242,18 +246,32 @@ def new_model(config: TrainConfig) -> StagedClassifier:
                            image_size=spec.image_size, mean=spec.mean, std=spec.std, **dict(config.model_options))
 
 
-def check_training_images(train: ImageDataset, model: torch.nn.Module) -> None:
-    """Refuse a training set whose images do not have the shape the model takes, or whose labels are outside its
-    class count (which comes from the model)."""
+def check_training_images(train: ImageDataset, model: torch.nn.Module, name: str = "train") -> None:
+    """Refuse a training (or holdout) set `name` that is not a non-empty `ImageDataset` of the images the model
+    takes, with labels inside its class count (which comes from the model). Checked on the stored uint8 images: no
+    float copy of a whole training set."""
+    if not isinstance(train, ImageDataset):
+        raise WorkbenchError(f"{name} must be an ImageDataset (e.g. TrainConfig.splits().train), got "
+                             f"{type(train).__name__}")
+    if len(train) == 0:
+        raise WorkbenchError(f"{name} is empty: pass at least one labelled image")
     expected = input_shape_of(model)
     if tuple(train.images.shape[1:]) != expected:
-        raise WorkbenchError(f"training images are {tuple(train.images.shape[1:])} but the model takes {expected}; "
-                             "train on images of the model's input shape (or build the model for these images)")
-    check_labels(train.labels, len(train), num_classes_of(model))
+        raise WorkbenchError(f"{name} images are {tuple(train.images.shape[1:])} but the model takes {expected}; "
+                             "use images of the model's input shape (or build the model for these images)")
+    check_labels(train.labels, len(train), num_classes_of(model), name=f"{name} labels")
 
 
 def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop (zero padding `pad`) and/or horizontal flip, per image; x (N, C, H, W) float."""
+    """Random crop (zero padding `pad`) and/or horizontal flip, per image; x (N, C, H, W) images in [0, 1]."""
+    check_images(x, name="x")
+    check_name("augmentation", mode, AUGMENT_MODES)
+    check_non_negative(pad, "pad", integer=True)
+    return _augment_batch(x, mode, gen, pad)
+
+
+def _augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """`augment_batch` without its checks: training loops call it on every batch of images they made."""
     if mode == "none":
         return x
     n, c, h, w = x.shape
@@ -318,6 +336,7 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
     Returns:
         One dict per epoch: mean training loss, seconds, and CA / ASR on the monitor sets if given.
     """
+    check_training_images(train, classifier or model)
     dev = resolve_device(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(child_seed(config.seed, "global_rng"))  # dropout draws repeat too; the caller's state is kept
@@ -343,9 +362,6 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
     if (config.logit_anchor > 0 or injection is not None) and (poisoned is None or len(poisoned) != n):
         raise WorkbenchError("logit_anchor and the latent injection need the poisoned-image mask of the training set "
                              "(`poisoned`)")
-    if n == 0:
-        raise WorkbenchError(f"the training set of {config.model} on {config.dataset} is empty; check train_size "
-                             "and the dataset")
     memo: torch.Tensor | None = None
     latent_memo: torch.Tensor | None = None
     for epoch in range(config.epochs):
@@ -353,7 +369,7 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
         order = torch.randperm(n, generator=gen)
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-            x = augment_batch(train.images[idx].to(dev).float().div_(255), config.augment, gen)
+            x = _augment_batch(train.images[idx].to(dev).float().div_(255), config.augment, gen)
             y = train.labels[idx].to(dev)
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(config.schedule, config.warmup_fraction, step / total)
@@ -466,6 +482,8 @@ def prepare_training_data(config: TrainConfig, splits: DataSplits | None = None,
                           device: str = "auto", progress: bool = True, monitor_size: int = 1000) -> TrainingData:
     """Poison the training split as `config` says (training the clean surrogate of a label-consistent attack
     first if needed) and draw the seeded monitor subset of the test split."""
+    check_positive_int(monitor_size, "monitor_size")
+    resolve_device(device)  # an unusable device fails here, before any poisoning work
     splits = splits or config.splits()
     monitor_idx = torch.randperm(len(splits.test), generator=make_generator(config.seed))[:monitor_size]
     monitor_set = splits.test.subset(monitor_idx)
@@ -508,6 +526,7 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
     test subset after every epoch, and evaluates CA / ASR on the full test split at the end. The model is
     returned in eval mode on `device`.
     """
+    check_positive_int(monitor_size, "monitor_size")
     store = store or ArtefactStore()
     dev = resolve_device(device)
     splits = config.splits()
@@ -561,7 +580,7 @@ def get_or_train_input_aware(config: InputAwareConfig, *, store: ArtefactStore |
         start = time.time()
         pattern_gen, mask_gen, history = train_generators_and_classifier(
             config, model, splits.train.images, splits.train.labels,
-            augment=lambda x, gen: augment_batch(x, recipe.augment, gen), optimizer=opt,
+            augment=lambda x, gen: _augment_batch(x, recipe.augment, gen), optimizer=opt,
             lr_at=lambda p: recipe.lr * _lr_factor(recipe.schedule, recipe.warmup_fraction, p), device=dev,
             progress=progress)
         model.eval()

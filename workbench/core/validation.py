@@ -53,6 +53,9 @@ def check_images(x: torch.Tensor, *, channels: int | None = None, size: int | tu
     if not x.is_floating_point():
         raise WorkbenchError(f"{name} must be floating point in [0, 1], got dtype {x.dtype}; "
                              "convert uint8 images with x.float() / 255")
+    check_positive_int(channels, "channels", optional=True)
+    if size is not None and not isinstance(size, tuple):
+        check_positive_int(size, "size")
     if channels is not None and x.shape[1] != channels:
         raise WorkbenchError(f"{name} must have {channels} channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
     if size is not None:
@@ -69,9 +72,53 @@ def check_images(x: torch.Tensor, *, channels: int | None = None, size: int | tu
     return x
 
 
+def _shape_of(value: object) -> str:
+    return f"{getattr(value, 'dtype', type(value).__name__)} of shape {tuple(getattr(value, 'shape', ()))}"
+
+
+def check_tensor(value: object, name: str, *, ndim: int | tuple[int, ...] | None = None, kind: str = "float",
+                 shape: tuple[int | None, ...] | None = None, finite: bool = True, nonempty: bool = False
+                 ) -> torch.Tensor:
+    """Check a tensor that is not an image batch (logits, features, masks, indices, a trigger pattern).
+
+    Args:
+        value: the tensor.
+        name: what to call it in error messages.
+        ndim: the required rank, or the allowed ranks; any when None (`shape` implies it).
+        kind: "float", "integer" or "bool" (the dtype family).
+        shape: required sizes, None for a free dimension.
+        finite: refuse NaN and infinities (floats only).
+        nonempty: refuse a tensor with no elements.
+
+    Returns:
+        `value` unchanged.
+    """
+    ranks = (len(shape),) if shape is not None else (ndim,) if isinstance(ndim, (int, float, str)) else ndim
+    for rank in ranks or ():
+        check_non_negative(rank, "ndim", integer=True)
+    check_name("tensor kind", kind, ("float", "integer", "bool"))
+    wanted = (f"shape {tuple('N' if size is None else size for size in shape)}".replace("'N'", "N") if shape is not None
+              else f"rank {' or '.join(map(str, ranks))}" if ranks else "any shape")
+    article = "an" if kind == "integer" else "a"
+    if not isinstance(value, torch.Tensor):
+        raise WorkbenchError(f"{name} must be {article} {kind} torch.Tensor ({wanted}), got {type(value).__name__}")
+    family = "bool" if value.dtype == torch.bool else "float" if value.is_floating_point() else (
+        "complex" if value.is_complex() else "integer")
+    if family != kind or (ranks and value.ndim not in ranks) or (shape is not None and any(
+            size is not None and size != actual for size, actual in zip(shape, value.shape, strict=True))):
+        raise WorkbenchError(f"{name} must be {article} {kind} tensor ({wanted}), got {_shape_of(value)}")
+    if nonempty and value.numel() == 0:
+        raise WorkbenchError(f"{name} is empty ({_shape_of(value)}): pass at least one element")
+    if finite and kind == "float" and not bool(torch.isfinite(value).all()):
+        raise WorkbenchError(f"{name} contains NaN or infinite values; check what produced it")
+    return value
+
+
 def check_labels(labels: torch.Tensor, count: int, num_classes: int | None = None, name: str = "labels"
                  ) -> torch.Tensor:
     """Integer class labels of shape (count,), in [0, num_classes) when the class count is given."""
+    check_non_negative(count, "count", integer=True)
+    check_positive_int(num_classes, "num_classes", optional=True)
     if (not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex()
             or labels.dtype == torch.bool):
         raise WorkbenchError(f"{name} must be an integer torch.Tensor of shape (N,) (class indices), got "
@@ -87,6 +134,7 @@ def check_labels(labels: torch.Tensor, count: int, num_classes: int | None = Non
 
 def check_class(value: int, num_classes: int, name: str = "class") -> int:
     """Check a single class index."""
+    check_positive_int(num_classes, "num_classes")
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_classes:
         raise WorkbenchError(f"{name} must be an integer class index in [0, {num_classes - 1}], got {value!r}")
     return value

@@ -43,6 +43,7 @@ from workbench.core.validation import (
     check_non_negative,
     check_positive,
     check_positive_int,
+    check_tensor,
 )
 
 
@@ -240,8 +241,11 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float
     up to ~4e-4 there. Away from the border (window // 2 pixels, where the padding differs) it equals Wang et
     al.'s SSIM as scikit-image computes it (`gaussian_weights=True, use_sample_covariance=False`) to 1e-6.
     """
-    c = x.shape[1]
     check_images(x, name="x")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise WorkbenchError(f"window must be an odd positive integer (the Gaussian window's side), got {window!r}")
+    check_positive(sigma, "sigma")
+    c = x.shape[1]
     if not isinstance(y, torch.Tensor) or y.shape != x.shape or not bool(torch.isfinite(y).all()):
         # y may leave [0, 1]: BDMAE compares with the MAE's unclipped restoration (authors' code)
         raise WorkbenchError(f"y must be a finite tensor of x's shape {tuple(x.shape)}, got "
@@ -265,6 +269,7 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, window: int = 11, sigma: float
 
 def token_dissimilarity(x: torch.Tensor, y: torch.Tensor, grid: int) -> torch.Tensor:
     """1 - SSIM(x, y) sampled on the token grid (nearest pixel), (N, grid * grid): one round's S_i (Alg. 1)."""
+    check_positive_int(grid, "grid")
     similarity = ssim_map(x, y).unsqueeze(1)
     return 1 - F.interpolate(similarity, size=(grid, grid), mode="nearest").flatten(1)
 
@@ -274,6 +279,11 @@ def cut_permutation_masks(num_tokens: int, count: int, masks: int, gen: torch.Ge
     """Alg. 1 line 4 as the authors sample it: concatenate `masks` random permutations of the token ids and cut
     `masks` consecutive slices of `count` ids, so each round masks every token at least once (twice at the
     paper's 147 of 196) and Eq. 2's denominator is never zero. Returns (masks, num_tokens) bool."""
+    check_positive_int(num_tokens, "num_tokens")
+    check_positive_int(masks, "masks")
+    if check_positive_int(count, "count") > num_tokens:
+        raise WorkbenchError(f"count must be at most num_tokens ({num_tokens}): a mask masks `count` of the tokens, "
+                             f"got {count}")
     ids = torch.cat([torch.randperm(num_tokens, generator=gen) for _ in range(masks)])
     out = torch.zeros(masks, num_tokens, dtype=torch.bool)
     for i in range(masks):
@@ -287,6 +297,7 @@ def tie_priorities(gens: list[torch.Generator], num_tokens: int) -> torch.Tensor
     token index would bias every selection towards the top-left corner. The paper is silent on ties. One
     refinement step uses one permutation for both its refine region and its seed token, so that the seed (the
     top-scoring token) lies inside the region."""
+    check_positive_int(num_tokens, "num_tokens")
     return torch.stack([torch.randperm(num_tokens, generator=g) for g in gens])
 
 
@@ -320,7 +331,18 @@ def topology_masks(scores: torch.Tensor, regions: torch.Tensor, sizes: torch.Ten
     Returns:
         (N, L) bool masks.
     """
+    check_tensor(scores, "scores", ndim=2)
     n, num_tokens = scores.shape
+    check_tensor(regions, "regions", shape=(n, num_tokens), kind="bool")
+    check_tensor(sizes, "sizes", shape=(n,), kind="integer")
+    if n and (int(sizes.min()) < 1 or int(sizes.max()) > num_tokens):
+        raise WorkbenchError(f"sizes must lie in [1, {num_tokens}] (tokens per mask), got "
+                             f"[{int(sizes.min())}, {int(sizes.max())}]")
+    check_tensor(adjacency, "adjacency", shape=(num_tokens, num_tokens), kind="bool")
+    check_non_negative(bonus, "bonus")
+    if len(gens) != n:
+        raise WorkbenchError(f"gens must hold one generator per image: {n} images but {len(gens)} generators")
+    check_tensor(priority, "priority", shape=(n, num_tokens), kind="integer")
     longest = int(sizes.max())
     draws = torch.zeros(n, longest, num_tokens)
     for i, gen in enumerate(gens):
@@ -344,6 +366,9 @@ def topology_masks(scores: torch.Tensor, regions: torch.Tensor, sizes: torch.Ten
 def top_tokens(score: torch.Tensor, count: torch.Tensor, priority: torch.Tensor) -> torch.Tensor:
     """(N, L) bool: the `count[n]` highest-scoring tokens of each image, ties broken by `priority` (highest
     first)."""
+    check_tensor(score, "score", ndim=2)
+    check_tensor(count, "count", shape=score.shape[:1], kind="integer")
+    check_tensor(priority, "priority", shape=tuple(score.shape), kind="integer")
     by_priority = torch.argsort(priority, dim=1, descending=True)
     within = torch.argsort(_tie_level(score).gather(1, by_priority), dim=1, descending=True, stable=True)
     order = by_priority.gather(1, within)

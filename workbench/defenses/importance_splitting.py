@@ -110,12 +110,17 @@ class SplittingConfig:
             check_positive(self.max_strength, "max_strength")
             if self.strength > self.max_strength:
                 raise WorkbenchError(f"strength {self.strength} exceeds max_strength {self.max_strength}")
+        if self.target_level is not None and (isinstance(self.target_level, bool) or not isinstance(
+                self.target_level, (int, float)) or not math.isfinite(self.target_level)):
+            raise WorkbenchError(f"target_level must be a finite score level or None, got {self.target_level!r}")
 
 
 def decay_to_one_component(passes: int, strength: float, components: float) -> float:
     """[REStore] Sec. IV-B's decay: after `passes` decays, a kernel that redraws `strength * components` components
     on average (Eq. 16: s d alpha_def) redraws a single one, i.e. decay ** passes * strength * components = 1."""
     check_positive_int(passes, "passes")
+    check_positive(strength, "strength")
+    check_positive(components, "components")
     if strength * components <= 1:
         raise WorkbenchError(f"the kernel redraws {strength * components:g} components at strength {strength}: "
                              "there is nothing to decay towards one component")
@@ -355,6 +360,9 @@ class GaussianPrior:
     kernel(x, s) = (x + s N) / sqrt(1 + s^2), N ~ N(0, I_d)."""
 
     def __init__(self, shape: tuple[int, ...], device: str | torch.device = "cpu") -> None:
+        if not isinstance(shape, (tuple, list)) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0
+                                                           for s in shape):
+            raise WorkbenchError(f"shape must be a tuple of positive integers (one particle's shape), got {shape!r}")
         self.shape = tuple(shape)
         self.device = torch.device(device)
 
@@ -383,6 +391,8 @@ class SparseIIDPrior:
 
     def __init__(self, rate: torch.Tensor,
                  draw_values: Callable[[tuple[int, ...], torch.Generator], torch.Tensor]) -> None:
+        if not isinstance(rate, torch.Tensor):
+            raise WorkbenchError(f"rate must be a tensor of probabilities, got {type(rate).__name__}")
         if not ((rate >= 0) & (rate <= 1)).all():
             raise WorkbenchError("rate must hold probabilities in [0, 1]")
         if not (rate > 0).any():

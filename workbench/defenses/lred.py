@@ -45,6 +45,7 @@ from workbench.core.validation import (
     check_labels,
     check_positive,
     check_positive_int,
+    check_tensor,
 )
 
 WEIGHTINGS = ("anneal", "uniform")
@@ -144,14 +145,14 @@ def estimate_patterns(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target
     check_model_images(model, x, "detection images")
     if isinstance(snapshot_every, bool) or not isinstance(snapshot_every, int) or snapshot_every < 0:
         raise WorkbenchError(f"snapshot_every must be an integer >= 0 (0: no snapshots), got {snapshot_every!r}")
-    num_classes = sources.shape[1] if sources.ndim == 2 else -1
-    if y.shape != (len(x),) or y.dtype != torch.long:
-        raise WorkbenchError(f"labels must be a long tensor of shape ({len(x)},), got {tuple(y.shape)} {y.dtype}")
-    if sources.ndim != 2 or sources.dtype != torch.bool or targets.shape != (len(sources),):
-        raise WorkbenchError("sources must be a (P, K) bool tensor and targets a (P,) tensor of target classes, got "
-                             f"{tuple(sources.shape)} {sources.dtype} and {tuple(targets.shape)}")
+    check_tensor(sources, "sources", ndim=2, kind="bool")
+    num_classes = sources.shape[1]
+    if not isinstance(y, torch.Tensor) or y.shape != (len(x),) or y.dtype != torch.long:
+        raise WorkbenchError(f"labels must be a long tensor of shape ({len(x)},), got "
+                             f"{tuple(getattr(y, 'shape', ()))} {getattr(y, 'dtype', type(y).__name__)}")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise WorkbenchError(f"labels must lie in [0, {num_classes - 1}] (K = {num_classes} from sources)")
+    check_labels(targets, len(sources), num_classes, name="targets")
     if bool(sources[torch.arange(len(targets)), targets].any()):
         raise WorkbenchError("a problem lists its own target class among its sources; sources must exclude t")
     counts = torch.bincount(y, minlength=num_classes).to(sources.device)
@@ -254,11 +255,20 @@ def order_statistic_test(statistics: torch.Tensor | np.ndarray, *, free_location
     The p-value is computed as -expm1(K log1p(-(1 - G(r_max)))) so that it keeps its precision where 1 - G^K is
     tiny; it is exactly 0 only where the Gamma tail itself underflows (the paper's "u.f.").
     """
-    r = np.asarray(statistics, dtype=np.float64).ravel()
+    try:
+        r = np.asarray(statistics, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise WorkbenchError(f"statistics must be a 1-D tensor or array of numbers, got {type(statistics).__name__}"
+                             ) from exc
+    if r.ndim != 1:
+        raise WorkbenchError(f"statistics must be 1-D (one statistic per problem), got shape {r.shape}")
     if len(r) < 4 or not np.isfinite(r).all():
         raise WorkbenchError(f"the order-statistic test needs at least 4 finite statistics, got {r.tolist()}")
     top = int(np.argmax(r))
     rest = np.delete(r, top)
+    if np.ptp(rest) == 0:  # scipy's Gamma fit fails on a sample without spread
+        raise WorkbenchError(f"statistics all equal {rest[0]:g} but the largest: no Gamma null can be fitted; the "
+                             "estimations stopped at the same norm (raise max_iterations or step)")
     shape, loc, scale = stats.gamma.fit(rest) if free_location else stats.gamma.fit(rest, floc=0)
     tail = float(stats.gamma.sf(r[top], shape, loc=loc, scale=scale))
     p_value = float(-np.expm1(len(r) * np.log1p(-tail))) if tail < 1 else 1.0
@@ -305,6 +315,7 @@ def estimation_problems(method: str, num_classes: int) -> tuple[torch.Tensor, to
     (RED-A, RED-U; P = K), or one per ordered class pair (s, t), s != t (RED-P; P = K (K - 1))."""
     if method not in METHODS:
         raise WorkbenchError(f"unknown L-RED method {method!r}; choose one of {', '.join(METHODS)}")
+    check_positive_int(num_classes, "num_classes")
     others = ~torch.eye(num_classes, dtype=torch.bool)
     if method != "RED-P":
         return torch.arange(num_classes), others

@@ -30,6 +30,7 @@ from workbench.core.training import TrainConfig
 from workbench.core.validation import (
     WorkbenchError,
     check_fraction,
+    check_labels,
     check_name,
     check_non_negative,
     check_positive_int,
@@ -66,6 +67,7 @@ def white_box(model_or_query: nn.Module | QueryModel, method: str) -> nn.Module:
 
 def query_access(model_or_query: nn.Module | QueryModel, access: str, method: str) -> QueryModel:
     """A `QueryModel` with at least `access`: the caller's (checked), or a new one around the caller's module."""
+    check_name("access level", access, ACCESS_LEVELS)
     if isinstance(model_or_query, QueryModel):
         if ACCESS_LEVELS.index(model_or_query.access) < ACCESS_LEVELS.index(access):
             raise WorkbenchError(f"{method} needs {access!r} access but the QueryModel gives {model_or_query.access!r};"
@@ -81,12 +83,14 @@ def as_dataset(data: ImageDataset | tuple[torch.Tensor, torch.Tensor], model: nn
     `ImageDataset`: an `ImageDataset`, or (images in [0, 1] (N, C, H, W), labels (N,)), stored as uint8 like every
     training set here (exact for images that came from 8-bit files). Checked against `model`."""
     if isinstance(data, ImageDataset):
-        check_classifier(model, data.float_images(), data.labels, name=f"{name} images")
+        classes = check_classifier(model, data.float_images(), name=f"{name} images")
+        check_labels(data.labels, len(data), classes, name=f"{name} labels")
         return data
     if not (isinstance(data, tuple) and len(data) == 2):
         raise WorkbenchError(f"{name} must be an ImageDataset or a tuple (images, labels)")
     images, labels = data
-    classes = check_classifier(model, images, labels, name=f"{name} images")
+    classes = check_classifier(model, images, name=f"{name} images")
+    check_labels(labels, len(images), classes, name=f"{name} labels")
     label = "mnist" if images.shape[1] == 1 else "cifar10"  # a registered name: it only labels the progress bar
     return ImageDataset(label, images.mul(255).round().to(torch.uint8).cpu(), labels.long().cpu(),
                         tuple(str(k) for k in range(classes)), f"caller's {name}")

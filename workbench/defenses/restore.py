@@ -48,6 +48,7 @@ from workbench.core.validation import (
     check_labels,
     check_name,
     check_positive_int,
+    check_tensor,
 )
 from workbench.defenses.importance_splitting import (
     GaussianPrior,
@@ -70,6 +71,7 @@ FI_EXCLUDED_HIGH, FI_FROZEN_LOW = 1 / 3, 0.05
 
 def dct_matrix(n: int, device: str | torch.device = "cpu") -> torch.Tensor:
     """The orthonormal DCT-II matrix D (n, n): X = D x D^T is the 2-D DCT of an n x n block, x = D^T X D."""
+    check_positive_int(n, "n")
     k = torch.arange(n, device=device, dtype=torch.float64)[:, None]
     i = torch.arange(n, device=device, dtype=torch.float64)[None, :]
     d = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2 / n)
@@ -79,12 +81,14 @@ def dct_matrix(n: int, device: str | torch.device = "cpu") -> torch.Tensor:
 
 def dct2(x: torch.Tensor) -> torch.Tensor:
     """2-D orthonormal DCT over the last two dimensions of x (..., H, W)."""
+    check_tensor(x, "x", ndim=(2, 3, 4, 5))  # planes (H, W), with any leading dimensions
     dh, dw = dct_matrix(x.shape[-2], x.device), dct_matrix(x.shape[-1], x.device)
     return dh @ x @ dw.T
 
 
 def idct2(x: torch.Tensor) -> torch.Tensor:
     """Inverse of `dct2`."""
+    check_tensor(x, "x", ndim=(2, 3, 4, 5))  # planes (H, W), with any leading dimensions
     dh, dw = dct_matrix(x.shape[-2], x.device), dct_matrix(x.shape[-1], x.device)
     return dh.T @ x @ dw
 
@@ -92,6 +96,8 @@ def idct2(x: torch.Tensor) -> torch.Tensor:
 def frequency_rank(height: int, width: int) -> torch.Tensor:
     """(H, W) rank of each DCT coefficient from the lowest frequency (0) to the highest (1), ordered by u + v and then
     by u (the zig-zag diagonals; the paper does not say which order it uses)."""
+    check_positive_int(height, "height")
+    check_positive_int(width, "width")
     u = torch.arange(height)[:, None].expand(height, width)
     v = torch.arange(width)[None, :].expand(height, width)
     order = torch.argsort(((u + v) * height + u).flatten())
@@ -180,6 +186,7 @@ def splitting_config(setup: RestoreSetup, image_shape: tuple[int, int, int], **s
     the kernel redraws a single component (Sec. IV-B). PG has no such rule; it keeps the engine's default decay.
     """
     settings = {"particles": 500, "survivors": 250, "passes": 30, "max_levels": 40, "strength": 1.0, **settings}
+    SplittingConfig(**settings)  # checks every setting before the decay below computes with them
     if setup.name in ("PI", "FI"):
         components = setup.alpha * math.prod(setup.search_shape(image_shape))
         settings.setdefault("max_strength", 1.0)
@@ -208,6 +215,9 @@ def clean_sets(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, cl
         (len(classes), per_set, C, H, W).
     """
     _check_clean_set(query, images, labels)
+    check_positive_int(per_set, "per_set")
+    for c in classes:
+        check_class(c, query.num_classes_for(images), "classes (each a class under test)")
     pick = _round_robin(query, images, labels, seed)
     return torch.stack([images[pick(per_set, exclude=c)] for c in classes])
 
@@ -239,6 +249,11 @@ def class_scorer(query: QueryModel, setup: RestoreSetup, output: str, sets: torc
     """Eq. 4 for every problem b: the mean output of class classes[b] over sets[b] perturbed by Delta (logits,
     probits), or the number of those images labelled classes[b] (labels)."""
     check_name("scorer output", output, OUTPUTS)
+    if not isinstance(sets, torch.Tensor) or sets.ndim != 5:
+        raise WorkbenchError(f"sets must have shape (B, M, C, H, W) (a clean set per problem), got "
+                             f"{tuple(getattr(sets, 'shape', ()))}")
+    _check_query_images(query, sets.flatten(0, 1), "sets")
+    check_labels(classes, len(sets), query.num_classes_for(sets[0]), name="classes")
     read = {"logits": query.logits, "probits": query.probs, "labels": query.labels}[output]
 
     def score(delta: torch.Tensor, problems: torch.Tensor) -> torch.Tensor:
@@ -260,7 +275,10 @@ def any_class_scorer(query: QueryModel, setup: RestoreSetup, output: str, images
     scores high; one run replaces the K per-class runs. `images` (M, C, H, W) with `labels` (M,); `num_classes` is
     the model's output count (the images need not cover every class)."""
     check_name("scorer output", output, OUTPUTS)
-    check_class(int(labels.max()), num_classes, "largest label")
+    _check_query_images(query, images, "images")
+    if len(images) == 0:
+        raise WorkbenchError("images are empty: the scorer perturbs at least one clean image")
+    check_labels(labels, len(images), check_positive_int(num_classes, "num_classes"))
     read = {"logits": query.logits, "probits": query.probs, "labels": query.labels}[output]
     others = (labels[:, None] != torch.arange(num_classes, device=labels.device)).float()  # (M, K): y_i != c
     weights = others if output == "labels" else others / others.sum(dim=0)  # counts, or means over the others
@@ -284,6 +302,9 @@ def recover_any_class(query: QueryModel, images: torch.Tensor, labels: torch.Ten
     (Fig. 12b): one run for all classes. Returns the run and the class its surviving perturbations send most of the
     clean images to (the class whose trigger was recovered)."""
     check_positive_int(per_class, "per_class")
+    check_positive_int(num_classes, "num_classes")
+    check_name("scorer output", output, OUTPUTS)
+    _check_clean_set(query, images, labels)
     present = len(labels.unique())
     index = _round_robin(query, images, labels, seed)(per_class * present)
     chosen, chosen_labels = images[index], labels[index]
@@ -312,6 +333,7 @@ def calibrate_alpha(query: QueryModel, setup_name: str, images: torch.Tensor, la
     accuracy measured with the same seeded draws. Returns alpha_def and every (alpha, accuracy) evaluated.
     """
     check_name("setup", setup_name, SETUPS)
+    check_positive_int(steps, "steps")
     _check_clean_set(query, images, labels)
     baseline = _accuracy(query, images, labels)
     probes = [(0.0, baseline)]
@@ -331,7 +353,7 @@ def calibrate_alpha(query: QueryModel, setup_name: str, images: torch.Tensor, la
                       f"{baseline:.2f}: no ratio halves it, so alpha_def = 1 (the strongest this setup allows)",
                       stacklevel=2)
         return 1.0, sorted(probes)
-    for _ in range(check_positive_int(steps, "steps")):
+    for _ in range(steps):
         middle = (low + high) / 2
         low, high = (middle, high) if accuracy(middle) > baseline / 2 else (low, middle)
     return (low + high) / 2, sorted(probes)
@@ -345,10 +367,16 @@ def _check_clean_set(query: QueryModel, images: torch.Tensor, labels: torch.Tens
     """The defender's clean set: a non-empty image batch the model accepts, one label per image, in range."""
     if not isinstance(query, QueryModel):
         raise WorkbenchError(f"query must be a QueryModel (query access to the classifier), got {type(query).__name__}")
-    check_images(images, name="clean images")
+    _check_query_images(query, images, "clean images")
     if len(images) == 0:
         raise WorkbenchError("clean images are empty: pass at least one labelled clean image")
     check_labels(labels, len(images), query.num_classes_for(images))
+
+
+def _check_query_images(query: QueryModel, images: torch.Tensor, name: str) -> None:
+    """Images (N, C, H, W) in [0, 1] of the shape the queried model takes, where it declares one."""
+    shape = query.input_shape
+    check_images(images, channels=shape[0] if shape else None, size=tuple(shape[1:]) if shape else None, name=name)
 
 
 # --- Diagnosis and recovery (Sec. III-D2, IV-D, IV-E) ----------------------------------------------------------------
@@ -418,7 +446,9 @@ def diagnose(query: QueryModel, images: torch.Tensor, labels: torch.Tensor, setu
     """
     check_name("scorer output", output, OUTPUTS)
     num_classes = query.num_classes if num_classes is None else check_positive_int(num_classes, "num_classes")
+    _check_clean_set(query, images, labels)
     check_labels(labels, len(images), num_classes)
+    check_positive_int(per_set, "per_set")
     classes = list(range(num_classes)) if classes is None else [check_class(c, num_classes) for c in classes]
     if not classes:
         raise WorkbenchError("no classes to test: pass None for every class or a list of class indices")
@@ -450,6 +480,8 @@ def compare_maps(curves: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float
     Returns:
         (comparison level, log10 rho of every map at it, map indices from the suspect down).
     """
+    if len(curves) < 2:
+        raise WorkbenchError(f"curves must hold at least 2 maps to compare, got {len(curves)}")
     finite = [(levels.double().numpy(), rho.double().numpy()) for levels, rho in curves]
     rarity = max((rho[-1] for _, rho in finite if len(rho)), default=0.0)
     reached = [np.interp(rarity, rho[::-1], levels[::-1]) if len(rho) else -np.inf for levels, rho in finite]
@@ -468,7 +500,7 @@ def recovered_asr(query: QueryModel, setup: RestoreSetup, realisations: torch.Te
         raise WorkbenchError("no realisations to test: the splitting run ended without survivors")
     _check_clean_set(query, images, labels)
     check_class(target, query.num_classes_for(images), "target")
-    _check_realisations(realisations, images)
+    _check_realisations(realisations, images, "images")
     keep = labels != target
     x = images[keep]
     gen = make_generator(seed)
@@ -510,12 +542,14 @@ class TriggerEstimate:
         return row, col
 
 
-def _check_realisations(realisations: torch.Tensor, images: torch.Tensor) -> None:
-    """Realisations (R, C', H, W) of the images' size, with their channels or one (a greyscale search)."""
+def _check_realisations(realisations: torch.Tensor, images: torch.Tensor, name: str) -> None:
+    """Realisations (R, C', H, W) of the size of the images (argument `name`), with their channels or one (a
+    greyscale search)."""
     if (not isinstance(realisations, torch.Tensor) or realisations.ndim != 4
             or realisations.shape[2:] != images.shape[2:] or realisations.shape[1] not in (1, images.shape[1])):
         raise WorkbenchError(f"realisations must have shape (R, {images.shape[1]} or 1, {images.shape[2]}, "
-                             f"{images.shape[3]}) for these images, got {tuple(getattr(realisations, 'shape', ()))}")
+                             f"{images.shape[3]}) for {name} of shape {tuple(images.shape)}, got "
+                             f"{tuple(getattr(realisations, 'shape', ()))}")
 
 
 def estimate_trigger(setup: RestoreSetup, realisations: torch.Tensor, clean: torch.Tensor) -> TriggerEstimate:
@@ -523,7 +557,7 @@ def estimate_trigger(setup: RestoreSetup, realisations: torch.Tensor, clean: tor
     check_images(clean, name="clean images")
     if len(clean) == 0:
         raise WorkbenchError("clean images are empty: the trigger's effect is measured on them")
-    _check_realisations(realisations, clean)
+    _check_realisations(realisations, clean, "clean images")
     if len(realisations) < 2:
         raise WorkbenchError(f"an SNR needs at least 2 realisations, got {len(realisations)}")
     effects = (setup.perturb(clean[None], realisations[None].to(clean.device))[0] - clean[None]).mean(dim=1)
@@ -547,6 +581,11 @@ class Purifier:
     def __post_init__(self) -> None:
         check_name("purification", self.transform, TRANSFORMS)
         check_fraction(self.strength, "strength", allow_zero=True)
+        for name in ("weights", "mean"):
+            check_tensor(getattr(self, name), name, ndim=3)
+        if self.mean.shape != self.weights.shape:
+            raise WorkbenchError(f"mean {tuple(self.mean.shape)} and weights {tuple(self.weights.shape)} must have "
+                                 "the same (C, H, W) shape")
 
     @cached_property
     def _operand(self) -> torch.Tensor:
@@ -589,6 +628,9 @@ def select_purifier(query: QueryModel, estimate: TriggerEstimate, images: torch.
     Returns the purifier (strength 0 if none qualifies) and every strength tried, 0 (no purification) first.
     """
     check_fraction(max_accuracy_drop, "max_accuracy_drop", allow_zero=True)
+    check_name("purification", transform, TRANSFORMS)
+    for strength in strengths:
+        check_fraction(strength, "strengths (each a purification strength)", allow_zero=True)
     _check_clean_set(query, images, labels)
     weights = estimate.weights(low_pass)
     baseline = _accuracy(query, images, labels)

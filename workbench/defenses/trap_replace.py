@@ -54,6 +54,7 @@ from workbench.core.training import (
     TrainingSummary,
     artefact_address,
     artefact_identity,
+    check_training_images,
     get_or_train,
     new_model,
     prepare_training_data,
@@ -64,11 +65,14 @@ from workbench.core.validation import (
     WorkbenchError,
     check_class,
     check_fraction,
+    check_images,
     check_labels,
     check_name,
     check_non_negative,
+    check_positive,
     check_positive_int,
     check_seed,
+    check_tensor,
 )
 
 TRAP_KIND, REPLACE_KIND = "trap", "replaced"
@@ -193,6 +197,11 @@ def _reconstruction_head(features: tuple[int, int, int], image: tuple[int, int, 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """TV of a batch (N, C, H, W): (sum of squared vertical + horizontal neighbour differences) / x.numel()."""
+    check_tensor(x, "x", ndim=4, nonempty=True)
+    return _total_variation(x)
+
+
+def _total_variation(x: torch.Tensor) -> torch.Tensor:
     vertical = (x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).sum()
     horizontal = (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).sum()
     return (vertical + horizontal) / x.numel()
@@ -201,8 +210,26 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 def trap_objective(logits: torch.Tensor, reconstruction: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
                    rec_weight: float, tv_weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
     """Eq. 1 per batch, in the public code's weighting: CE + lambda1 MSE(x_hat, x) + lambda2 TV(x_hat)."""
+    check_images(x, name="x")
+    if len(x) == 0:
+        raise WorkbenchError("x is empty: the objective is a mean over at least one image")
+    check_tensor(logits, "logits", shape=(len(x), None))  # one row per image of x
+    check_tensor(reconstruction, "reconstruction", ndim=4)
+    if reconstruction.shape != x.shape:
+        raise WorkbenchError(f"reconstruction and x must have the same shape, got {tuple(reconstruction.shape)} and "
+                             f"{tuple(x.shape)}")
+    check_labels(y, len(x), logits.shape[1], name="y")
+    check_non_negative(rec_weight, "rec_weight")
+    check_non_negative(tv_weight, "tv_weight")
+    check_fraction(label_smoothing, "label_smoothing", allow_zero=True, allow_one=False)
+    return _trap_objective(logits, reconstruction, x, y, rec_weight=rec_weight, tv_weight=tv_weight,
+                           label_smoothing=label_smoothing)
+
+
+def _trap_objective(logits: torch.Tensor, reconstruction: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
+                    rec_weight: float, tv_weight: float, label_smoothing: float) -> torch.Tensor:
     ce = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-    return ce + rec_weight * F.mse_loss(reconstruction, x) + tv_weight * total_variation(reconstruction)
+    return ce + rec_weight * F.mse_loss(reconstruction, x) + tv_weight * _total_variation(reconstruction)
 
 
 class TrapNet(nn.Module):
@@ -269,8 +296,8 @@ def train_trap(net: TrapNet, train: ImageDataset, recipe: TrainConfig, *, rec_we
 
     def joint_loss(model: TrapNet, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         logits, reconstruction = model.forward_both(x)
-        return trap_objective(logits, reconstruction, x, y, rec_weight=rec_weight, tv_weight=tv_weight,
-                              label_smoothing=recipe.label_smoothing)
+        return _trap_objective(logits, reconstruction, x, y, rec_weight=rec_weight, tv_weight=tv_weight,
+                               label_smoothing=recipe.label_smoothing)
 
     return train_classifier(net, train, recipe, monitor=monitor, monitor_backdoor=monitor_backdoor, device=device,
                             progress=progress, batch_loss=joint_loss, poisoned=poisoned, classifier=net.classifier)
@@ -314,6 +341,7 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
     Metrics: the `get_or_train` ones (test CA / ASR of the trap head: Table 4's "no replacement" row) and, with a
     reconstruction head, the reconstruction MSE on clean test images (Table 8).
     """
+    check_positive_int(monitor_size, "monitor_size")
     store = store or ArtefactStore()
     split = config.split_point()
     if not config.reconstructs:
@@ -366,6 +394,17 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, beta: float, gen: torch.Generator
     lam ~ Beta(beta, beta); the box has area (1 - lam) of the image, centred uniformly and clipped at the border;
     lam is then set to the kept fraction. Returns (mixed images, labels of the pasted images, lam).
     """
+    # any values: CutMix only moves pixels (the training loop gives it [0, 1] images)
+    check_tensor(x, "x", ndim=4, nonempty=True)
+    check_labels(y, len(x), name="y")
+    if len(y) and int(y.min()) < 0:
+        raise WorkbenchError(f"y must hold class indices >= 0, got {int(y.min())}")
+    check_positive(beta, "beta")
+    return _cutmix(x, y, beta, gen)
+
+
+def _cutmix(x: torch.Tensor, y: torch.Tensor, beta: float, gen: torch.Generator
+            ) -> tuple[torch.Tensor, torch.Tensor, float]:
     n, _, height, width = x.shape
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
     lam = float(rng.beta(beta, beta))
@@ -390,6 +429,7 @@ def replace_head(classifier: nn.Module, holdout: ImageDataset, config: ReplaceCo
     Returns the per-epoch training history.
     """
     head = head_modules(classifier, split)
+    check_training_images(holdout, classifier, "holdout")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         for layer in (sub for module in head for sub in module.modules()):
@@ -402,7 +442,7 @@ def replace_head(classifier: nn.Module, holdout: ImageDataset, config: ReplaceCo
     def mixed_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if config.cutmix_beta == 0:
             return F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
-        mixed, pasted, lam = cutmix(x, y, config.cutmix_beta, gen)
+        mixed, pasted, lam = _cutmix(x, y, config.cutmix_beta, gen)
         logits = model(mixed)
         return (lam * F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
                 + (1 - lam) * F.cross_entropy(logits, pasted, label_smoothing=config.label_smoothing))
@@ -437,6 +477,7 @@ def get_or_replace(trapped: TrappedModel, config: ReplaceConfig, *, store: Artef
     The artefact is keyed by this config, the stage-1 artefact and the holdout images. Metrics: test CA / ASR of
     the replaced model, the holdout size and the training history.
     """
+    check_positive_int(monitor_size, "monitor_size")
     store = store or ArtefactStore()
     base = trapped.config.train
     splits = base.splits()
@@ -475,6 +516,7 @@ def stem_features(classifier: nn.Module, images: torch.Tensor, split: str | None
     """The stem's output f_s(x) (the input of split module `split`; default a workbench model's `default_split`)
     for `images` (N, C, H, W) in [0, 1], flattened to (N, D); the classifier is put in eval mode."""
     check_model_images(classifier, images)
+    check_positive_int(batch_size, "batch_size")
     split = resolve_split(classifier, split)
     classifier.eval()
     device = next(classifier.parameters()).device
@@ -487,8 +529,9 @@ def stem_features(classifier: nn.Module, images: torch.Tensor, split: str | None
 def principal_components(features: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PCA of (N, D) features: (projections (N, k), mean (D,), components (k, D)), components by decreasing variance
     with the sign fixed so each component's largest-magnitude loading is positive (repeatable plots)."""
-    if features.ndim != 2 or len(features) < 2:
-        raise WorkbenchError(f"PCA needs (N >= 2, D) features, got shape {tuple(features.shape)}")
+    check_tensor(features, "features", ndim=2)
+    if len(features) < 2:
+        raise WorkbenchError(f"PCA needs features of at least 2 samples (N >= 2, D), got shape {tuple(features.shape)}")
     check_positive_int(k, "k")
     mean = features.mean(dim=0)
     centred = features - mean
@@ -552,6 +595,11 @@ def scatter_of(clean_target: torch.Tensor, clean_source: torch.Tensor, poisoned_
     """PCA of the stem features (N_g, D) of the three groups of Fig. 2, fitted on all three together, with the
     centroid distances of the poisoned group."""
     groups = (clean_target, clean_source, poisoned_source)
+    for name, group in zip(("clean_target", "clean_source", "poisoned_source"), groups, strict=True):
+        check_tensor(group, name, ndim=2, nonempty=True)
+        if group.shape[1] != clean_target.shape[1]:
+            raise WorkbenchError(f"{name} has {group.shape[1]} features per sample, clean_target "
+                                 f"{clean_target.shape[1]}: the groups must come from the same stem")
     stacked = torch.cat(groups)
     projected, _, _ = principal_components(stacked, 2)
     explained = (projected.var(dim=0) / stacked.var(dim=0).sum()).tolist()
@@ -563,6 +611,9 @@ def feature_scatter(classifier: nn.Module, clean_target: torch.Tensor, clean_sou
                     poisoned_source: torch.Tensor, split: str | None = None) -> FeatureScatter:
     """Fig. 2 for one source class: stem features of clean target-class, clean source-class and triggered
     source-class images (each (N_g, C, H, W) in [0, 1]), projected by `scatter_of`."""
+    for name, images in (("clean_target", clean_target), ("clean_source", clean_source),
+                         ("poisoned_source", poisoned_source)):
+        check_model_images(classifier, images, name)
     return scatter_of(*(stem_features(classifier, images, split)
                         for images in (clean_target, clean_source, poisoned_source)))
 
@@ -572,7 +623,8 @@ def scatters_by_source(classifier: nn.Module, images: torch.Tensor, labels: torc
     """`feature_scatter` for every source class at once (the stem runs once over all images): `images` (N, C, H, W)
     clean test images with `labels` (N,), `triggered` the same images with the trigger. Keys: source classes."""
     check_model_images(classifier, images)
-    if not isinstance(triggered, torch.Tensor) or triggered.shape != images.shape:
+    check_model_images(classifier, triggered, "triggered images")
+    if triggered.shape != images.shape:
         raise WorkbenchError(f"triggered images {tuple(getattr(triggered, 'shape', ()))} must be the images "
                              f"{tuple(images.shape)} with the trigger")
     classes = num_classes_of(classifier, input_shape=tuple(images.shape[1:]))

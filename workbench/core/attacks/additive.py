@@ -216,7 +216,7 @@ class Additive(Attack):
         return self.pattern_for(channels, height, width).clone()
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        return Fn.add_clipped(x, self.pattern_for(*x.shape[1:]))
+        return Fn._add_clipped(x, self.pattern_for(*x.shape[1:]))
 
 
 PATTERN_NOTES = {name: note for name, (_, _, _, note) in ADDITIVE_PATTERNS.items()}

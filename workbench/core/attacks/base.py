@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -93,12 +94,26 @@ def _check_common_fields(attack: Attack) -> None:
         value = getattr(attack, f.name)
         if f.name == "seed" or f.name.endswith("_seed"):
             check_seed(value, f"{family} {f.name}")
-        elif f.name in _POSITION_FIELDS and value is not None and (isinstance(value, bool)
-                                                                   or not isinstance(value, int)):
-            raise WorkbenchError(f"{family} {f.name} must be an integer pixel index (negative counts from the end) "
-                                 f"or None, got {value!r}")
+        elif f.name in _POSITION_FIELDS:
+            _check_position(value, f"{family} {f.name}", optional=True)
         elif f.name in _SIZE_FIELDS:
             check_positive_int(value, f"{family} {f.name}")
+
+
+def _check_position(value: object, name: str, *, optional: bool = False) -> None:
+    """A patch coordinate: an integer pixel index, negative counting from the far edge (or None when `optional`)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WorkbenchError(f"{name} must be an integer pixel index (negative counts from the end)"
+                             f"{' or None' if optional else ''}, got {value!r}")
+
+
+def _check_finite(value: object, name: str) -> float:
+    """A finite number (any sign)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise WorkbenchError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def register_preset(name: str, note: str) -> Callable[[Callable[[], Attack]], Callable[[], Attack]]:
@@ -138,7 +153,16 @@ def attack_from_dict(data: dict[str, Any]) -> Attack:
 
 
 def resolve_position(value: int, extent: int, size: int, what: str) -> int:
-    """A patch coordinate: non-negative from the top/left, negative from the bottom/right edge."""
+    """A patch coordinate: non-negative from the top/left, negative from the bottom/right edge.
+
+    Args:
+        value: the coordinate (`what` in messages, e.g. "row").
+        extent: the image's side along that axis, in pixels.
+        size: the patch's side along that axis, in pixels.
+    """
+    _check_position(value, what)
+    check_positive_int(extent, f"extent (the image side along {what})")
+    check_positive_int(size, f"size (the patch side along {what})")
     pos = value + extent if value < 0 else value
     if not 0 <= pos <= extent - size:
         raise WorkbenchError(f"{what}={value} puts a {size}-pixel patch outside a {extent}-pixel image; "

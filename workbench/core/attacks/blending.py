@@ -50,7 +50,7 @@ class Blended(Attack):
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         pattern, weight = self.pattern_for(*x.shape[1:])
-        return Fn.blend(x, pattern, weight.to(x.device))
+        return Fn._blend(x, pattern, weight.to(x.device))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,5 +86,5 @@ class SIG(Attack):
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         wave = self.pattern_for(*x.shape[1:])
         if self.mode == "additive":
-            return Fn.add_clipped(x, self.alpha * wave)
-        return Fn.blend(x, (1 + wave) / 2, self.alpha)
+            return Fn._add_clipped(x, self.alpha * wave)
+        return Fn._blend(x, (1 + wave) / 2, self.alpha)

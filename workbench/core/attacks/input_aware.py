@@ -28,14 +28,29 @@ from tqdm.auto import tqdm
 
 from workbench.core.artefacts import ArtefactStore, StaleArtefact, config_key, restore_state
 from workbench.core.attacks.base import Attack
+from workbench.core.classifier import input_shape_of, num_classes_of
+from workbench.core.data import dataset_spec
 from workbench.core.runtime import child_seed
-from workbench.core.validation import WorkbenchError, check_fraction, check_positive_int
+from workbench.core.validation import (
+    WorkbenchError,
+    check_class,
+    check_fraction,
+    check_images,
+    check_labels,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    check_tensor,
+)
 
 
 class TriggerGenerator(nn.Module):
     """Encoder-decoder (two down, two up stages) mapping an image to `out_channels` maps of the same size."""
 
     def __init__(self, channels: int, out_channels: int, width: int = 16) -> None:
+        check_positive_int(channels, "channels")
+        check_positive_int(out_channels, "out_channels")
+        check_positive_int(width, "width")
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
@@ -50,25 +65,86 @@ class TriggerGenerator(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+def _check_generator_input(generator: TriggerGenerator, x: torch.Tensor) -> None:
+    """A non-empty image batch the generator takes: its channels, a side that is a multiple of 4 (two
+    down-sampling stages), so the output has the images' size."""
+    if not isinstance(generator, TriggerGenerator):
+        raise WorkbenchError(f"generator must be a TriggerGenerator, got {type(generator).__name__}")
+    check_images(x)
+    channels = generator.encoder[0][0].in_channels
+    if x.shape[1] != channels or x.shape[2] % 4 or x.shape[3] % 4 or not len(x):
+        raise WorkbenchError(f"images must be a non-empty batch of {channels}-channel images (the generator's) "
+                             f"whose height and width are multiples of 4, got shape {tuple(x.shape)}")
+
+
+def _check_like(tensor: torch.Tensor, name: str, like: torch.Tensor, *, one_channel: bool = False) -> None:
+    """`tensor` holds images in [0, 1] of the images `like`'s shape (or one channel if `one_channel`)."""
+    check_images(tensor, name=name)
+    channels = (1, like.shape[1]) if one_channel else (like.shape[1],)
+    if len(tensor) != len(like) or tensor.shape[1] not in channels or tensor.shape[2:] != like.shape[2:]:
+        raise WorkbenchError(f"{name} must match the images: shape {tuple(like.shape)}"
+                             f"{' (or one channel)' if one_channel else ''}, got shape {tuple(tensor.shape)}")
+
+
 def make_pattern(generator: TriggerGenerator, x: torch.Tensor) -> torch.Tensor:
     """g(x) in [0, 1]."""
+    _check_generator_input(generator, x)
+    return _make_pattern(generator, x)
+
+
+def _make_pattern(generator: TriggerGenerator, x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(generator(x)) / 2 + 0.5
 
 
 def make_mask(generator: TriggerGenerator, x: torch.Tensor) -> torch.Tensor:
     """m(x) in [0, 1], pushed towards 0/1 by the original's soft threshold tanh(20 (m - 0.5)) / 2 + 0.5."""
+    _check_generator_input(generator, x)
+    return _make_mask(generator, x)
+
+
+def _make_mask(generator: TriggerGenerator, x: torch.Tensor) -> torch.Tensor:
     soft = torch.tanh(generator(x)) / 2 + 0.5
     return torch.tanh((soft - 0.5) * 20) / 2 + 0.5
 
 
 def stamp(x: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """B(x) = (1 - m) x + m g."""
+    """B(x) = (1 - m) x + m g.
+
+    Args:
+        x: images (N, C, H, W) in [0, 1]; pattern: g(x), of the same shape; mask: m(x), (N, 1 or C, H, W).
+    """
+    check_images(x)
+    _check_like(pattern, "pattern", x)
+    _check_like(mask, "mask", x, one_channel=True)
+    return _stamp(x, pattern, mask)
+
+
+def _stamp(x: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x * (1 - mask) + pattern * mask
 
 
 def diversity_loss(x: torch.Tensor, x_other: torch.Tensor, out: torch.Tensor, out_other: torch.Tensor) -> torch.Tensor:
     """The original's L_div = mean over images of RMS(x - x') / RMS(G(x) - G(x')) (root-mean-square distances,
-    as the original code computes them: the ratio is then independent of the number of channels)."""
+    as the original code computes them: the ratio is then independent of the number of channels).
+
+    Args:
+        x, x_other: two non-empty image batches of one shape; out, out_other: the generator's outputs for them
+            (patterns or masks, one per image; any finite values).
+    """
+    check_images(x)
+    if not len(x):
+        raise WorkbenchError("images are empty: the loss is a mean over images")
+    _check_like(x_other, "x_other", x)
+    for name, given in (("out", out), ("out_other", out_other)):  # any finite outputs: the loss is a ratio
+        check_tensor(given, f"{name} (one output per image)", shape=(len(x), None, None, None))
+    if out.shape != out_other.shape:
+        raise WorkbenchError(f"out and out_other must have one shape, got {tuple(out.shape)} and "
+                             f"{tuple(out_other.shape)}")
+    return _diversity_loss(x, x_other, out, out_other)
+
+
+def _diversity_loss(x: torch.Tensor, x_other: torch.Tensor, out: torch.Tensor, out_other: torch.Tensor
+                    ) -> torch.Tensor:
     inputs = (x - x_other).pow(2).flatten(1).mean(dim=1).sqrt()
     outputs = (out - out_other).pow(2).flatten(1).mean(dim=1).sqrt()
     return (inputs / (outputs + 1e-7)).mean()
@@ -76,7 +152,19 @@ def diversity_loss(x: torch.Tensor, x_other: torch.Tensor, out: torch.Tensor, ou
 
 def sparsity_loss(mask: torch.Tensor, density: float) -> torch.Tensor:
     """The original's mask-norm loss: mean(relu(m(x) - density)), element-wise, so every mask value above the
-    density costs (not just a mean above it)."""
+    density costs (not just a mean above it).
+
+    Args:
+        mask: a non-empty batch of masks in [0, 1] (any shape (N, C, H, W)); density: the level, in (0, 1].
+    """
+    check_images(mask, name="mask")
+    if not mask.numel():
+        raise WorkbenchError(f"mask is empty (shape {tuple(mask.shape)}): the loss is a mean over its values")
+    check_fraction(density, "density")
+    return _sparsity_loss(mask, density)
+
+
+def _sparsity_loss(mask: torch.Tensor, density: float) -> torch.Tensor:
     return F.relu(mask - density).mean()
 
 
@@ -113,11 +201,16 @@ class InputAwareConfig:
     def __post_init__(self) -> None:
         if self.train.poison is not None:
             raise WorkbenchError("IAB poisons on the fly: give a TrainConfig without `poison`")
+        check_class(self.target, dataset_spec(self.train.dataset).num_classes, "target")
         check_fraction(self.p_attack, "p_attack")
         check_fraction(self.p_cross, "p_cross")
         check_fraction(self.mask_density, "mask_density")
         check_positive_int(self.mask_epochs, "mask_epochs")
         check_positive_int(self.generator_width, "generator_width")
+        check_non_negative(self.lambda_div, "lambda_div", meaning_of_zero="0 turns the diversity loss off")
+        check_non_negative(self.lambda_norm, "lambda_norm", meaning_of_zero="0 turns the sparsity loss off")
+        check_positive(self.generator_lr, "generator_lr")
+        check_positive_int(self.recipe_version, "recipe_version")
         if self.p_attack + self.p_cross >= 1:
             raise WorkbenchError("p_attack + p_cross must leave some clean images in each batch")
 
@@ -186,9 +279,21 @@ def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Mod
         augment: callable(x float batch, generator) -> augmented batch.
         optimizer: the classifier's optimiser; lr_at: callable(progress in [0, 1]) -> learning rate.
     """
+    if not isinstance(config, InputAwareConfig):
+        raise WorkbenchError(f"config must be an InputAwareConfig, got {type(config).__name__}")
+    channels, height, width = input_shape_of(classifier)
+    if (not isinstance(train_images, torch.Tensor) or train_images.dtype != torch.uint8
+            or tuple(train_images.shape[1:]) != (channels, height, width) or train_images.ndim != 4
+            or not len(train_images)):
+        raise WorkbenchError(f"train_images must be a non-empty uint8 tensor (N, {channels}, {height}, {width}) "
+                             f"(a dataset's .images, the classifier's input shape), got "
+                             f"{getattr(train_images, 'dtype', type(train_images).__name__)} of shape "
+                             f"{tuple(getattr(train_images, 'shape', ()))}")
+    classes = num_classes_of(classifier)
+    check_labels(train_labels, len(train_images), classes, name="train_labels")
+    check_class(config.target, classes, "config.target")
     recipe = config.train
     gen = torch.Generator().manual_seed(child_seed(recipe.seed, "iab_data_order"))
-    channels = train_images.shape[1]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(child_seed(recipe.seed, "iab_generators"))
         pattern_gen = TriggerGenerator(channels, channels, config.generator_width).to(device)
@@ -210,9 +315,9 @@ def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Mod
                disable=not progress, leave=False)
     for _ in range(config.mask_epochs):  # stage 1: sparse, input-dependent masks
         for x, _, other in batches():
-            m, m_other = make_mask(mask_gen, x), make_mask(mask_gen, other)
-            loss = (config.lambda_norm * sparsity_loss(m, config.mask_density)
-                    + config.lambda_div * diversity_loss(x, other, m, m_other))
+            m, m_other = _make_mask(mask_gen, x), _make_mask(mask_gen, other)
+            loss = (config.lambda_norm * _sparsity_loss(m, config.mask_density)
+                    + config.lambda_div * _diversity_loss(x, other, m, m_other))
             mask_opt.zero_grad(set_to_none=True)
             loss.backward()
             mask_opt.step()
@@ -229,17 +334,17 @@ def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Mod
         for x, y, other in batches():
             n_bd, n_cross = int(config.p_attack * len(x)), int(config.p_cross * len(x))
             with torch.no_grad():
-                masks, masks_other = make_mask(mask_gen, x), make_mask(mask_gen, other)
-            patterns, patterns_other = make_pattern(pattern_gen, x), make_pattern(pattern_gen, other)
-            inputs = torch.cat([stamp(x[:n_bd], patterns[:n_bd], masks[:n_bd]),
-                                stamp(x[n_bd:n_bd + n_cross], patterns_other[n_bd:n_bd + n_cross],
+                masks, masks_other = _make_mask(mask_gen, x), _make_mask(mask_gen, other)
+            patterns, patterns_other = _make_pattern(pattern_gen, x), _make_pattern(pattern_gen, other)
+            inputs = torch.cat([_stamp(x[:n_bd], patterns[:n_bd], masks[:n_bd]),
+                                _stamp(x[n_bd:n_bd + n_cross], patterns_other[n_bd:n_bd + n_cross],
                                       masks_other[n_bd:n_bd + n_cross]),
                                 x[n_bd + n_cross:]])
             targets = torch.cat([torch.full_like(y[:n_bd], config.target), y[n_bd:]])
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step / total)
             ce = F.cross_entropy(classifier(inputs), targets, label_smoothing=recipe.label_smoothing)
-            loss = ce + config.lambda_div * diversity_loss(x, other, patterns, patterns_other)
+            loss = ce + config.lambda_div * _diversity_loss(x, other, patterns, patterns_other)
             optimizer.zero_grad(set_to_none=True)
             pattern_opt.zero_grad(set_to_none=True)
             loss.backward()

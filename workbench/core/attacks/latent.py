@@ -36,13 +36,16 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from workbench.core.attacks import functional as Fn
-from workbench.core.attacks.base import Attack, resolve_position
+from workbench.core.attacks.base import Attack, _check_position, resolve_position
 from workbench.core.classifier import capture, check_model_images
 from workbench.core.validation import (
     WorkbenchError,
     check_images,
+    check_labels,
+    check_non_negative,
     check_positive,
     check_positive_int,
+    check_tensor,
 )
 
 #: T&R's LBA-n settings on WRN-16-1: the module whose input is layer n's input (see the module docstring).
@@ -100,7 +103,7 @@ class PatchTrigger(Attack):
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         patch, row, col = self.pattern_for(*x.shape[1:])
-        return Fn.stamp_patch(x, patch, row, col)
+        return Fn._stamp_patch(x, patch, row, col)
 
     def describe(self) -> str:  # the values would fill a screen
         return f"patch({self.channels}x{self.size}x{self.size} optimised pixels at row={self.row}, col={self.col})"
@@ -145,6 +148,23 @@ def latent_distance(features: torch.Tensor, labels: torch.Tensor, poisoned: torc
     Returns:
         (the term, the target mean to pass as `memo` to the next batch).
     """
+    check_tensor(features, "features (one row per image)", ndim=(2, 3, 4))
+    check_labels(labels, len(labels) if isinstance(labels, torch.Tensor) and labels.ndim else 0)  # dtype, 1-D
+    if len(labels) != len(features):
+        raise WorkbenchError(f"features must hold one row per label: {len(labels)} labels, features of shape "
+                             f"{tuple(features.shape)}")
+    if len(labels) and int(labels.min()) < 0:
+        raise WorkbenchError(f"labels must be class indices >= 0, got a minimum of {int(labels.min())}")
+    check_tensor(poisoned, "poisoned (one flag per image)", shape=tuple(labels.shape), kind="bool")
+    check_non_negative(target, "target", integer=True)
+    if memo is not None and (not isinstance(memo, torch.Tensor) or memo.shape != features.shape[1:]):
+        raise WorkbenchError(f"memo must be None or the previous target mean, of shape {tuple(features.shape[1:])}, "
+                             f"got {tuple(getattr(memo, 'shape', ())) if memo is not None else None}")
+    return _latent_distance(features, labels, poisoned, target, memo)
+
+
+def _latent_distance(features: torch.Tensor, labels: torch.Tensor, poisoned: torch.Tensor, target: int,
+                     memo: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     anchors = (labels == target) & ~poisoned
     goal = features[anchors].mean(dim=0) if anchors.any() else memo
     if goal is None or not poisoned.any():
@@ -156,6 +176,7 @@ def latent_distance(features: torch.Tensor, labels: torch.Tensor, poisoned: torc
 def mean_latent(model: nn.Module, images: torch.Tensor, layer: str, batch_size: int = 256) -> torch.Tensor:
     """Mean representation of `images` at `layer` (the input of that module) in eval mode."""
     check_model_images(model, images)
+    check_positive_int(batch_size, "batch_size")
     model.eval()
     device = next(model.parameters()).device
     total, count = None, 0
@@ -187,6 +208,8 @@ class TriggerSearch:
     def __post_init__(self) -> None:
         for name in ("size", "steps", "batch_size"):
             check_positive_int(getattr(self, name), f"TriggerSearch.{name}")
+        _check_position(self.row, "TriggerSearch.row")
+        _check_position(self.col, "TriggerSearch.col")
         check_positive(self.lr, "TriggerSearch.lr")
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,11 +234,11 @@ def optimise_latent_trigger(model: nn.Module, sources: torch.Tensor, target_imag
     Returns:
         The trigger (8-bit pattern) and the loss of every step.
     """
-    check_images(sources, name="sources")
+    check_model_images(model, sources, name="sources")  # non-empty, of the model's input shape where it has one
+    check_model_images(model, target_images, name="target_images")
     check_images(target_images, channels=sources.shape[1], size=tuple(sources.shape[2:]), name="target_images")
-    if not len(sources) or not len(target_images):
-        raise WorkbenchError(f"the trigger needs source and target images; got {len(sources)} source and "
-                             f"{len(target_images)} target images")
+    if not isinstance(search, TriggerSearch):
+        raise WorkbenchError(f"search must be a TriggerSearch, got {type(search).__name__}")
     channels, height, width = sources.shape[1:]
     size = search.size
     top, left = resolve_position(search.row, height, size, "row"), resolve_position(search.col, width, size, "col")
@@ -231,7 +254,7 @@ def optimise_latent_trigger(model: nn.Module, sources: torch.Tensor, target_imag
         with capture(model, layer) as recorded:
             for _ in tqdm(range(search.steps), desc=f"LBA trigger at {layer}", disable=not progress, leave=False):
                 pick = torch.randint(len(sources), (min(search.batch_size, len(sources)),), generator=generator)
-                x = Fn.stamp_patch(sources[pick].to(device), torch.sigmoid(weights), top, left)
+                x = Fn._stamp_patch(sources[pick].to(device), torch.sigmoid(weights), top, left)
                 model(x)
                 loss = (recorded.pop() - goal).pow(2).flatten(1).mean(dim=1).mean()
                 optimizer.zero_grad(set_to_none=True)

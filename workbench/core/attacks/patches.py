@@ -9,7 +9,7 @@ import torch
 from workbench.core.attacks import functional as Fn
 from workbench.core.attacks.base import Attack, resolve_position
 from workbench.core.runtime import child_seed, make_generator
-from workbench.core.validation import WorkbenchError, check_positive_int
+from workbench.core.validation import WorkbenchError, check_positive_int, check_seed
 
 # The exact BDMAE random-colour patch, RGB rows (the authors' public code: docs/implementation.md#bdmae-attacks).
 BDMAE_COLOUR_PATCH = torch.tensor([
@@ -96,7 +96,7 @@ class BadNets(Attack):
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         for patch, row, col in self.pattern_for(*x.shape[1:]):
-            x = Fn.stamp_patch(x, patch, row, col)
+            x = Fn._stamp_patch(x, patch, row, col)
         return x
 
     def trigger_mask(self, channels: int, height: int, width: int) -> torch.Tensor:
@@ -136,7 +136,7 @@ class DynamicBadNets(Attack):
         weights = torch.randint(1, 2 ** 31 - 1, (x[0].numel(),), generator=make_generator(self.position_seed))
         code = ((x.flatten(1) * 255).round().long() * weights.to(x.device)).sum(dim=1) % (2 ** 31 - 1)
         rows, cols = height - self.size + 1, width - self.size + 1
-        return Fn.stamp_patch_at(x, self.pattern_for(channels, height, width), code % rows, (code // rows) % cols)
+        return Fn._stamp_patch_at(x, self.pattern_for(channels, height, width), code % rows, (code // rows) % cols)
 
 
 def per_class_triggers(num_classes: int, image_size: int, *, size: int = 3, seed: int = 0) -> list[BadNets]:
@@ -145,6 +145,13 @@ def per_class_triggers(num_classes: int, image_size: int, *, size: int = 3, seed
     [REStore] Sec. V-A ("all classes backdoored"): each class gets its own 3x3 trigger whose pattern and
     location are drawn at random; here from `seed` (trigger k: `child_seed(seed, "patch_colour", k)`).
     """
+    check_positive_int(num_classes, "num_classes")
+    check_positive_int(image_size, "image_size")
+    check_positive_int(size, "size")
+    check_seed(seed)
+    if size > image_size:
+        raise WorkbenchError(f"size={size} is larger than the {image_size}-pixel images; use a patch of at most "
+                             f"{image_size} pixels")
     gen = make_generator(seed)
     positions = torch.randint(0, image_size - size + 1, (num_classes, 2), generator=gen).tolist()
     return [BadNets(pattern="random_colour", size=size, row=r, col=c, seed=child_seed(seed, "patch_colour", k))

@@ -215,6 +215,25 @@ def _select(labels: torch.Tensor, config: PoisonConfig, num_classes: int, gen: t
     return torch.sort(pool[torch.randperm(len(pool), generator=gen)[:n]]).values
 
 
+def _check_dataset(dataset: ImageDataset, name: str) -> None:
+    """A non-empty `ImageDataset`."""
+    if not isinstance(dataset, ImageDataset):
+        raise WorkbenchError(f"{name} must be an ImageDataset (see workbench.core.data), got {type(dataset).__name__}")
+    if not len(dataset):
+        raise WorkbenchError(f"{name} is empty: give a dataset with images")
+
+
+def _naming(transform: Any, name: str) -> Any:
+    """`transform` (a trigger's `apply`), its refusal of images it does not fit naming the set they come from."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return transform(x)
+        except WorkbenchError as exc:
+            raise WorkbenchError(f"the trigger cannot be applied to the {name}'s "
+                                 f"{'x'.join(map(str, x.shape[1:]))} images: {exc}") from exc
+    return run
+
+
 def poison_dataset(dataset: ImageDataset, config: PoisonConfig, *,
                    surrogate: torch.nn.Module | None = None) -> PoisonedDataset:
     """Build a poisoned copy of `dataset` (see the module docstring and `PoisonConfig`).
@@ -227,6 +246,9 @@ def poison_dataset(dataset: ImageDataset, config: PoisonConfig, *,
     Returns:
         The poisoned set with the indices that were triggered (and noise-mode images, for WaNet).
     """
+    _check_dataset(dataset, "dataset")
+    if not isinstance(config, PoisonConfig):
+        raise WorkbenchError(f"config must be a PoisonConfig, got {type(config).__name__}")
     check_class(config.target, dataset.num_classes, "target")
     for source in config.sources or ():
         check_class(source, dataset.num_classes, "source class")
@@ -241,7 +263,7 @@ def poison_dataset(dataset: ImageDataset, config: PoisonConfig, *,
         adv = config.adversarial
         originals = _to_uint8(pgd_perturb(surrogate, originals.float() / 255, dataset.labels[chosen],
                                           epsilon=adv.epsilon, steps=adv.steps, generator=gen))
-    images[chosen] = _apply_in_chunks(originals, config.attack.apply)
+    images[chosen] = _apply_in_chunks(originals, _naming(config.attack.apply, "dataset"))
     if not config.clean_label:
         labels[chosen] = config.target
     noise = torch.empty(0, dtype=torch.long)
@@ -263,11 +285,17 @@ def poison_all_classes(dataset: ImageDataset, triggers: Sequence[Attack], *, rat
     Trigger k relabels images of other classes to class k. The poisoned images (a `ratio` fraction of the
     set in total, split evenly over the classes) are disjoint.
     """
+    _check_dataset(dataset, "dataset")
+    check_seed(seed)
     check_fraction(ratio, "poison ratio")
     if len(triggers) != dataset.num_classes:
-        raise WorkbenchError(f"need one trigger per class ({dataset.num_classes}), got {len(triggers)}")
+        raise WorkbenchError(f"need one trigger per class of the dataset ({dataset.num_classes} classes), got "
+                             f"{len(triggers)} triggers")
     gen = make_generator(seed)
     per_class = round(ratio * len(dataset) / dataset.num_classes)
+    if per_class < 1:
+        raise WorkbenchError(f"poison ratio {ratio} of the {len(dataset)}-image dataset leaves no poisoned image for "
+                             f"each of its {dataset.num_classes} classes; raise the ratio")
     free = torch.ones(len(dataset), dtype=torch.bool)
     images, labels = dataset.images.clone(), dataset.labels.clone()
     chosen_all, targets = [], []
@@ -277,7 +305,7 @@ def poison_all_classes(dataset: ImageDataset, triggers: Sequence[Attack], *, rat
             raise WorkbenchError(f"ratio {ratio} is too high: class {target} cannot get {per_class} free images")
         chosen = pool[torch.randperm(len(pool), generator=gen)[:per_class]]
         free[chosen] = False
-        images[chosen] = _apply_in_chunks(dataset.images[chosen], trigger.apply)
+        images[chosen] = _apply_in_chunks(dataset.images[chosen], _naming(trigger.apply, "dataset"))
         labels[chosen] = target
         chosen_all.append(chosen)
         targets.append(torch.full((per_class,), target, dtype=torch.long))
@@ -300,6 +328,7 @@ class AllClassesPoison:
     def __post_init__(self) -> None:
         check_fraction(self.ratio, "poison ratio")
         check_positive_int(self.size, "trigger size")
+        check_seed(self.seed)
 
     def triggers(self, num_classes: int, image_size: int) -> list[BadNets]:
         """Trigger k sends images to class k."""
@@ -317,11 +346,12 @@ def backdoor_test_set(test: ImageDataset, attack: Attack, target: int,
     Returns:
         (triggered float images (M, C, H, W) in [0, 1], their true labels (M,)).
     """
+    _check_dataset(test, "test")
     check_class(target, test.num_classes, "target")
     keep = test.labels != target
     if sources is not None:
         keep &= torch.isin(test.labels, torch.tensor(list(sources)))
     idx = keep.nonzero().squeeze(1)
     if len(idx) == 0:
-        raise WorkbenchError("no test images of the source classes: cannot measure ASR")
-    return attack.apply(test.images[idx].float() / 255), test.labels[idx]
+        raise WorkbenchError("the test set has no images of the source classes: cannot measure ASR")
+    return _naming(attack.apply, "test set")(test.images[idx].float() / 255), test.labels[idx]

@@ -49,7 +49,7 @@ class WaNet(Attack):
         return Fn.wanet_grid(height, width, self.control_size, float(self.strength), make_generator(self.seed))
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        return Fn.warp(x, self.pattern_for(*x.shape[1:]))
+        return Fn._warp(x, self.pattern_for(*x.shape[1:]))
 
     def apply_noise_mode(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Warp with M plus per-image random grid offsets of about one pixel (WaNet's noise mode)."""
@@ -59,4 +59,4 @@ class WaNet(Attack):
             offsets = (torch.rand(n, height, width, 2, generator=generator) * 2 - 1) / height
         else:
             offsets = torch.randn(n, height, width, 2, generator=generator) / height
-        return Fn.warp(x, (grid + offsets).clamp(-1, 1))
+        return Fn._warp(x, (grid + offsets).clamp(-1, 1))

@@ -51,11 +51,13 @@ from workbench.core.training import TrainConfig, augment_batch, check_training_i
 from workbench.core.validation import (
     WorkbenchError,
     check_fraction,
+    check_labels,
     check_name,
     check_non_negative,
     check_positive,
     check_positive_int,
     check_seed,
+    check_tensor,
 )
 
 LGA_LEVELS = ("batch", "sample")
@@ -156,7 +158,15 @@ def lga_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, level: str = "
     Returns:
         A scalar whose gradient descends on CE above gamma and ascends below it.
     """
+    check_tensor(logits, "logits", ndim=2)
+    check_labels(y, len(logits), logits.shape[1])
+    check_positive(gamma, "gamma")
     check_name("LGA level", level, LGA_LEVELS)
+    return _lga_loss(logits, y, gamma, level)
+
+
+def _lga_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float, level: str) -> torch.Tensor:
+    """`lga_loss` without its checks: the isolation phase calls it on every batch."""
     if level == "batch":
         ce = F.cross_entropy(logits, y)
         return torch.sign(ce - gamma) * ce
@@ -181,6 +191,8 @@ def _per_example_loss(model: nn.Module, train: ImageDataset, batch_size: int = 5
 
 def isolate_lowest(losses: torch.Tensor, ratio: float) -> torch.Tensor:
     """Sorted indices of the floor(ratio N) (at least 1) examples with the lowest loss; ties broken by index."""
+    check_tensor(losses, "losses", ndim=1, nonempty=True)
+    check_fraction(ratio, "ratio")
     count = max(1, int(len(losses) * ratio))
     order = torch.sort(losses, stable=True).indices
     return torch.sort(order[:count]).values
@@ -188,6 +200,11 @@ def isolate_lowest(losses: torch.Tensor, ratio: float) -> torch.Tensor:
 
 def isolation_precision(isolated: torch.Tensor, poisoned: torch.Tensor) -> float:
     """Fraction of the `isolated` indices that are poisoned; `poisoned` is an (N,) bool mask."""
+    check_tensor(poisoned, "poisoned", ndim=1, kind="bool")
+    check_tensor(isolated, "isolated", ndim=1, kind="integer")
+    if len(isolated) and (int(isolated.min()) < 0 or int(isolated.max()) >= len(poisoned)):
+        raise WorkbenchError(f"isolated indices must lie in [0, {len(poisoned) - 1}] (the poisoned mask has "
+                             f"{len(poisoned)} entries), got [{int(isolated.min())}, {int(isolated.max())}]")
     if len(isolated) == 0:
         raise WorkbenchError("no example was isolated: cannot compute the isolation precision")
     return poisoned[isolated].float().mean().item()
@@ -253,7 +270,7 @@ def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLC
         history.extend({"phase": phase, **r} for r in records)
 
     def lga(net: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return lga_loss(net(x), y, config.gamma, config.lga_level)
+        return _lga_loss(net(x), y, config.gamma, config.lga_level)
 
     # 1. isolation: LGA training from scratch on the whole poisoned set
     isolate_recipe = _phase_recipe(recipe, config, "isolate", config.isolate_epochs)

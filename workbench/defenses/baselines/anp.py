@@ -252,6 +252,9 @@ def prune_neurons(model: StagedClassifier, masks: dict[str, torch.Tensor], thres
         if values.shape != layers[name].weight.shape:
             raise WorkbenchError(f"mask for {name!r} has shape {tuple(values.shape)} but the layer has "
                                  f"{layers[name].num_features} channels")
+        if not bool(torch.isfinite(values).all()):  # a NaN mask value would silently keep its channel
+            raise WorkbenchError(f"mask for {name!r} contains NaN or infinite values; the masks must come from "
+                                 "anp_masks")
     with torch.no_grad():
         for name, idx in _pruned_neurons(masks, threshold).items():
             layers[name].weight[idx.to(layers[name].weight.device)] = 0.0

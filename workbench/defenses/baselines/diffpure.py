@@ -32,7 +32,15 @@ import torch.nn.functional as F
 
 from workbench.core.diffusion import Diffusion
 from workbench.core.runtime import image_generators
-from workbench.core.validation import WorkbenchError, check_fraction, check_images, check_name, check_positive_int
+from workbench.core.validation import (
+    WorkbenchError,
+    check_fraction,
+    check_images,
+    check_name,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+)
 
 SAMPLERS = ("ddpm", "sde")
 
@@ -57,7 +65,18 @@ def _reverse_ddpm(diffusion: Diffusion, x: torch.Tensor, step: int, generators: 
 
 
 def vp_alpha_bar(t: torch.Tensor | float, beta_min: float, beta_max: float) -> torch.Tensor:
-    """abar(t) = exp(-t^2 (beta_max - beta_min) / 2 - t beta_min), the VP-SDE's signal fraction at time t."""
+    """abar(t) = exp(-t^2 (beta_max - beta_min) / 2 - t beta_min), the VP-SDE's signal fraction at time t in [0, 1]
+    (a number or a tensor of times)."""
+    if isinstance(t, torch.Tensor):
+        if t.is_complex() or not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails the comparisons too
+            raise WorkbenchError("t must hold diffusion times in [0, 1], got values outside it (or NaN)")
+    else:
+        check_fraction(t, "t", allow_zero=True)
+    check_non_negative(beta_min, "beta_min")
+    check_positive(beta_max, "beta_max")
+    if beta_max < beta_min:
+        raise WorkbenchError(f"beta_max must be >= beta_min (the schedule's betas grow with t), got beta_min="
+                             f"{beta_min!r}, beta_max={beta_max!r}")
     t = torch.as_tensor(t, dtype=torch.float64)
     return torch.exp(-0.5 * t**2 * (beta_max - beta_min) - t * beta_min)
 

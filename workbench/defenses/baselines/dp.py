@@ -39,10 +39,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
+from workbench.core.classifier import check_classifier
 from workbench.core.data import ImageDataset
 from workbench.core.runtime import make_generator, resolve_device
 from workbench.core.training import TrainConfig, check_training_images, new_model, train_classifier
-from workbench.core.validation import WorkbenchError, check_non_negative, check_positive, check_positive_int, check_seed
+from workbench.core.validation import (
+    WorkbenchError,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    check_seed,
+)
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -76,6 +84,7 @@ class DPConfig:
 def replace_batchnorm(module: nn.Module, max_groups: int = 32) -> nn.Module:
     """Replace, in place, every BatchNorm2d(c) inside `module` by GroupNorm(gcd(max_groups, c), c) (Opacus's fix);
     returns `module`. BatchNorm1d / 3d are not expected in the workbench's models and raise."""
+    check_positive_int(max_groups, "max_groups")
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             c = child.num_features
@@ -107,6 +116,19 @@ def per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, 
     Returns:
         (name -> (B, *param.shape) gradients of each trainable parameter, (B,) per-example losses).
     """
+    _check_batch(model, x, y, label_smoothing)
+    return _per_sample_gradients(model, x, y, label_smoothing)
+
+
+def _check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> None:
+    """Images that fit the model, one label per image within its classes, a smoothing in [0, 1)."""
+    check_classifier(model, x, y, name="x")
+    check_fraction(label_smoothing, "label_smoothing", allow_zero=True, allow_one=False)
+
+
+def _per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float
+                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`per_sample_gradients` without the checks of its inputs (the training loop's batches are checked once)."""
     batch_norms = [name for name, m in model.named_modules() if isinstance(m, _BATCH_NORMS)]
     if batch_norms:
         raise WorkbenchError(f"per-example gradients need a model without BatchNorm (found {batch_norms[0]!r}): "
@@ -134,6 +156,7 @@ def clip_per_sample(grads: dict[str, torch.Tensor], max_norm: float) -> tuple[di
     Returns:
         (the clipped gradients, (B,) norms before clipping).
     """
+    check_positive(max_norm, "max_norm")
     norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads.values()]).sum(0).sqrt()
     scale = torch.clamp(max_norm / (norms + 1e-6), max=1.0)  # the 1e-6 of Opacus: no division by 0
     clipped = {k: g * scale.view(-1, *([1] * (g.ndim - 1))) for k, g in grads.items()}
@@ -156,7 +179,17 @@ def private_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_
     Returns:
         (name -> privatised gradient of each trainable parameter, (B,) per-example losses).
     """
-    grads, losses = per_sample_gradients(model, x, y, label_smoothing=label_smoothing)
+    _check_batch(model, x, y, label_smoothing)
+    check_positive(max_grad_norm, "max_grad_norm")
+    check_non_negative(noise_multiplier, "noise_multiplier", meaning_of_zero="0 = clipping only")
+    return _private_gradient(model, x, y, max_grad_norm, noise_multiplier, generator, label_smoothing)
+
+
+def _private_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_grad_norm: float,
+                      noise_multiplier: float, generator: torch.Generator, label_smoothing: float
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`private_gradient` without its checks: the training loop calls it on every batch."""
+    grads, losses = _per_sample_gradients(model, x, y, label_smoothing)
     clipped, _ = clip_per_sample(grads, max_grad_norm)
     out = {}
     for name, g in clipped.items():
@@ -189,17 +222,14 @@ def train_dp(train: ImageDataset, recipe: TrainConfig, config: DPConfig = DPConf
     Returns:
         The trained GroupNorm classifier, in eval mode on `device` (rebuild it with `dp_model` to load saved weights).
     """
-    if not isinstance(train, ImageDataset) or len(train) == 0:
-        raise WorkbenchError("train must be a non-empty ImageDataset")
     model = dp_model(recipe, config) if model is None else replace_batchnorm(model, config.max_groups)
     check_training_images(train, model)
     noise_gen = make_generator(config.seed)
     names = [k for k, p in model.named_parameters() if p.requires_grad]
 
     def dp_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        grads, losses = private_gradient(net, x, y, max_grad_norm=config.max_grad_norm,
-                                         noise_multiplier=config.noise_multiplier, generator=noise_gen,
-                                         label_smoothing=recipe.label_smoothing)
+        grads, losses = _private_gradient(net, x, y, config.max_grad_norm, config.noise_multiplier, noise_gen,
+                                          recipe.label_smoothing)
         params = dict(net.named_parameters())
         # a surrogate whose gradient is the private gradient and whose value is the batch's mean CE, so the trainer's
         # optimiser, schedule, weight decay and loss log apply unchanged

@@ -15,10 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.core.classifier import capture, check_model_images
+from workbench.core.classifier import capture, check_model_images, num_classes_of
 from workbench.core.mae import MAERestorer
 from workbench.core.models import StagedClassifier
-from workbench.core.validation import WorkbenchError, check_fraction, check_images
+from workbench.core.validation import WorkbenchError, check_fraction, check_images, check_labels, check_name
+
+CAM_METHODS = ("gradcam", "xgradcam", "gradcam++")
 
 
 def class_activation_map(model: nn.Module, x: torch.Tensor, method: str = "gradcam++",
@@ -39,8 +41,9 @@ def class_activation_map(model: nn.Module, x: torch.Tensor, method: str = "gradc
         Februus thresholds refer to), up-sampled bilinearly to the image size; a constant map becomes all zeros.
     """
     check_model_images(model, x)
-    if method not in ("gradcam", "xgradcam", "gradcam++"):
-        raise WorkbenchError(f"unknown CAM method {method!r}; choose gradcam, xgradcam or gradcam++")
+    check_name("CAM method", method, CAM_METHODS)
+    if target is not None:
+        check_labels(target, len(x), num_classes_of(model, input_shape=tuple(x.shape[1:])), name="target")
     layer = layer or getattr(model, "cam_layer", None)
     if layer is None and not isinstance(model, StagedClassifier):
         raise WorkbenchError("name the CAM layer of this model: layer=<module whose output is the last convolutional "
@@ -97,6 +100,7 @@ class Februus:
 
     def __post_init__(self) -> None:
         check_fraction(self.threshold, "Februus threshold")
+        check_name("CAM method", self.method, CAM_METHODS)
 
     def purify(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         """Images with the CAM region (threshold) inpainted, clipped to [0, 1] (the MAE's output is not bounded);

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from workbench.core.data import ImageDataset
 from workbench.core.models import MODELS, StagedClassifier
 from workbench.core.runtime import child_seed
-from workbench.core.training import BatchLoss, TrainConfig, train_classifier
+from workbench.core.training import BatchLoss, TrainConfig, check_training_images, train_classifier
 from workbench.core.validation import (
     WorkbenchError,
     check_fraction,
@@ -41,6 +41,7 @@ from workbench.core.validation import (
     check_positive,
     check_positive_int,
     check_seed,
+    check_tensor,
 )
 
 
@@ -127,14 +128,7 @@ def check_defence_inputs(model: StagedClassifier, holdout: ImageDataset) -> None
     if not isinstance(model, torch.nn.Module) or getattr(model, "input_shape", None) is None:
         raise WorkbenchError(f"model must be a workbench classifier (build_model, or workbench.wrap(...) around your "
                              f"own module), got {type(model).__name__}")
-    if not isinstance(holdout, ImageDataset):
-        raise WorkbenchError(f"holdout must be an ImageDataset (e.g. TrainConfig.splits().holdout), got "
-                             f"{type(holdout).__name__}")
-    if len(holdout) == 0:
-        raise WorkbenchError("the holdout is empty; these defences need clean labelled images")
-    if tuple(holdout.images.shape[1:]) != tuple(model.input_shape):
-        raise WorkbenchError(f"holdout images are {tuple(holdout.images.shape[1:])} but the model takes "
-                             f"{tuple(model.input_shape)} (C, H, W); use the holdout of the model's dataset")
+    check_training_images(holdout, model, "holdout")
 
 
 @functools.lru_cache(maxsize=32)
@@ -159,7 +153,15 @@ def registered_model_name(model: StagedClassifier) -> str:
 
 
 def cutout(x: torch.Tensor, side: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero one side x side square per image (N, C, H, W) at a uniformly drawn centre, clipped at the border."""
+    """Zero one side x side square per image (N, C, H, W) at a uniformly drawn centre, clipped at the border (any
+    value range: the hole is 0 whatever the images hold); `side` 0 returns x."""
+    check_tensor(x, "images", ndim=4)
+    check_non_negative(side, "cutout side (pixels)", integer=True, meaning_of_zero="0 = off")
+    return _cutout(x, side, gen)
+
+
+def _cutout(x: torch.Tensor, side: int, gen: torch.Generator) -> torch.Tensor:
+    """`cutout` without its checks: the training loop calls it on every batch of checked images."""
     if side <= 0:
         return x
     n, _, height, width = x.shape
@@ -178,10 +180,11 @@ def train_in_phases(model: StagedClassifier, holdout: ImageDataset, config: Fine
     """Train `model` in place on `holdout` with `config`'s step schedule: one constant-lr `train_classifier` run per
     phase. `batch_loss(model, x, y, generator)` (default: cross-entropy with `config.label_smoothing`) receives the
     crop/flip-augmented batch after Cutout. Returns the per-epoch history, epochs numbered across phases."""
+    check_defence_inputs(model, holdout)
     name = registered_model_name(model)
 
     def loss_fn(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x = cutout(x, config.cutout, gen)
+        x = _cutout(x, config.cutout, gen)
         if batch_loss is not None:
             return batch_loss(net, x, y, gen)
         return F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)

@@ -55,16 +55,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from workbench.core.classifier import num_classes_of
 from workbench.core.data import ImageDataset
 from workbench.core.models import StagedClassifier
 from workbench.core.runtime import make_generator, resolve_device
 from workbench.core.validation import (
     WorkbenchError,
     check_fraction,
+    check_labels,
     check_non_negative,
     check_positive,
     check_positive_int,
     check_seed,
+    check_tensor,
 )
 
 
@@ -114,7 +117,14 @@ class IBAUConfig:
 
 
 def project_l2(delta: torch.Tensor, bound: float) -> torch.Tensor:
-    """delta scaled into the L2 ball of radius `bound` (unchanged when already inside)."""
+    """delta scaled into the L2 ball of radius `bound` (unchanged when already inside); delta of any shape."""
+    check_tensor(delta, "delta")
+    check_positive(bound, "bound")
+    return _project_l2(delta, bound)
+
+
+def _project_l2(delta: torch.Tensor, bound: float) -> torch.Tensor:
+    """`project_l2` without its checks: the inner maximisation projects after every step."""
     norm = delta.norm()
     return delta * torch.clamp(bound / (norm + 1e-12), max=1.0)
 
@@ -143,6 +153,16 @@ def implicit_hypergradient(inner_loss: Callable[[torch.Tensor], torch.Tensor],
     Returns:
         One gradient per entry of `params` (zeros where a parameter does not enter the losses).
     """
+    check_tensor(delta, "delta")
+    check_non_negative(steps, "steps", integer=True, meaning_of_zero="0 drops the implicit term")
+    check_positive(step_size, "step_size")
+    return _implicit_hypergradient(inner_loss, outer_loss, delta, params, steps, step_size)
+
+
+def _implicit_hypergradient(inner_loss: Callable[[torch.Tensor], torch.Tensor],
+                            outer_loss: Callable[[torch.Tensor], torch.Tensor], delta: torch.Tensor,
+                            params: Sequence[torch.Tensor], steps: int, step_size: float) -> list[torch.Tensor]:
+    """`implicit_hypergradient` without its checks: the outer minimisation calls it on every batch."""
     params = list(params)
     delta = delta.detach().requires_grad_(True)
     outer = outer_loss(delta)
@@ -187,7 +207,7 @@ def universal_perturbation(model: torch.nn.Module, batches: Iterable[tuple[torch
             delta = torch.zeros(1, *x.shape[1:], device=x.device, dtype=x.dtype)
         delta.requires_grad_(True)
         (g,) = torch.autograd.grad(_inner_loss(model, x, y, delta, config.norm_penalty), delta)
-        delta = project_l2(delta.detach() - config.inner_lr * g, config.bound)
+        delta = _project_l2(delta.detach() - config.inner_lr * g, config.bound)
         if bar is not None:
             bar.update()
     if delta is None:
@@ -217,6 +237,8 @@ def ibau(model: StagedClassifier, holdout: ImageDataset, config: IBAUConfig = IB
     if input_shape is not None and tuple(holdout.images.shape[1:]) != tuple(input_shape):
         raise WorkbenchError(f"holdout images are {tuple(holdout.images.shape[1:])} but the model expects "
                              f"{tuple(input_shape)}")
+    check_labels(holdout.labels, len(holdout), num_classes_of(model, input_shape=tuple(holdout.images.shape[1:])),
+                 name="holdout labels")
     dev = resolve_device(device)
     net = copy.deepcopy(model).to(dev).eval()  # eval throughout: BatchNorm statistics stay those of the model
     params = list(net.parameters())
@@ -252,8 +274,8 @@ def ibau(model: StagedClassifier, holdout: ImageDataset, config: IBAUConfig = IB
             def inner(d: torch.Tensor, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 return _inner_loss(net, x, y, d, config.norm_penalty)
 
-            grads = implicit_hypergradient(inner, outer, delta, params, steps=config.fixed_point_steps,
-                                           step_size=config.fixed_point_lr)
+            grads = _implicit_hypergradient(inner, outer, delta, params, config.fixed_point_steps,
+                                            config.fixed_point_lr)
             optimizer.zero_grad(set_to_none=True)
             for p, g in zip(params, grads, strict=True):
                 p.grad = g.detach()

@@ -37,16 +37,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.core.classifier import capture, input_shape_of
+from workbench.core.classifier import capture, check_classifier, check_model_images, input_shape_of
 from workbench.core.data import ImageDataset
 from workbench.core.models import StagedClassifier
 from workbench.core.runtime import child_seed
 from workbench.core.validation import (
     WorkbenchError,
+    check_name,
     check_non_negative,
     check_positive,
     check_positive_int,
     check_seed,
+    check_tensor,
 )
 from workbench.defenses.baselines.finetune import (
     FineTuneConfig,
@@ -141,8 +143,13 @@ class NADConfig:
 def attention_map(activation: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """NAD's attention map of an activation (N, C, H, W): sum over channels of |a|^p, flattened and L2-normalised
     per sample -> (N, H*W). Invariant to positive scaling of the activation; an all-zero activation maps to zeros."""
-    if activation.ndim != 4:
-        raise WorkbenchError(f"attention maps need an (N, C, H, W) activation, got shape {tuple(activation.shape)}")
+    check_tensor(activation, "activation", ndim=4)
+    check_positive(p, "p")
+    return _attention_map(activation, p)
+
+
+def _attention_map(activation: torch.Tensor, p: float) -> torch.Tensor:
+    """`attention_map` without its checks (the distillation loss computes it on every batch)."""
     return F.normalize(activation.abs().pow(p).sum(dim=1).flatten(1), dim=1)
 
 
@@ -153,10 +160,19 @@ def attention_loss(student: torch.Tensor, teacher: torch.Tensor, p: float = 2.0,
     "mse": mean over the batch and the H*W positions of the squared difference of the normalised maps (public code);
     "l2": mean over the batch of the L2 norm of their difference (paper).
     """
+    check_tensor(student, "student activation", ndim=4)
+    check_tensor(teacher, "teacher activation", ndim=4)
+    check_positive(p, "p")
+    check_name("distance", distance, ("mse", "l2"))
+    return _attention_loss(student, teacher, p, distance)
+
+
+def _attention_loss(student: torch.Tensor, teacher: torch.Tensor, p: float, distance: str) -> torch.Tensor:
+    """`attention_loss` without the checks of its settings and values (the distillation loss calls it per batch)."""
     if student.shape[0] != teacher.shape[0] or student.shape[2:] != teacher.shape[2:]:
         raise WorkbenchError(f"student and teacher activations must share N, H and W, got {tuple(student.shape)} and "
                              f"{tuple(teacher.shape)}")
-    diff = attention_map(student, p) - attention_map(teacher, p)
+    diff = _attention_map(student, p) - _attention_map(teacher, p)
     if distance == "mse":
         return diff.pow(2).mean()
     if distance == "l2":
@@ -169,6 +185,15 @@ def stage_outputs(model: nn.Module, x: torch.Tensor, names: tuple[str, ...] | li
     """Run `model` on images x (N, C, H, W) in [0, 1] and return (logits, [output of each named module]): stages of
     a workbench model, or any module names of a wrapped one (e.g. torchvision's "layer3"). With `logits=False` the
     logits are None (the teacher's pass). A module called several times in one pass gives its last output."""
+    check_model_images(model, x)
+    if isinstance(names, str) or not all(isinstance(name, str) for name in names):
+        raise WorkbenchError(f"names must be a tuple of module names, e.g. ('stage2',), got {names!r}")
+    return _stage_outputs(model, x, names, logits=logits)
+
+
+def _stage_outputs(model: nn.Module, x: torch.Tensor, names: tuple[str, ...] | list[str], *,
+                   logits: bool = True) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """`stage_outputs` without the check of the images (the distillation loss runs it on every batch)."""
     with ExitStack() as stack:
         recorded = [stack.enter_context(capture(model, name, at="output")) for name in names]
         out = model(x)
@@ -220,13 +245,20 @@ def nad_loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.T
              config: NADConfig) -> torch.Tensor:
     """The student's loss on one batch x (N, C, H, W) in [0, 1] with labels y (N,):
     CE(f_S(x), y) + sum_k beta_k L_AT(a_S^k(x), a_T^k(x)), the teacher's activations taken without gradients."""
-    logits, student_acts = stage_outputs(student, x, config.stages)
+    check_classifier(student, x, y, name="x")
+    return _nad_loss(student, teacher, x, y, config)
+
+
+def _nad_loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor,
+              config: NADConfig) -> torch.Tensor:
+    """`nad_loss` without the checks of the batch (the training loop's batches come from a checked holdout)."""
+    logits, student_acts = _stage_outputs(student, x, config.stages)
     with torch.no_grad():
-        _, teacher_acts = stage_outputs(teacher, x, config.stages, logits=False)
+        _, teacher_acts = _stage_outputs(teacher, x, config.stages, logits=False)
     loss = F.cross_entropy(logits, y)
     for beta, a_s, a_t in zip(config.betas, student_acts, teacher_acts, strict=True):
         if beta > 0:  # betas of 0 leave plain fine-tuning, bit for bit
-            loss = loss + float(beta) * attention_loss(a_s, a_t, config.p, config.distance)
+            loss = loss + float(beta) * _attention_loss(a_s, a_t, config.p, config.distance)
     return loss
 
 
@@ -251,7 +283,7 @@ def nad(model: nn.Module, holdout: ImageDataset, config: NADConfig = NADConfig()
     student = copy.deepcopy(model).requires_grad_(True)
 
     def distillation_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return nad_loss(net, teacher, x, y, config)
+        return _nad_loss(net, teacher, x, y, config)
 
     train_in_phases(student, holdout, config.student_recipe(), device=device, progress=progress,
                     batch_loss=distillation_loss)

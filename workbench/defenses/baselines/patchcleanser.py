@@ -23,6 +23,11 @@ from workbench.core.validation import WorkbenchError, check_images, check_positi
 def mask_set(size: int, patch_size: int, masks_per_side: int) -> torch.Tensor:
     """(k*k, size, size) bool masks (True = masked) of side m = patch_size + stride - 1 at stride
     ceil((size - patch_size + 1) / k): every patch of side <= patch_size is covered by one of them."""
+    check_positive_int(size, "size")
+    check_positive_int(patch_size, "patch_size")
+    check_positive_int(masks_per_side, "masks_per_side")
+    if patch_size > size:
+        raise WorkbenchError(f"patch_size {patch_size} exceeds the image size {size}; no mask can cover such a patch")
     stride = math.ceil((size - patch_size + 1) / masks_per_side)
     side = min(size, patch_size + stride - 1)
     starts = sorted({min(i * stride, size - side) for i in range(masks_per_side)})
