@@ -1,6 +1,7 @@
 """The defence matrix: cells stored and reused, the same BDMAE labels as notebook 11, defences that cannot apply
 reported instead of failing, BackdoorBench records as subjects, the CLI, the heat map and the explorer."""
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -75,7 +76,26 @@ def test_cells_are_stored_and_reused_until_a_setting_changes(badnets, tmp_path, 
         run_cell(badnets, "blur", changed, tmp_path)
 
 
+class HoldoutOracle(torch.nn.Module):
+    """Labels an image by its nearest holdout image: a classifier every class of the holdout has clean images for.
+    The smoke-scale model calls most holdout images its target on some CPUs, and REStore's diagnosis then finds
+    no clean set (a `NotApplicable` cell); this test is about the plumbing between the two REStore cells."""
+
+    input_shape = (3, 32, 32)
+    num_classes = 10
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        super().__init__()
+        self.images, self.labels = images.flatten(1), labels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nearest = torch.cdist(x.flatten(1), self.images).argmin(dim=1)
+        return torch.nn.functional.one_hot(self.labels[nearest], self.num_classes).float() * 10
+
+
 def test_restores_purifier_starts_from_the_diagnosis_of_the_same_run(badnets, tmp_path, monkeypatch):
+    oracle = HoldoutOracle(badnets.holdout.float_images(), badnets.holdout.labels)
+    badnets = dataclasses.replace(badnets, model=oracle, fingerprint="holdout-oracle")
     found = {}
     detection = run_cell(badnets, "restore-diagnosis", SMOKE, tmp_path, found=found)
     assert found["restore-diagnosis"].suspect == detection.target

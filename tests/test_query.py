@@ -89,11 +89,8 @@ def test_metrics_known_answers() -> None:
 
 def test_patch_position_asr_finds_where_a_trigger_fires() -> None:
     class Corner(torch.nn.Module):
-        """Class 1 when the 2x2 block at rows 3-4, cols 5-6 is white, else class 0: a location-specific trigger."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.dummy = torch.nn.Parameter(torch.zeros(1))
+        """Class 1 when the 2x2 block at rows 3-4, cols 5-6 is white, else class 0: a location-specific trigger
+        (a fixed rule without parameters: such a model is queried in float32 on the CPU)."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             fired = (x[:, :, 3:5, 5:7] > 0.99).flatten(1).all(dim=1).float()

@@ -75,7 +75,8 @@ class QueryModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self._model.parameters()).device
+        weight = next(self._model.parameters(), None)  # a model without parameters (a fixed rule) runs on the CPU
+        return torch.device("cpu") if weight is None else weight.device
 
     def _require(self, level: str) -> None:
         if ACCESS_LEVELS.index(level) > ACCESS_LEVELS.index(self.access):
@@ -95,7 +96,8 @@ class QueryModel:
         was_training = self._model.training
         self._model.eval()
         try:
-            dtype = next(self._model.parameters()).dtype  # float64 / float16 images are evaluated in the model's
+            weight = next(self._model.parameters(), None)  # a model without parameters (a fixed rule) takes float32
+            dtype = torch.float32 if weight is None else weight.dtype  # float64 / float16 images: the model's dtype
             outs = [self._model(x[i:i + self.batch_size].to(self.device, dtype)).float().to(x.device)
                     for i in range(0, len(x), self.batch_size)]
         finally:

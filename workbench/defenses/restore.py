@@ -79,16 +79,23 @@ def dct_matrix(n: int, device: str | torch.device = "cpu") -> torch.Tensor:
     return d.float()
 
 
+def _check_planes(x: torch.Tensor) -> None:
+    """A finite float tensor of planes (..., H, W): any leading dimensions."""
+    check_tensor(x, "x")
+    if x.ndim < 2:
+        raise WorkbenchError(f"x must hold planes (..., H, W), got shape {tuple(x.shape)}")
+
+
 def dct2(x: torch.Tensor) -> torch.Tensor:
     """2-D orthonormal DCT over the last two dimensions of x (..., H, W)."""
-    check_tensor(x, "x", ndim=(2, 3, 4, 5))  # planes (H, W), with any leading dimensions
+    _check_planes(x)
     dh, dw = dct_matrix(x.shape[-2], x.device), dct_matrix(x.shape[-1], x.device)
     return dh @ x @ dw.T
 
 
 def idct2(x: torch.Tensor) -> torch.Tensor:
     """Inverse of `dct2`."""
-    check_tensor(x, "x", ndim=(2, 3, 4, 5))  # planes (H, W), with any leading dimensions
+    _check_planes(x)
     dh, dw = dct_matrix(x.shape[-2], x.device), dct_matrix(x.shape[-1], x.device)
     return dh.T @ x @ dw
 
