@@ -10,7 +10,8 @@ that gets through (a result) or fails inside torch (another exception) fails the
 - `workbench.core`: the metrics, `QueryModel`, a wrapped model, PGD, the MAE restorer, SSIM, every registered
   attack preset (corrupted images) and attack family (every numeric setting), `TrainConfig`'s numeric fields, the
   artefact store's names;
-- the command line: bad numbers and names end with exit code 2 and a message, not a traceback;
+- the command line: every option and name of every command given generated bad values ends with exit code 2 and
+  a message naming it, before any work, never a traceback;
 - every widget given nothing to show.
 """
 
@@ -231,6 +232,45 @@ def test_cli_refuses_bad_arguments_with_a_message(argv: list[str], argument: str
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and argument in error and "Traceback" not in error
+
+
+NOT_POSITIVE = st.integers(max_value=0).map(str) | st.sampled_from(["1.5", "x", "", "nan", "1e3"])
+UNKNOWN = st.text(alphabet="abcdefghij-", min_size=1, max_size=8).map(lambda text: "no-such-" + text)
+BAD_DEVICES = st.sampled_from(["tpu", "gpu", "cuda:x", "", "CPU"]) | UNKNOWN
+CLI_OPTIONS: dict[str, tuple[list[str], Any]] = {  # the command before the bad value, and the bad values
+    "bench --batch": (["bench", "bdmae", "--batch"], NOT_POSITIVE),
+    "bench --loop-images": (["bench", "bdmae", "--loop-images"], NOT_POSITIVE),
+    "bench --device": (["bench", "bdmae", "--device"], BAD_DEVICES),
+    "mae --device": (["mae", "--device"], BAD_DEVICES),
+    "diffusion --device": (["diffusion", "--device"], BAD_DEVICES),
+    "matrix --device": (["matrix", "--scale", "smoke", "--device"], BAD_DEVICES),
+    "matrix --seed": (["matrix", "--scale", "smoke", "--seed"], st.sampled_from(["1.5", "x", "", "nan"])),
+    "matrix --scale": (["matrix", "--scale"], UNKNOWN),
+    "matrix --defences": (["matrix", "--scale", "smoke", "--defences"], UNKNOWN),
+    "matrix models": (["matrix", "--scale", "smoke"], UNKNOWN),
+    "reproduce papers": (["reproduce", "--scale", "smoke"], UNKNOWN),
+    "reproduce --scale": (["reproduce", "--scale"], UNKNOWN),
+    "datasets --root": (["datasets", "--root"], UNKNOWN.map(lambda name: f"/nonexistent/{name}")),
+}
+
+
+@pytest.mark.parametrize("option", list(CLI_OPTIONS))
+@settings(max_examples=5, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_cli_option_refuses_bad_values(option: str, data: st.DataObject,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command-line option and name given a bad value exits with code 2 and a message naming the option or
+    the value (argparse's own for types and choices, the workbench's `error: ...` for the rest), before any work."""
+    command, values = CLI_OPTIONS[option]
+    bad = data.draw(values, label="value")
+    capsys.readouterr()
+    try:
+        code = main([*command, bad])
+    except SystemExit as exit_:  # argparse refused the type or choice
+        code = exit_.code
+    error = capsys.readouterr().err
+    assert code == 2, (option, bad, error)
+    assert "Traceback" not in error and (option.split()[-1].lstrip("-") in error or (bad and bad in error)), error
 
 
 def _attack_numbers() -> list[tuple[str, str]]:

@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_matrix)
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "root", None) is not None and not Path(args.root).is_dir():
+            raise WorkbenchError(f"--root {args.root} is not a folder: give the offline mirror's folder")
         return args.run(args)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
