@@ -251,6 +251,9 @@ CLI_OPTIONS: dict[str, tuple[list[str], Any]] = {  # the command before the bad 
     "reproduce papers": (["reproduce", "--scale", "smoke"], UNKNOWN),
     "reproduce --scale": (["reproduce", "--scale"], UNKNOWN),
     "datasets --root": (["datasets", "--root"], UNKNOWN.map(lambda name: f"/nonexistent/{name}")),
+    "jobs papers": (["jobs", "plan", "--scale", "smoke"], UNKNOWN),
+    "jobs --executor": (["jobs", "run", "--scale", "smoke", "--executor"], UNKNOWN),
+    "jobs --device": (["jobs", "run", "quickstart", "--scale", "smoke", "--device"], BAD_DEVICES),
 }
 
 

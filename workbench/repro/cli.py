@@ -1,4 +1,4 @@
-"""Command line: `python -m workbench {datasets, reproduce, assets, mae, diffusion, bench, matrix}`."""
+"""Command line: `python -m workbench {datasets, reproduce, assets, mae, diffusion, bench, matrix, jobs}`."""
 
 from __future__ import annotations
 
@@ -184,6 +184,26 @@ def _matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _jobs(args: argparse.Namespace) -> int:
+    from workbench.core.runtime import resolve_device
+    from workbench.core.scales import resolve_scale
+    from workbench.repro.jobs import PAPER_JOBS, collect, plan, run
+
+    scale = resolve_scale(args.scale)
+    resolve_device(args.device)  # refused before planning, even when every job is cached
+    jobs = collect(args.papers or list(PAPER_JOBS), scale)
+    todo = plan(jobs)
+    if args.action == "plan":
+        print(f"{len(todo)} of {len(jobs)} jobs at {scale} scale are not cached:")
+        for job in todo:
+            after = f" after {', '.join(job.deps)}" if job.deps else ""
+            print(f"  {job.id}  {job.label} ({', '.join(job.papers)}){after}")
+        return 0
+    for done in run(jobs, executor=args.executor, device=args.device):
+        print(f"done: {done}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -227,6 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(run=_matrix)
+    p = sub.add_parser("jobs", help="the classifier trainings of the papers as jobs: plan what is not cached, or "
+                                    "run it (the notebooks then only load)")
+    p.add_argument("action", choices=("plan", "run"))
+    p.add_argument("papers", nargs="*", help="papers (default: every paper with jobs: quickstart, restore, lred)")
+    p.add_argument("--scale", choices=("smoke", "cpu", "paper"), default=None,
+                   help="scale preset (default: $WORKBENCH_SCALE or cpu)")
+    p.add_argument("--executor", choices=("inline",), default="inline", help="where the jobs run")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(run=_jobs)
     args = parser.parse_args(argv)
     try:
         if getattr(args, "root", None) is not None and not Path(args.root).is_dir():
