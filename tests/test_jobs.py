@@ -7,9 +7,8 @@ import pytest
 from tests.conftest import needs_real_data
 from workbench.core.artefacts import ArtefactStore
 from workbench.core.training import TrainConfig, artefact_address
-from workbench.repro.bdmae import challenging_settings
 from workbench.repro.cli import main
-from workbench.repro.jobs import PAPER_JOBS, collect, plan, run
+from workbench.repro.jobs import collect, plan, run
 
 pytestmark = needs_real_data
 
@@ -23,13 +22,16 @@ def test_job_keys_are_the_cache_keys_and_shared_models_are_one_job() -> None:
     assert {paper for job in jobs for paper in job.papers} == {"quickstart", "restore", "lred"}
 
 
-def test_a_label_consistent_model_comes_after_its_clean_surrogate(monkeypatch: pytest.MonkeyPatch) -> None:
-    lc = challenging_settings("cifar10", "smoke")["LC"].train  # BDMAE's LC: PGD against the clean model
-    monkeypatch.setitem(PAPER_JOBS, "lc", lambda scale: [("LC", lc)])
-    surrogate, poisoned = collect(["lc"], "smoke")
-    assert poisoned.config == lc and poisoned.deps == (surrogate.id,)
-    assert surrogate.config == TrainConfig.from_dict(lc.poison.adversarial.surrogate) and not surrogate.deps
-    assert surrogate.label == "LC (clean surrogate)"
+def test_bdmae_shares_the_quickstart_model_and_its_lc_model_waits_for_the_clean_one() -> None:
+    jobs = collect(["quickstart", "bdmae"], "smoke")
+    order = [job.id for job in jobs]
+    by_label = {job.label: job for job in jobs}
+    # the main BadNets model (= quickstart's), clean, six trigger variants, IAB, LC, Blended (LC's surrogate = clean)
+    assert len(jobs) == 11 and by_label["quickstart model"].papers == ("quickstart", "bdmae")
+    lc, clean = by_label["cifar10 LC"], by_label["cifar10 clean"]
+    assert lc.deps == (clean.id,) and order.index(clean.id) < order.index(lc.id)
+    assert clean.config == TrainConfig.from_dict(lc.config.poison.adversarial.surrogate)
+    assert by_label["cifar10 IAB"].kind == "iab" and not by_label["cifar10 IAB"].deps
 
 
 def test_a_plan_after_an_inline_run_is_empty_and_nothing_is_redone(tmp_path) -> None:
@@ -46,5 +48,5 @@ def test_a_plan_after_an_inline_run_is_empty_and_nothing_is_redone(tmp_path) -> 
 def test_jobs_plan_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["jobs", "plan", "quickstart", "--scale", "smoke"]) == 0
     assert "jobs at smoke scale are not cached" in capsys.readouterr().out
-    assert main(["jobs", "plan", "bdmae", "--scale", "smoke"]) == 2  # not a paper with jobs yet
-    assert "bdmae" in capsys.readouterr().err
+    assert main(["jobs", "plan", "trap_replace", "--scale", "smoke"]) == 2  # not a paper with jobs yet
+    assert "trap_replace" in capsys.readouterr().err

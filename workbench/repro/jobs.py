@@ -6,10 +6,10 @@ each a job named by the artefact cache's content address, with the jobs whose ar
         print(job.id, job.label)
     run(jobs)                         # train them (the inline executor); the notebooks then only load
 
-What this slice covers: quickstart's model, REStore's Table I models (their clean surrogates first where an attack
-is label-consistent) and L-RED's classifiers of every attack group. Not yet: BDMAE's and T&R's models, L-RED's
-Table 4 classifiers of the other datasets, importance-splitting runs, detections and evaluations, cost estimates,
-and the Ray / Slurm executors.
+What this slice covers: quickstart's model, BDMAE's models (main, clean, the trigger variants and Table 3's IAB,
+LC and Blended; LC after its clean surrogate), REStore's Table I models and L-RED's classifiers of every attack
+group. Not yet: T&R's models, L-RED's Table 4 classifiers of the other datasets, importance-splitting runs,
+detections and evaluations, cost estimates, and the Ray / Slurm executors.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.core.artefacts import ArtefactStore
+from workbench.core.attacks.input_aware import InputAwareConfig
 from workbench.core.scales import pick
-from workbench.core.training import TrainConfig, artefact_address, get_or_train
+from workbench.core.training import TrainConfig, artefact_address, get_or_train, get_or_train_input_aware
 from workbench.core.validation import check_name
 
 
@@ -29,12 +30,12 @@ class Job:
     """One cached unit of work.
 
     Attributes:
-        kind: the artefact kind it writes ("models").
+        kind: the artefact kind it writes ("models", or "iab" for an input-aware attack's classifier and generators).
         key: the artefact's content address (the cache's key: the same job is never done twice).
         identity: what the key hashes (the recipe and a fingerprint of the data it trains on).
         label: what it is, for people ("cifar10 badnets", "L-1 #3").
         papers: the papers whose notebooks load it.
-        config: the recipe it trains.
+        config: the recipe it trains (an `InputAwareConfig` for IAB).
         deps: ids of the jobs whose artefacts it loads (a label-consistent attack's clean surrogate).
     """
 
@@ -43,7 +44,7 @@ class Job:
     identity: dict[str, Any]
     label: str
     papers: tuple[str, ...]
-    config: TrainConfig
+    config: TrainConfig | InputAwareConfig
     deps: tuple[str, ...] = ()
 
     @property
@@ -51,11 +52,12 @@ class Job:
         return f"{self.kind}/{self.key}"
 
 
-def _training_jobs(label: str, config: TrainConfig, paper: str) -> list[Job]:
+def _training_jobs(label: str, config: TrainConfig | InputAwareConfig, paper: str) -> list[Job]:
     """The job that trains `config`, after the job of its clean surrogate when the attack is label-consistent
     (`prepare_training_data` trains the surrogate first and poisons with PGD against it)."""
     jobs = []
-    adversarial = config.poison.adversarial if config.poison is not None else None
+    poison = config.poison if isinstance(config, TrainConfig) else None
+    adversarial = poison.adversarial if poison is not None else None
     if adversarial is not None:
         jobs = _training_jobs(f"{label} (clean surrogate)", TrainConfig.from_dict(adversarial.surrogate), paper)
     kind, key, identity = artefact_address(config)
@@ -66,6 +68,27 @@ def _quickstart(scale: str | None) -> list[tuple[str, TrainConfig]]:
     from workbench.repro.presets import quickstart_config
 
     return [("quickstart model", quickstart_config(scale))]
+
+
+def _bdmae(scale: str | None) -> list[tuple[str, TrainConfig | InputAwareConfig]]:
+    from workbench.core.attacks import make_attack
+    from workbench.repro.bdmae import (
+        BDMAE_PRESETS,
+        badnets_setting,
+        challenging_settings,
+        clean_setting,
+        trigger_variants,
+    )
+
+    found = []
+    for dataset in pick(scale, BDMAE_PRESETS).datasets:
+        found += [(f"{dataset} BadNets", badnets_setting(dataset, make_attack("bdmae_badnets_colour"), scale).train),
+                  (f"{dataset} clean", clean_setting(dataset, scale).train)]
+        found += [(f"{dataset} {name}", badnets_setting(dataset, attack, scale, reduced=True).train)
+                  for name, attack in trigger_variants().items()]
+        found += [(f"{dataset} {name}", setting.train)
+                  for name, setting in challenging_settings(dataset, scale).items()]
+    return found
 
 
 def _restore(scale: str | None) -> list[tuple[str, TrainConfig]]:
@@ -84,10 +107,10 @@ def _lred(scale: str | None) -> list[tuple[str, TrainConfig]]:
 
 
 #: paper -> the (label, recipe) of every classifier its notebooks train at a scale (the same calls the notebooks'
-#: `repro` tables make: `quickstart_config`, REStore's `train_config` over its preset's attacks, L-RED's
-#: `classifier_config` over its groups)
-PAPER_JOBS: dict[str, Callable[[str | None], list[tuple[str, TrainConfig]]]] = {
-    "quickstart": _quickstart, "restore": _restore, "lred": _lred,
+#: `repro` tables make: `quickstart_config`, BDMAE's settings of every table, REStore's `train_config` over its
+#: preset's attacks, L-RED's `classifier_config` over its groups)
+PAPER_JOBS: dict[str, Callable[[str | None], list[tuple[str, TrainConfig | InputAwareConfig]]]] = {
+    "quickstart": _quickstart, "bdmae": _bdmae, "restore": _restore, "lred": _lred,
 }
 
 
@@ -120,7 +143,10 @@ def run(jobs: Iterable[Job], *, executor: str = "inline", store: ArtefactStore |
     store = store or ArtefactStore()
     done = []
     for job in plan(jobs, store):
-        trained = get_or_train(job.config, store=store, device=device, progress=progress)
+        if isinstance(job.config, InputAwareConfig):
+            trained, _ = get_or_train_input_aware(job.config, store=store, device=device, progress=progress)
+        else:
+            trained = get_or_train(job.config, store=store, device=device, progress=progress)
         if trained.key != job.key:  # both come from artefact_address: a difference is a bug, not a user error
             raise RuntimeError(f"job {job.id} trained artefact {trained.key}: the job's key is out of date")
         done.append(job.id)
