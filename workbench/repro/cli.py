@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("jobs", help="the classifier trainings of the papers as jobs: plan what is not cached, or "
                                     "run it (the notebooks then only load)")
     p.add_argument("action", choices=("plan", "run"))
-    p.add_argument("papers", nargs="*", help="papers (default: every paper with jobs: quickstart, bdmae, restore, lred)")
+    p.add_argument("papers", nargs="*",
+                   help="papers (default: every paper with jobs: quickstart, bdmae, restore, lred)")
     p.add_argument("--scale", choices=("smoke", "cpu", "paper"), default=None,
                    help="scale preset (default: $WORKBENCH_SCALE or cpu)")
     p.add_argument("--executor", choices=("inline",), default="inline", help="where the jobs run")
