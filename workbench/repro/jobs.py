@@ -7,9 +7,10 @@ each a job named by the artefact cache's content address, with the jobs whose ar
     run(jobs)                         # train them (the inline executor); the notebooks then only load
 
 What this slice covers: quickstart's model, BDMAE's models (main, clean, the trigger variants and Table 3's IAB,
-LC and Blended; LC after its clean surrogate), REStore's Table I models and L-RED's classifiers of every attack
-group. Not yet: T&R's models, L-RED's Table 4 classifiers of the other datasets, importance-splitting runs,
-detections and evaluations, cost estimates, and the Ray / Slurm executors.
+LC and Blended; LC after its clean surrogate), REStore's Table I models and L-RED's classifiers (every attack group,
+Table 4's attacked and clean ones). Not yet: T&R's models, the L-RED walkthrough's own choice of classifier (a
+notebook parameter), importance-splitting runs, detections and evaluations, cost estimates, and the Ray / Slurm
+executors.
 """
 
 from __future__ import annotations
@@ -99,11 +100,15 @@ def _restore(scale: str | None) -> list[tuple[str, TrainConfig]]:
 
 
 def _lred(scale: str | None) -> list[tuple[str, TrainConfig]]:
-    from workbench.repro.lred import GROUPS, LRED_PRESETS, classifier_config
+    from workbench.repro.lred import GROUPS, LRED_PRESETS, OTHER_DATASETS, classifier_config
 
     preset = pick(scale, LRED_PRESETS)
-    return [(f"{group} #{index}", classifier_config(GROUPS[group], index, scale))
-            for group in preset.groups for index in range(preset.models_per_group)]
+    groups = [(f"{group} #{index}", classifier_config(GROUPS[group], index, scale))
+              for group in preset.groups for index in range(preset.models_per_group)]
+    table4 = [(f"{dataset} {kind}", classifier_config(setting, 0, scale))  # one attacked and one clean per dataset
+              for dataset in preset.other_datasets
+              for kind, setting in (("attacked", OTHER_DATASETS[dataset]), ("clean", OTHER_DATASETS[dataset].clean()))]
+    return groups + table4
 
 
 #: paper -> the (label, recipe) of every classifier its notebooks train at a scale (the same calls the notebooks'
