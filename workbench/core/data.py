@@ -374,8 +374,6 @@ class DataSplits:
 def stratified_subset(labels: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """A seeded subset of `size` indices whose class proportions follow `labels` (sorted ascending)."""
     check_labels(labels, len(labels) if isinstance(labels, torch.Tensor) else 0)
-    if len(labels) and int(labels.min()) < 0:
-        raise WorkbenchError(f"labels must be class indices >= 0, got {int(labels.min())}")
     check_positive_int(size, "size")
     if size >= len(labels):
         return torch.arange(len(labels))

@@ -116,7 +116,7 @@ def check_tensor(value: object, name: str, *, ndim: int | tuple[int, ...] | None
 
 def check_labels(labels: torch.Tensor, count: int, num_classes: int | None = None, name: str = "labels"
                  ) -> torch.Tensor:
-    """Integer class labels of shape (count,), in [0, num_classes) when the class count is given."""
+    """Integer class labels of shape (count,): class indices, so >= 0, and < num_classes when the count is given."""
     check_non_negative(count, "count", integer=True)
     check_positive_int(num_classes, "num_classes", optional=True)
     if (not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex()
@@ -129,6 +129,8 @@ def check_labels(labels: torch.Tensor, count: int, num_classes: int | None = Non
     if num_classes is not None and count and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise WorkbenchError(f"{name} must lie in [0, {num_classes - 1}] for a {num_classes}-class model, got "
                              f"[{int(labels.min())}, {int(labels.max())}]")
+    if count and int(labels.min()) < 0:
+        raise WorkbenchError(f"{name} must be class indices >= 0, got a minimum of {int(labels.min())}")
     return labels
 
 

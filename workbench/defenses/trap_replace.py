@@ -397,8 +397,6 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, beta: float, gen: torch.Generator
     # any values: CutMix only moves pixels (the training loop gives it [0, 1] images)
     check_tensor(x, "x", ndim=4, nonempty=True)
     check_labels(y, len(x), name="y")
-    if len(y) and int(y.min()) < 0:
-        raise WorkbenchError(f"y must hold class indices >= 0, got {int(y.min())}")
     check_positive(beta, "beta")
     return _cutmix(x, y, beta, gen)
 

@@ -153,8 +153,6 @@ def latent_distance(features: torch.Tensor, labels: torch.Tensor, poisoned: torc
     if len(labels) != len(features):
         raise WorkbenchError(f"features must hold one row per label: {len(labels)} labels, features of shape "
                              f"{tuple(features.shape)}")
-    if len(labels) and int(labels.min()) < 0:
-        raise WorkbenchError(f"labels must be class indices >= 0, got a minimum of {int(labels.min())}")
     check_tensor(poisoned, "poisoned (one flag per image)", shape=tuple(labels.shape), kind="bool")
     check_non_negative(target, "target", integer=True)
     if memo is not None and (not isinstance(memo, torch.Tensor) or memo.shape != features.shape[1:]):
