@@ -1,25 +1,41 @@
-"""The reproduction's classifier trainings as jobs (issue 26, first slice): keys, dependencies, plan and run."""
+"""The reproduction as a job graph (issue 26): keys, dependencies, resources, plan and the inline executor."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from tests.conftest import needs_real_data
-from workbench.core.artefacts import ArtefactStore
-from workbench.core.training import TrainConfig, artefact_address
+from workbench.core.artefacts import ArtefactStore, NotCached
+from workbench.core.runtime import assets_root
+from workbench.core.training import TrainConfig, artefact_address, get_or_train
 from workbench.repro.cli import main
-from workbench.repro.jobs import collect, plan, run
+from workbench.repro.jobs import collect, event_log, plan, run
+from workbench.repro.presets import quickstart_config
+from workbench.repro.restore import RESTORE_PRESETS
+from workbench.repro.trap_replace import defence_address
 
 pytestmark = needs_real_data
 
 
+def _empty(tmp_path, name: str = "cache") -> ArtefactStore:
+    return ArtefactStore(tmp_path / name, read_only_roots=[])
+
+
 def test_job_keys_are_the_cache_keys_and_shared_models_are_one_job() -> None:
     jobs = collect(["quickstart", "restore", "lred", "quickstart"], "smoke")
-    # 1 quickstart + 4 REStore Table I + 2 L-RED groups + Table 4's attacked and clean classifier
-    assert len({job.id for job in jobs}) == len(jobs) == 9
-    for job in jobs:
-        kind, key, identity = artefact_address(job.config)
-        assert (job.kind, job.key, job.identity) == (kind, key, identity)
+    assert len({job.id for job in jobs}) == len(jobs)
+    training = [job for job in jobs if job.kind == "models"]
+    # 1 quickstart + 4 REStore Table I + L-RED's 2 smoke groups, notebook 30's L-1 #0 and Table 4's two
+    assert len(training) == 10
+    for job in training:
+        assert artefact_address(job.action.args[0])[1] == job.key
+    runs = [job for job in jobs if job.kind == "restore"]
+    assert len(runs) == len(RESTORE_PRESETS["smoke"].runs)  # notebook 20's two runs are among notebook 21's
+    ids = [job.id for job in jobs]
+    for job in runs:  # each importance-splitting run after the training of its model
+        assert len(job.deps) == 1 and ids.index(job.deps[0]) < ids.index(job.id)
     assert {paper for job in jobs for paper in job.papers} == {"quickstart", "restore", "lred"}
 
 
@@ -27,27 +43,85 @@ def test_bdmae_shares_the_quickstart_model_and_its_lc_model_waits_for_the_clean_
     jobs = collect(["quickstart", "bdmae"], "smoke")
     order = [job.id for job in jobs]
     by_label = {job.label: job for job in jobs}
-    # the main BadNets model (= quickstart's), clean, six trigger variants, IAB, LC, Blended (LC's surrogate = clean)
-    assert len(jobs) == 11 and by_label["quickstart model"].papers == ("quickstart", "bdmae")
+    assert by_label["quickstart model"].papers == ("quickstart", "bdmae")
     lc, clean = by_label["cifar10 LC"], by_label["cifar10 clean"]
     assert lc.deps == (clean.id,) and order.index(clean.id) < order.index(lc.id)
-    assert clean.config == TrainConfig.from_dict(lc.config.poison.adversarial.surrogate)
+    assert clean.action.args[0] == TrainConfig.from_dict(lc.action.args[0].poison.adversarial.surrogate)
     assert by_label["cifar10 IAB"].kind == "iab" and not by_label["cifar10 IAB"].deps
+    stages = [job for job in jobs if job.kind == "mae"]  # the tiny MAE's stages, each after the one before
+    assert [job.goal for job in stages] == [False] * (len(stages) - 1) + [True]
+    assert all(later.deps == (earlier.id,) for earlier, later in zip(stages, stages[1:], strict=False))
+
+
+def test_trap_and_replace_jobs_are_the_tables_artefacts() -> None:
+    jobs = {job.id: job for job in collect(["trap_replace"], "smoke")}
+    for defence in ("No defense", "NAD", "ANP", "ABL", "I-BAU", "DP", "T&R"):  # Table 1 at smoke: BadNet-Grid
+        kind, key, _ = defence_address(defence, "cifar10", "BadNet-Grid", "smoke")
+        assert f"{kind}/{key}" in jobs, defence
+    replaced = jobs["replaced/" + defence_address("T&R", "cifar10", "BadNet-Grid", "smoke")[1]]
+    assert replaced.deps and jobs[replaced.deps[0]].kind == "trap"  # stage 2 after its stage 1
+    nad = jobs["nad/" + defence_address("NAD", "cifar10", "BadNet-Grid", "smoke")[1]]
+    assert nad.deps == ("models/" + defence_address("No defense", "cifar10", "BadNet-Grid", "smoke")[1],)
+    for job in jobs.values():
+        assert job.resources.gpus == 1 and job.resources.cpus == 1
+        assert job.resources.memory_gb > 1 and job.resources.flops > 0 and job.resources.gpu_hours > 0
+
+
+def test_lba_models_get_their_keys_once_their_trigger_is_cached(tmp_path) -> None:
+    store = _empty(tmp_path)
+    jobs = collect(["trap_replace"], "smoke", store)
+    lba = [job for job in jobs if job.label.startswith("LBA-12") and job.kind != "lba_triggers"]
+    trigger = next(job for job in jobs if job.kind == "lba_triggers")
+    assert len(lba) == 4 and all(job.key is None and job.deps == (trigger.id,) for job in lba)
+    needed = [job.id for job in plan(jobs, store)]
+    assert needed.index(trigger.deps[0]) < needed.index(trigger.id) < min(needed.index(job.id) for job in lba)
+    assert run([job for job in jobs if job.id in (trigger.id, *trigger.deps)], store=store, device="cpu",
+               progress=False) == [*trigger.deps, trigger.id]
+    resolved = [job for job in collect(["trap_replace"], "smoke", store) if job.label in {j.label for j in lba}]
+    assert len(resolved) == 4 and all(job.key is not None for job in resolved)
+
+
+def test_plan_runs_an_earlier_pretraining_stage_only_when_a_later_one_is_missing(tmp_path) -> None:
+    stages = [job for job in collect(["bdmae"], "smoke") if job.kind == "mae"]
+    assert plan(stages, _empty(tmp_path)) == stages  # nothing stored: every stage, first to last
+    committed = ArtefactStore(tmp_path / "cache", read_only_roots=[assets_root()])
+    assert plan(stages, committed) == []  # the committed final stage: nothing to run
 
 
 def test_a_plan_after_an_inline_run_is_empty_and_nothing_is_redone(tmp_path) -> None:
-    store = ArtefactStore(tmp_path, read_only_roots=[])
+    store = _empty(tmp_path)
     jobs = collect(["quickstart"], "smoke")
     assert plan(jobs, store) == jobs
     assert run(jobs, store=store, device="cpu", progress=False) == [job.id for job in jobs]
     assert plan(jobs, store) == []
     assert run(jobs, store=store, device="cpu", progress=False) == []
+    events = [json.loads(line) for line in event_log(store.root).read_text().splitlines()]
+    assert [(e["event"], e["job"]) for e in events] == [("start", jobs[0].id), ("done", jobs[0].id)]
     with pytest.raises(Exception, match="executor"):
-        run(jobs, executor="ray", store=store)
+        run(jobs, executor="dask", store=store)
+
+
+def test_a_cache_only_store_refuses_to_train(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("WORKBENCH_CACHE_ONLY", "1")
+    with pytest.raises(NotCached, match="jobs run"):
+        get_or_train(quickstart_config("smoke"), device="cpu", progress=False)
+    assert not (tmp_path / "artefacts" / "models").exists()
+    # an explicit folder is not the shared cache: it computes (e.g. REStore's rerun-and-compare check)
+    assert not ArtefactStore(tmp_path / "scratch").cache_only
 
 
 def test_jobs_plan_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["jobs", "plan", "quickstart", "--scale", "smoke"]) == 0
-    assert "jobs at smoke scale are not cached" in capsys.readouterr().out
-    assert main(["jobs", "plan", "trap_replace", "--scale", "smoke"]) == 2  # not a paper with jobs yet
-    assert "trap_replace" in capsys.readouterr().err
+    assert main(["jobs", "plan", "quickstart", "trap_replace", "--scale", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "jobs at smoke scale" in out and "GPU-hours" in out and "trap/" in out and "replaced/" in out
+    assert main(["jobs", "run", "quickstart", "--scale", "smoke", "--executor", "dask"]) == 2
+    assert "executor" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", ["paper", "gpu"])
+def test_large_scales_plan_with_their_estimated_gpu_hours(scale: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["jobs", "plan", "--scale", scale]) == 0
+    out = capsys.readouterr().out
+    total = float(out.split(" for the whole graph")[0].rsplit(", ", 1)[1].split(" ")[0])
+    assert total > 1 and f"jobs at {scale} scale" in out

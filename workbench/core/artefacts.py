@@ -40,6 +40,7 @@ from workbench.core.storage import (
 from workbench.core.validation import WorkbenchError, check_path_component
 
 WEIGHTS, CONFIG, MANIFEST = "weights.safetensors", "config.json", "manifest.json"
+CACHE_ONLY_VARIABLE = "WORKBENCH_CACHE_ONLY"
 T = TypeVar("T")
 
 
@@ -72,9 +73,16 @@ class ArtefactStore:
     Args:
         root: writable folder (default `cache_root()/artefacts`).
         read_only_roots: folders also searched, never written (default: the project's `data/assets`).
+        cache_only: refuse to compute what is missing (`get_or_compute` raises `NotCached`) instead of computing
+            it. Default: True when the environment sets `WORKBENCH_CACHE_ONLY=1` and `root` is the default cache,
+            e.g. for notebooks that must only load what `python -m workbench jobs run` trained.
     """
 
-    def __init__(self, root: str | Path | None = None, read_only_roots: list[str | Path] | None = None) -> None:
+    def __init__(self, root: str | Path | None = None, read_only_roots: list[str | Path] | None = None, *,
+                 cache_only: bool | None = None) -> None:
+        if cache_only is None:
+            cache_only = root is None and os.environ.get(CACHE_ONLY_VARIABLE, "") == "1"
+        self.cache_only = cache_only
         self.root = Path(root) if root is not None else cache_root() / "artefacts"
         if read_only_roots is None:
             assets = assets_root()
@@ -200,6 +208,10 @@ def _sweep(final: Path) -> None:
         shutil.rmtree(orphan, ignore_errors=True)
 
 
+class NotCached(WorkbenchError):
+    """A cache-only store (`ArtefactStore.cache_only`) was asked for an artefact it does not hold."""
+
+
 class StaleArtefact(Exception):
     """Raised by a `get_or_compute` restore callback when a verified artefact no longer fits the current code (e.g.
     weights of an older architecture): the artefact is ignored with a warning and computed again."""
@@ -229,6 +241,9 @@ def get_or_compute(store: ArtefactStore, kind: str, key: str, identity: dict[str
             stale = found.path
     else:
         stale = None
+    if store.cache_only:
+        raise NotCached(f"{kind}/{key} is not in the cache {store.root} and this store only loads "
+                        f"({CACHE_ONLY_VARIABLE}=1): run `python -m workbench jobs run ...` for the paper first")
     with store.lock(kind, key):  # a second look under the lock: another process may have just stored it
         found = store.load(kind, key, identity)
         if found is not None and found.path != stale:

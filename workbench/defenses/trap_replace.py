@@ -468,6 +468,22 @@ def holdout_for(config: ReplaceConfig, base: TrainConfig) -> ImageDataset:
     return holdout.subset(stratified_subset(holdout.labels, config.holdout_size, make_generator(config.seed)))
 
 
+def replace_address(trap: TrapConfig, trap_key: str, config: ReplaceConfig) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of stage 2 with `config` on the stage-1 artefact `trap_key` trained with `trap`:
+    the config, that artefact, the split point and the exact holdout images (`get_or_replace`'s key)."""
+    return _replace_inputs(trap, trap_key, config)[2]
+
+
+def _replace_inputs(trap: TrapConfig, trap_key: str,
+                    config: ReplaceConfig) -> tuple[ReplaceConfig, ImageDataset, tuple[str, str, dict[str, Any]]]:
+    if config.holdout_size == len(trap.train.splits().holdout):  # all of it is the default run: one artefact
+        config = dataclasses.replace(config, holdout_size=None)
+    holdout = holdout_for(config, trap.train)
+    identity = {"replace_config": config.to_dict(), "trapped_key": trap_key, "split": trap.split_point(),
+                "holdout_sha256": holdout.fingerprint()}
+    return config, holdout, (REPLACE_KIND, config_key(identity), identity)
+
+
 def get_or_replace(trapped: TrappedModel, config: ReplaceConfig, *, store: ArtefactStore | None = None,
                    device: str = "auto", progress: bool = True, monitor_size: int = 1000) -> TrainedModel:
     """Load or run stage 2 on a copy of `trapped`'s classifier (the trapped model itself is left as it is).
@@ -479,12 +495,7 @@ def get_or_replace(trapped: TrappedModel, config: ReplaceConfig, *, store: Artef
     store = store or ArtefactStore()
     base = trapped.config.train
     splits = base.splits()
-    if config.holdout_size == len(splits.holdout):  # all of it is the default run: one artefact, not two
-        config = dataclasses.replace(config, holdout_size=None)
-    holdout = holdout_for(config, base)
-    identity = {"replace_config": config.to_dict(), "trapped_key": trapped.key, "split": trapped.net.split,
-                "holdout_sha256": holdout.fingerprint()}
-    key = config_key(identity)
+    config, holdout, (_, key, identity) = _replace_inputs(trapped.config, trapped.key, config)
     dev = resolve_device(device)
 
     def restore(found: Artefact) -> nn.Module:

@@ -233,6 +233,19 @@ def split_images(test: ImageDataset, preset: RestorePreset, seed: int = 0) -> Im
     return Images(x[clean], test.labels[clean], x[evaluation], test.labels[evaluation])
 
 
+def diagnosis_address(model_key: str, run: Run, preset: RestorePreset, *,
+                      seed: int = 0) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of the importance-splitting run `get_or_diagnose` makes on the model artefact
+    `model_key`."""
+    identity = {"model": model_key, "setup": run.setup, "output": run.output, "splitting": preset.splitting,
+                "clean_images": preset.clean_images, "seed": seed}
+    # every class, the paper's |X_test^cl| and a calibrated alpha_def are the defaults; only others enter the identity
+    defaults = {"per_set": PAPER_PER_SET, "alpha": None, "classes": []}
+    chosen = {"per_set": preset.per_set, "alpha": preset.alpha, "classes": list(run.classes or ())}
+    identity.update({k: v for k, v in chosen.items() if v != defaults[k]})
+    return "restore", config_key(identity), identity
+
+
 def get_or_diagnose(trained: TrainedModel, images: Images, run: Run, preset: RestorePreset, *, seed: int = 0,
                     store: ArtefactStore | None = None, progress: bool = False) -> Diagnosis:
     """Calibrate alpha_def and run importance splitting over every class of a model, or load that run.
@@ -241,12 +254,7 @@ def get_or_diagnose(trained: TrainedModel, images: Images, run: Run, preset: Res
     and the defender's images (their count; they are a seeded part of the model's own test split).
     """
     store = store or ArtefactStore()
-    identity = {"model": trained.key, "setup": run.setup, "output": run.output, "splitting": preset.splitting,
-                "clean_images": preset.clean_images, "seed": seed}
-    # every class, the paper's |X_test^cl| and a calibrated alpha_def are the defaults; only others enter the identity
-    defaults = {"per_set": PAPER_PER_SET, "alpha": None, "classes": []}
-    chosen = {"per_set": preset.per_set, "alpha": preset.alpha, "classes": list(run.classes or ())}
-    identity.update({k: v for k, v in chosen.items() if v != defaults[k]})
+    kind, key, identity = diagnosis_address(trained.key, run, preset, seed=seed)
 
     def restore(found: Artefact) -> Diagnosis:
         loaded = Diagnosis.from_stored(found.tensors, found.metrics)
@@ -267,8 +275,7 @@ def get_or_diagnose(trained: TrainedModel, images: Images, run: Run, preset: Res
                              "run": asdict(run)})
         return result, result.splitting.tensors(), result.summary()
 
-    diagnosis, _, _ = get_or_compute(store, "restore", config_key(identity), identity, compute=run_diagnosis,
-                                     restore=restore)
+    diagnosis, _, _ = get_or_compute(store, kind, key, identity, compute=run_diagnosis, restore=restore)
     return diagnosis
 
 

@@ -55,7 +55,9 @@ from workbench.defenses.trap_replace import (
     get_or_replace,
     get_or_trap,
     holdout_for,
+    replace_address,
     scatters_by_source,
+    trap_address,
 )
 from workbench.repro.paper_numbers import (
     TR_TABLE1,
@@ -75,6 +77,7 @@ from workbench.repro.presets import TARGETS, ModelRecipe
 from workbench.repro.results import ColdRunClock, ResultTable
 
 POISON_RATIO = 0.1  # Sec. 4.1
+LBA_TRIGGER_KIND = "lba_triggers"
 TITLES = {"cifar10": "CIFAR-10", "gtsrb": "GTSRB"}  # the datasets as the paper names them
 
 
@@ -224,7 +227,28 @@ def lba_poison_config(dataset: str, setting: str, surrogate: TrappedModel, *, se
     layer = LBA_LAYERS[check_name("LBA setting", setting, LBA_LAYERS)]
     trigger = lba_trigger(surrogate, layer, TARGETS[dataset], seed=seed, store=store, progress=progress,
                           search=search)
+    return lba_poison(dataset, setting, trigger, seed=seed)
+
+
+def lba_poison(dataset: str, setting: str, trigger: PatchTrigger, *, seed: int = 0) -> PoisonConfig:
+    """LBA-n's poisoning with an optimised `trigger`: 10 % relabelled to the target, the latent injection at layer n."""
+    layer = LBA_LAYERS[check_name("LBA setting", setting, LBA_LAYERS)]
     return PoisonConfig(trigger, target=TARGETS[dataset], ratio=POISON_RATIO, latent=LatentInjection(layer), seed=seed)
+
+
+def lba_trigger_address(surrogate_key: str, layer: str, target: int, *, seed: int = 0, images: int = 1000,
+                        search: TriggerSearch | None = None) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of the LBA trigger `lba_trigger` optimises against the surrogate artefact
+    `surrogate_key`."""
+    identity = {"surrogate_key": surrogate_key, "layer": layer, "images": images, "seed": seed, "target": target,
+                "search": (search or TriggerSearch()).to_dict()}
+    return LBA_TRIGGER_KIND, config_key(identity), identity
+
+
+def stored_lba_trigger(found: Artefact, search: TriggerSearch | None = None) -> PatchTrigger:
+    """The trigger of a stored `lba_triggers` artefact."""
+    search = search or TriggerSearch()
+    return PatchTrigger.from_pattern(found.tensors["pattern"].float() / 255, row=search.row, col=search.col)
 
 
 def lba_trigger(surrogate: TrappedModel, layer: str, target: int, *, seed: int = 0,
@@ -234,8 +258,7 @@ def lba_trigger(surrogate: TrappedModel, layer: str, target: int, *, seed: int =
     `surrogate` on `images` seeded non-target images of its training set and as many `target`-class ones; cached
     (about a minute on a CPU)."""
     store, search = store or ArtefactStore(), search or TriggerSearch()
-    identity = {"surrogate_key": surrogate.key, "layer": layer, "images": images, "seed": seed, "target": target,
-                "search": search.to_dict()}
+    kind, key, identity = lba_trigger_address(surrogate.key, layer, target, seed=seed, images=images, search=search)
 
     def optimise() -> tuple[PatchTrigger, dict[str, torch.Tensor], dict[str, Any]]:
         start = time.time()
@@ -250,11 +273,8 @@ def lba_trigger(surrogate: TrappedModel, layer: str, target: int, *, seed: int =
         pattern = torch.tensor(trigger.values, dtype=torch.uint8).view(trigger.channels, trigger.size, trigger.size)
         return trigger, {"pattern": pattern}, {"losses": losses, "seconds": time.time() - start}
 
-    def restore(found: Artefact) -> PatchTrigger:
-        return PatchTrigger.from_pattern(found.tensors["pattern"].float() / 255, row=search.row, col=search.col)
-
-    trigger, _, _ = get_or_compute(store, "lba_triggers", config_key(identity), identity, compute=optimise,
-                                   restore=restore)
+    trigger, _, _ = get_or_compute(store, kind, key, identity, compute=optimise,
+                                   restore=lambda found: stored_lba_trigger(found, search))
     return trigger
 
 
@@ -340,6 +360,42 @@ def _replace(trapped: TrappedModel, config: ReplaceConfig, clock: ColdRunClock, 
     return replaced
 
 
+#: the baselines that start from the undefended model and use the clean holdout (Table 1's FT, NAD, ANP, I-BAU)
+HOLDOUT_BASELINES: dict[str, Callable[..., nn.Module]] = {"FT": fine_tune, "NAD": nad, "ANP": anp, "I-BAU": ibau}
+
+
+def _baseline_config(defence: str, preset: TRPreset) -> Any:
+    return {"FT": preset.finetune, "NAD": preset.nad, "ANP": preset.anp, "I-BAU": preset.ibau, "ABL": preset.abl,
+            "DP": preset.dp}[defence]
+
+
+def _baseline_identity(defence: str, plain: TrapConfig, scale: str | None, seed: int) -> dict[str, Any]:
+    """What a baseline's artefact is keyed by: its settings and the undefended model and holdout it starts from
+    (FT, NAD, ANP, I-BAU), or the training recipe and images it trains on itself (ABL, DP)."""
+    config = _baseline_config(defence, pick(scale, PRESETS)).to_dict()
+    if defence in HOLDOUT_BASELINES:
+        holdout = holdout_for(replace_config(scale, seed=seed), plain.train)
+        return {"defence": defence, "config": config, "model_key": trap_address(plain)[1],
+                "holdout_sha256": holdout.fingerprint()}
+    return {"defence": defence, "train_config": plain.train.to_dict(),
+            "train_data_sha256": plain.train.splits().train.fingerprint(), "config": config}
+
+
+def defence_address(defence: str, dataset: str, attack: str | None, scale: str | None, *,
+                    ratio: float = POISON_RATIO, seed: int = 0) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of the model `defend` returns, without training anything: normal training's
+    for "No defense", stage 2's for T&R, the baseline's own otherwise."""
+    check_name("defence", defence, DEFENCES)
+    plain = trap_config(dataset, attack, scale, reconstruct=False, ratio=ratio, seed=seed)
+    if defence == "No defense":
+        return trap_address(plain)
+    if defence == "T&R":
+        trap = trap_config(dataset, attack, scale, ratio=ratio, seed=seed)
+        return replace_address(trap, trap_address(trap)[1], replace_config(scale, seed=seed))
+    identity = _baseline_identity(defence, plain, scale, seed)
+    return defence.lower(), config_key(identity), identity
+
+
 def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *, ratio: float = POISON_RATIO,
            seed: int = 0, store: ArtefactStore | None = None, device: str = "auto", progress: bool = True,
            clock: ColdRunClock | None = None) -> Defended:
@@ -360,28 +416,22 @@ def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *,
         replaced = _replace(trapped, replace_config(scale, seed=seed), clock, store, device, progress)
         return Defended(defence, replaced.model, replaced.key, replaced.metrics, replaced.loaded,
                         trapped.summary.train_seconds + replaced.summary.train_seconds)
-    if defence in ("No defense", "FT", "NAD", "ANP", "I-BAU"):
+    if defence in ("No defense", *HOLDOUT_BASELINES):
         undefended = _trap(plain, clock, store, device, progress)
         if defence == "No defense":
             return Defended(defence, undefended.model, undefended.key, undefended.metrics, undefended.loaded,
                             undefended.summary.train_seconds)
         holdout = holdout_for(replace_config(scale, seed=seed), recipe)  # the same clean images as T&R's stage 2
-        method, config = {"FT": (fine_tune, preset.finetune), "NAD": (nad, preset.nad), "ANP": (anp, preset.anp),
-                          "I-BAU": (ibau, preset.ibau)}[defence]
-        identity = {"defence": defence, "config": config.to_dict(), "model_key": undefended.key,
-                    "holdout_sha256": holdout.fingerprint()}
-        return _cached(defence.lower(), identity, lambda: (method(undefended.model, holdout, config, device=device,
-                                                                  progress=progress), {}),
+        method, config = HOLDOUT_BASELINES[defence], _baseline_config(defence, preset)
+        return _cached(defence.lower(), _baseline_identity(defence, plain, scale, seed),
+                       lambda: (method(undefended.model, holdout, config, device=device, progress=progress), {}),
                        lambda: new_model(recipe), recipe, defence, store, device, clock)
-    identity = {"defence": defence, "train_config": recipe.to_dict(),
-                "train_data_sha256": recipe.splits().train.fingerprint()}
+    identity = _baseline_identity(defence, plain, scale, seed)
 
     def poisoned_set() -> TrainingData:  # only when the defence runs (LCBA's would train its surrogate first)
         return prepare_training_data(recipe, store=store, device=device, progress=progress)
 
     if defence == "ABL":
-        identity["config"] = preset.abl.to_dict()
-
         def run_abl() -> tuple[nn.Module, dict[str, Any]]:
             data = poisoned_set()
             result = train_abl(data.train, recipe, preset.abl, poisoned=data.poisoned_mask(), device=device,
@@ -389,7 +439,6 @@ def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *,
             return result.model, {"isolation_precision": result.isolation_precision, "history": result.history}
 
         return _cached("abl", identity, run_abl, lambda: new_model(recipe), recipe, defence, store, device, clock)
-    identity["config"] = preset.dp.to_dict()
     return _cached("dp", identity,
                    lambda: (train_dp(poisoned_set().train, recipe, preset.dp, device=device, progress=progress), {}),
                    lambda: dp_model(recipe, preset.dp), recipe, defence, store, device, clock)
