@@ -3,17 +3,25 @@
 `get_or_train(config)` returns the model for a `TrainConfig`, loading it from the artefact store when that
 exact config was trained on the same data before (here or in the committed `data/assets/`) and training +
 saving it otherwise.
+
+On CUDA the batch loop takes a fast path (issue 26, "Training that is fast where the GPU is"; `_Batches`): the
+training set is held on the device, forward and loss run under bf16 autocast, conv nets in channels_last, and
+deterministic algorithms are switched on for the run. The CPU path is the trainer as it always was.
+`WORKBENCH_FAST_GPU=0` turns the fast path off. Artefact keys do not depend on the device or the path: a model
+trained on a GPU is stored under the key the same config gets on a CPU (and is loaded there), although its weights
+are not bit-identical to the CPU's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -276,13 +284,14 @@ def _augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator, pad: int = 
         return x
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    top = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    left = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    # drawn on the CPU generator on every device; non_blocking: no host sync per batch on a GPU (a no-op on the CPU)
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device, non_blocking=True)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device, non_blocking=True)
     rows = (top.view(n, 1, 1, 1) + torch.arange(h, device=x.device).view(1, 1, h, 1)).expand(n, c, h, w + 2 * pad)
     cols = (left.view(n, 1, 1, 1) + torch.arange(w, device=x.device).view(1, 1, 1, w)).expand(n, c, h, w)
     out = padded.gather(2, rows).gather(3, cols)
     if mode == "crop_flip":
-        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(n, 1, 1, 1)
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device, non_blocking=True).view(n, 1, 1, 1)
         out = torch.where(flip, out.flip(3), out)
     return out
 
@@ -309,6 +318,73 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 
 class TrainingDiverged(WorkbenchError):
     """Training produced a non-finite loss or non-finite weights (nothing is cached)."""
+
+
+#: Set to 0 to train on CUDA the plain way (host-held data, float32, no deterministic algorithms). Not a
+#: `TrainConfig` field on purpose: the path does not enter the artefact key (see the module docstring).
+FAST_GPU_VARIABLE = "WORKBENCH_FAST_GPU"
+
+
+def _fast_path(dev: torch.device) -> bool:
+    """Whether training on `dev` takes the fast path: on CUDA, unless `WORKBENCH_FAST_GPU=0` (read at every call)."""
+    return dev.type == "cuda" and os.environ.get(FAST_GPU_VARIABLE, "1").strip() != "0"
+
+
+class _Batches:
+    """The training set as the batch loop reads it, and the scope its forward pass and loss run in (issue 26,
+    "Training that is fast where the GPU is"; the one place the loop differs between devices).
+
+    Plain path (the CPU; CUDA with `WORKBENCH_FAST_GPU=0`): the uint8 images stay on the host and every batch is
+    copied to the device, as the trainer always did: the same ops in the same order, so CPU weights are
+    bit-identical to those of the trainer before the fast path existed. Fast path (CUDA): images, labels and the
+    poisoned mask are copied to the device once (images as uint8, a quarter of float32; each batch is converted
+    there), the epoch's order is drawn as always on the CPU generator (the same batches, the same augmentation
+    draws) and moved with one copy, forward + loss run under bf16 autocast (BatchNorm, softmax and the losses stay
+    float32 by autocast's rules), and model and batches are channels_last (what the tensor cores of a bf16
+    convolution read; the CPU path has always used it for conv speed).
+    """
+
+    def __init__(self, train: ImageDataset, poisoned: torch.Tensor | None, dev: torch.device) -> None:
+        self.dev, self.fast = dev, _fast_path(dev)
+        self.images, self.labels, self.poisoned = train.images, train.labels, poisoned
+        if self.fast:
+            self.images, self.labels = self.images.to(dev), self.labels.to(dev)
+            self.poisoned = None if poisoned is None else poisoned.to(dev)
+        self.memory_format = torch.channels_last if dev.type == "cpu" or self.fast else torch.contiguous_format
+
+    def order(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """One epoch's permutation of the `n` training images, from the CPU generator `gen` on every device."""
+        order = torch.randperm(n, generator=gen)
+        return order.to(self.dev, non_blocking=True) if self.fast else order
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        """The scope of forward pass and loss: bf16 autocast on the fast path, nothing on the plain one."""
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.fast else nullcontext()
+
+
+@contextmanager
+def _repeatable(dev: torch.device) -> Iterator[None]:
+    """On the fast path, deterministic algorithms for the training run (restored after it), so a GPU run repeats
+    itself bit for bit on the same GPU, driver and torch: the seeds are pinned already (initialisation, data order
+    and augmentation come from CPU generators, dropout from the seeded device generator), and bf16 autocast is
+    deterministic too. Ops without a deterministic CUDA kernel only warn (`warn_only=True`) and may differ between
+    runs. Weights trained on different GPU models, torch versions or on the CPU differ in their last bits."""
+    if not _fast_path(dev):
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS asks for
+    fill = torch.utils.deterministic
+    before = (torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(), fill.fill_uninitialized_memory)
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    fill.fill_uninitialized_memory = False  # a debugging aid of deterministic mode that costs a write per allocation
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before[0]
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        fill.fill_uninitialized_memory = before[3]
 
 
 def train_classifier(model: StagedClassifier, train: ImageDataset, config: TrainConfig, *,
@@ -338,7 +414,7 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
     """
     check_training_images(train, classifier or model)
     dev = resolve_device(device)
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), _repeatable(dev):
         torch.manual_seed(child_seed(config.seed, "global_rng"))  # dropout draws repeat too; the caller's state is kept
         return _train_loop(model, train, config, monitor, monitor_backdoor, dev, progress, poisoned, batch_loss,
                            classifier or model)
@@ -348,7 +424,8 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
                 monitor: tuple[torch.Tensor, torch.Tensor] | None, monitor_backdoor: tuple[torch.Tensor, int] | None,
                 dev: torch.device, progress: bool, poisoned: torch.Tensor | None,
                 batch_loss: BatchLoss | None, classifier: torch.nn.Module) -> list[dict[str, float]]:
-    fmt = torch.channels_last if dev.type == "cpu" else torch.contiguous_format  # faster convolutions on CPU
+    batches = _Batches(train, poisoned, dev)
+    fmt = batches.memory_format
     model.to(dev, memory_format=fmt).train()
     gen = make_generator(child_seed(config.seed, "data_order"))
     opt = _optimizer(model, config)
@@ -366,36 +443,40 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
     latent_memo: torch.Tensor | None = None
     for epoch in range(config.epochs):
         start, loss_sum = time.time(), 0.0
-        order = torch.randperm(n, generator=gen)
+        order = batches.order(n, gen)
         for b in range(steps_per_epoch):
             idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-            x = _augment_batch(train.images[idx].to(dev).float().div_(255), config.augment, gen)
-            y = train.labels[idx].to(dev)
+            x = _augment_batch(batches.images[idx].to(dev).float().div_(255), config.augment, gen)
+            y = batches.labels[idx].to(dev)
             for group in opt.param_groups:
                 group["lr"] = config.lr * _lr_factor(config.schedule, config.warmup_fraction, step / total)
             x = x.contiguous(memory_format=fmt)
-            with capture(classifier, injection.layer) if injection is not None else nullcontext([]) as latents:
+            with (capture(classifier, injection.layer) if injection is not None else nullcontext([]) as latents,
+                  batches.autocast()):
                 if batch_loss is not None:
                     loss = batch_loss(model, x, y, gen)
                 elif config.logit_anchor > 0:
-                    loss, memo = _anchored_loss(model(x), y, poisoned[idx].to(dev), config, gen, memo)
+                    loss, memo = _anchored_loss(model(x).float(), y, batches.poisoned[idx].to(dev), config, gen,
+                                                memo)
                 else:
                     loss = F.cross_entropy(model(x), y, label_smoothing=config.label_smoothing)
-            if injection is not None:  # LBA's injection term ([LBA] Sec. 4.2) on this batch's triggered images
-                term, latent_memo = latent_distance(latents[-1], y, poisoned[idx].to(dev), config.poison.target,
-                                                    latent_memo)
-                loss = loss + injection.weight * term
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(f"training {config.model} on {config.dataset} diverged in epoch {epoch + 1} "
-                                       f"(loss {value}); nothing was stored. The learning rate (lr={config.lr}) is "
-                                       "the usual cause: lower it")
+                if injection is not None:  # LBA's injection term ([LBA] Sec. 4.2) on this batch's triggered images
+                    term, latent_memo = latent_distance(latents[-1].float(), y, batches.poisoned[idx].to(dev),
+                                                        config.poison.target, latent_memo)
+                    loss = loss + injection.weight * term
+            # the fast path leaves the loss on the GPU (no host sync per step) and checks it once an epoch, below
+            value = None if batches.fast else loss.item()
+            if value is not None and not math.isfinite(value):
+                _diverged(config, epoch, value)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += value
+            loss_sum += loss.detach().double() if value is None else value
             step += 1
             bar.update()
+        loss_sum = float(loss_sum)
+        if not math.isfinite(loss_sum):
+            _diverged(config, epoch, loss_sum)
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise TrainingDiverged(f"training {config.model} on {config.dataset} left non-finite weights after epoch "
                                    f"{epoch + 1}; nothing was stored. Lower the learning rate (lr={config.lr})")
@@ -409,6 +490,11 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
         bar.set_postfix({k: round(v, 3) for k, v in record.items() if k in ("loss", "ca", "asr")})
     bar.close()
     return history
+
+
+def _diverged(config: TrainConfig, epoch: int, loss: float) -> NoReturn:
+    raise TrainingDiverged(f"training {config.model} on {config.dataset} diverged in epoch {epoch + 1} (loss {loss}); "
+                           f"nothing was stored. The learning rate (lr={config.lr}) is the usual cause: lower it")
 
 
 def _anchored_loss(logits: torch.Tensor, y: torch.Tensor, poisoned: torch.Tensor, config: TrainConfig,

@@ -158,12 +158,28 @@ def _diffusion(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from workbench.repro.bench import bench_bdmae
+    from workbench.repro.bench import bench_bdmae, bench_train, train_table
 
-    numbers = bench_bdmae(batch=args.batch, loop_images=args.loop_images, device=args.device)
+    if args.method == "train":
+        if args.loop_images is not None:
+            raise WorkbenchError("--loop-images is an option of `bench bdmae`; `bench train` takes --models, "
+                                 "--device, --batch and --steps")
+        rows = bench_train(models=args.models, device=args.device, batch=128 if args.batch is None else args.batch,
+                           steps=20 if args.steps is None else args.steps)
+        first, last = rows[0], rows[-1]
+        cpu = f" ({last['steps']} on the CPU)" if last["steps"] != first["steps"] else ""
+        print(f"images/s of training steps (forward, backward, optimiser step) on this machine: batch "
+              f"{first['batch']}, {first['steps']} timed{cpu} after {first['warmup']} untimed")
+        print(train_table(rows).to_markdown(index=False, floatfmt=".4g"))
+        return 0
+    if args.models is not None or args.steps is not None:
+        raise WorkbenchError("--models and --steps are options of `bench train`; `bench bdmae` takes --batch, "
+                             "--loop-images and --device")
+    batch = 64 if args.batch is None else args.batch
+    numbers = bench_bdmae(batch=batch, loop_images=args.loop_images, device=args.device)
     print(f"BDMAE on {numbers['images']} triggered CIFAR-10 images ({numbers['device']}): "
           f"{numbers['restorations']} MAE restorations, {numbers['queries']} label queries")
-    print(f"  batched (batch {args.batch}):   {numbers['batched_images_per_s']:8.2f} images/s")
+    print(f"  batched (batch {batch}):   {numbers['batched_images_per_s']:8.2f} images/s")
     print(f"  one image at a time:     {numbers['loop_images_per_s']:8.2f} images/s "
           f"(batched is {numbers['speedup_over_loop']:.2f}x faster)")
     print(f"  compute floor:           {numbers['floor_images_per_s']:8.2f} images/s "
@@ -229,11 +245,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--commit", action="store_true", help="write into data/assets (committed) instead of the cache")
     p.set_defaults(run=_diffusion)
-    p = sub.add_parser("bench", help="throughput of a defence: batched vs one-image loop vs compute floor")
-    p.add_argument("method", choices=("bdmae",))
-    p.add_argument("--batch", type=int, default=64)
+    p = sub.add_parser("bench", help="throughput: bdmae (batched vs one-image loop vs compute floor) or train "
+                                     "(training images/s per model and device, GPU fast path vs plain)")
+    p.add_argument("method", choices=("bdmae", "train"))
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: 64 for bdmae, 128 for train)")
     p.add_argument("--loop-images", type=int, default=None,
-                   help="images timed in the one-at-a-time loop (default: all of the batch)")
+                   help="bdmae: images timed in the one-at-a-time loop (default: all of the batch)")
+    p.add_argument("--models", default=None,
+                   help="train: comma-separated model names (default: lenet5,resnet_small,resnet18,wrn16_1)")
+    p.add_argument("--steps", type=int, default=None, help="train: timed steps per model and path (default: 20)")
     p.add_argument("--device", default="auto")
     p.set_defaults(run=_bench)
     p = sub.add_parser("matrix", help="every detector, purifier and repair on the same models (three tables and "
