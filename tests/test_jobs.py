@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -50,7 +51,7 @@ def test_bdmae_shares_the_quickstart_model_and_its_lc_model_waits_for_the_clean_
     assert by_label["cifar10 IAB"].kind == "iab" and not by_label["cifar10 IAB"].deps
     stages = [job for job in jobs if job.kind == "mae"]  # the tiny MAE's stages, each after the one before
     assert [job.goal for job in stages] == [False] * (len(stages) - 1) + [True]
-    assert all(later.deps == (earlier.id,) for earlier, later in zip(stages, stages[1:], strict=False))
+    assert all(later.deps == (earlier.id,) for earlier, later in itertools.pairwise(stages))
 
 
 def test_trap_and_replace_jobs_are_the_tables_artefacts() -> None:

@@ -372,6 +372,8 @@ _TRAP = {
         names=("split",)),
     "defenses.trap_replace.holdout_for": Example(trap_replace.holdout_for, lambda: {
         "config": trap_replace.ReplaceConfig(holdout_size=10), "base": MNIST_RECIPE}),
+    "defenses.trap_replace.replace_address": Example(trap_replace.replace_address, lambda: {
+        "trap": _trap_config(), "trap_key": "0123456789abcdef", "config": trap_replace.ReplaceConfig(holdout_size=10)}),
     "defenses.trap_replace.get_or_replace": Example(trap_replace.get_or_replace, lambda: {
         "trapped": _trapped(), "config": trap_replace.ReplaceConfig(epochs=1, holdout_size=10), "store": _store(),
         "device": "cpu", "progress": False, "monitor_size": 10}),

@@ -141,10 +141,18 @@ class ImageDataset:
         return ImageDataset(self.name, self.images[indices], self.labels[indices], self.class_names, self.source)
 
     def fingerprint(self) -> str:
-        """SHA-256 of the images and labels: identifies exactly what a model was trained on."""
-        digest = hashlib.sha256(self.images.contiguous().numpy().tobytes())
-        digest.update(self.labels.numpy().astype("<i8").tobytes())
-        return digest.hexdigest()
+        """SHA-256 of the images and labels: identifies exactly what a model was trained on.
+
+        Remembered with the tensors' version counters (an in-place change to either computes it again): planning a
+        job graph asks for the fingerprint of one split hundreds of times."""
+        stamp = (self.images._version, self.labels._version)
+        known = self.__dict__.get("_fingerprint")
+        if known is None or known[0] != stamp:
+            digest = hashlib.sha256(self.images.contiguous().numpy())  # the buffer itself: no copy of the bytes
+            digest.update(self.labels.numpy().astype("<i8"))
+            known = (stamp, digest.hexdigest())
+            self.__dict__["_fingerprint"] = known  # a cache, not a field: the dataclass stays frozen
+        return known[1]
 
     def replace(self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> ImageDataset:
         """A copy with new images and/or labels."""

@@ -1,5 +1,6 @@
 """Scale presets: `smoke` (CI plumbing, seconds), `cpu` (default: minutes on a laptop CPU, shows the papers'
-effects), `paper` (the papers' settings; needs a GPU).
+effects), `gpu` (the papers' networks and epochs on fewer models and rows: each paper's tables in about 8 hours on one
+modern GPU, `python -m workbench jobs plan --scale gpu` estimates it), `paper` (the papers' settings; days on a GPU).
 
 Notebooks take a `scale` parameter; None means `$WORKBENCH_SCALE`, else "cpu". So nbval runs notebooks at
 smoke scale (the test command sets WORKBENCH_SCALE=smoke) while a person opening a notebook gets cpu scale.
@@ -13,7 +14,7 @@ from typing import TypeVar
 
 from workbench.core.validation import WorkbenchError, check_name
 
-SCALES = ("smoke", "cpu", "paper")
+SCALES = ("smoke", "cpu", "gpu", "paper")
 T = TypeVar("T")
 
 

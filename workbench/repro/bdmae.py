@@ -78,6 +78,9 @@ BDMAE_PRESETS = {
     # image with either sampler. Hence DiffPure on 100 + 100 CIFAR-10 images and the twelve trigger variants on
     # 60 + 60 each (the paper: 500 and the full test sets)
     "cpu": BDMAEPreset(500, 100, 6, 15_000, diffpure_images=100, diffpure_datasets=("cifar10",), variant_images=60),
+    # gpu: the main setting on 2,000 + 2,000 images, the others on 1,000 + 1,000, the reduced models 30 epochs on
+    # the full training sets
+    "gpu": BDMAEPreset(2000, 1000, 30, None, variant_images=500),
     "paper": BDMAEPreset(10_000, 10_000, 60, None),
 }
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench.core.scales import SCALES
 from workbench.core.validation import WorkbenchError
 
 
@@ -203,19 +204,19 @@ def _matrix(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     from workbench.core.runtime import resolve_device
     from workbench.core.scales import resolve_scale
-    from workbench.repro.jobs import PAPER_JOBS, collect, plan, run
+    from workbench.repro.jobs import PAPER_JOBS, collect, describe, plan, run
 
     scale = resolve_scale(args.scale)
     resolve_device(args.device)  # refused before planning, even when every job is cached
     jobs = collect(args.papers or list(PAPER_JOBS), scale)
-    todo = plan(jobs)
     if args.action == "plan":
-        print(f"{len(todo)} of {len(jobs)} jobs at {scale} scale are not cached:")
-        for job in todo:
-            after = f" after {', '.join(job.deps)}" if job.deps else ""
-            print(f"  {job.id}  {job.label} ({', '.join(job.papers)}){after}")
+        print(describe(jobs, plan(jobs), scale))
         return 0
-    for done in run(jobs, executor=args.executor, device=args.device):
+    options = {name: value for name, value in (("address", args.address), ("workers", args.workers),
+                                               ("retries", args.retries), ("cluster", args.cluster),
+                                               ("timeout_min", args.timeout_min), ("partition", args.partition))
+               if value is not None}
+    for done in run(jobs, executor=args.executor, device=args.device, threads=args.threads, **options):
         print(f"done: {done}")
     return 0
 
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_datasets)
     p = sub.add_parser("reproduce", help="execute the paper notebooks with papermill and write a report")
     p.add_argument("papers", nargs="*", help="papers to run (default: all); e.g. quickstart")
-    p.add_argument("--scale", choices=("smoke", "cpu", "paper"), default=None,
+    p.add_argument("--scale", choices=SCALES, default=None,
                    help="scale preset (default: $WORKBENCH_SCALE or cpu)")
     p.add_argument("--output", help="output folder (default: outputs/<scale>)")
     p.set_defaults(run=_reproduce)
@@ -260,22 +261,34 @@ def main(argv: list[str] | None = None) -> int:
                                       "a heat map)")
     p.add_argument("models", nargs="*", help="subjects: names (default: the scale's) or BackdoorBench "
                                              "attack_result.pt paths")
-    p.add_argument("--scale", choices=("smoke", "cpu", "paper"), default=None,
+    p.add_argument("--scale", choices=SCALES, default=None,
                    help="scale preset (default: $WORKBENCH_SCALE or cpu)")
     p.add_argument("--defences", nargs="+", default=None, help="registered defence names (default: all)")
     p.add_argument("--output", help="folder of the tables and cells (default: outputs/<scale>/matrix)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(run=_matrix)
-    p = sub.add_parser("jobs", help="the classifier trainings of the papers as jobs: plan what is not cached, or "
-                                    "run it (the notebooks then only load)")
+    p = sub.add_parser("jobs", help="the papers' cached work as a job graph: plan what is not cached (with keys, "
+                                    "dependencies, resources and estimated GPU-hours) or run it on an engine (the "
+                                    "notebooks then only load)")
     p.add_argument("action", choices=("plan", "run"))
-    p.add_argument("papers", nargs="*",
-                   help="papers (default: every paper with jobs: quickstart, bdmae, restore, lred)")
-    p.add_argument("--scale", choices=("smoke", "cpu", "paper"), default=None,
-                   help="scale preset (default: $WORKBENCH_SCALE or cpu)")
-    p.add_argument("--executor", choices=("inline",), default="inline", help="where the jobs run")
+    p.add_argument("papers", nargs="*", help="papers (default: all: quickstart, bdmae, restore, lred, trap_replace)")
+    p.add_argument("--scale", choices=SCALES, default=None, help="scale preset (default: $WORKBENCH_SCALE or cpu)")
+    p.add_argument("--executor", default="inline",
+                   help="inline: one after the other here; ray: a Ray cluster; slurm: Slurm job arrays (submitit)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per job on every engine (default: this process's; the same number gives "
+                        "the same bytes on every engine)")
+    p.add_argument("--address", default=None, help="ray: join this cluster ('auto' or host:port) instead of a local "
+                                                   "one")
+    p.add_argument("--workers", type=int, default=None, help="ray: slots of the local cluster (default: the cores)")
+    p.add_argument("--retries", type=int, default=None, help="ray: reruns of a job whose worker died (default 1)")
+    p.add_argument("--cluster", choices=("slurm", "local"), default=None,
+                   help="slurm: submitit's Slurm executor (default) or its local one (subprocesses, for trying it)")
+    p.add_argument("--timeout-min", dest="timeout_min", type=int, default=None,
+                   help="slurm: each job's time limit in minutes; a job that reaches it is requeued (default 1440)")
+    p.add_argument("--partition", default=None, help="slurm: the partition")
     p.set_defaults(run=_jobs)
     args = parser.parse_args(argv)
     try:

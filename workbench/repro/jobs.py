@@ -581,8 +581,12 @@ def describe(jobs: Sequence[Job], todo: Sequence[Job], scale: str) -> str:
     table = pd.DataFrame(rows).to_string(index=False, max_colwidth=60)
     left = sum(job.resources.gpu_hours for job in todo)
     total = sum(job.resources.gpu_hours for job in jobs)
+    papers = dict.fromkeys(paper for job in jobs for paper in job.papers)
+    per_paper = ", ".join(f"{paper} {sum(j.resources.gpu_hours for j in jobs if paper in j.papers):.2f}"
+                          for paper in papers)
     return (f"{table}\n\n{len(jobs)} jobs at {scale} scale, {len(todo)} to run: estimated {left:.2f} GPU-hours to run, "
-            f"{total:.2f} for the whole graph, on one modern GPU (an estimate from counted FLOPs at an assumed "
+            f"{total:.2f} for the whole graph (each paper's: {per_paper}), on one modern GPU (an estimate from "
+            f"counted FLOPs at an assumed "
             f"{ASSUMED_GPU_FLOPS / 1e12:.0f} TFLOP/s and {1000 * ASSUMED_GPU_SECONDS_PER_BATCH:.0f} ms per batch; "
             "`bench train` measures a real one)")
 

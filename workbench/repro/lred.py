@@ -157,6 +157,12 @@ LRED_PRESETS = {
                                      "gtsrb": Budget(None, 12)},
                       scale_counts=("fashion-mnist", "gtsrb"), detection=LREDConfig(step=0.04, max_norm=6.0),
                       amplitudes={"lred_global": 8 / 255, "local_square": 100 / 255}),
+    # gpu: the paper's ResNet-18 and detection settings on 3 classifiers per group (paper: 10) for 40 epochs
+    "gpu": LREDPreset(models_per_group=3, model="resnet18", model_options=(), train_size=None, epochs=40, lr=0.1,
+                      augment="crop_flip",
+                      other_recipes={"mnist": Budget(None, 20), "fashion-mnist": Budget(None, 20),
+                                     "gtsrb": Budget(None, 40)},
+                      scale_counts=(), detection=LREDConfig()),
     # paper: ResNet-18, 100 epochs (App. A.4); lr and schedule are the workbench's (the paper: lr 1e-3, batch 32)
     "paper": LREDPreset(models_per_group=10, model="resnet18", model_options=(), train_size=None, epochs=100, lr=0.1,
                         augment="crop_flip",

@@ -61,6 +61,8 @@ QUICKSTART = {
     "smoke": QuickstartPreset("resnet_small", 2000, 2, 0.05, 500),
     # cpu: ~10 minutes on 2 cores; CA >= 0.80 and ASR >= 0.95 on the full test split
     "cpu": QuickstartPreset("resnet_small", None, 8, 0.2, None),
+    # gpu: BDMAE's backbone at half the paper preset's epochs (BDMAE's main model, sized with `jobs plan`)
+    "gpu": QuickstartPreset("resnet18", None, 30, 0.1, None),
     # paper: BDMAE's backbone (ResNet-18 from scratch); epochs and lr are our choice (not published)
     "paper": QuickstartPreset("resnet18", None, 60, 0.1, None),
 }

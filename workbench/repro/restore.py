@@ -182,6 +182,14 @@ RESTORE_PRESETS: dict[str, RestorePreset] = {
         splitting={"particles": 40, "survivors": 20, "passes": 10, "max_levels": 80},
         clean_images=500, eval_images=1000, comparable_images=100,
         attacks={"mnist": MAIN_ATTACKS, "cifar10": ATTACKS}, runs=_CPU_RUNS),
+    # gpu: the paper's networks (ResNet-18 for 40 epochs) and the cpu preset's runs with the paper's J_max and a
+    # fifth of its particles and moves
+    "gpu": RestorePreset(
+        recipes={"mnist": ModelRecipe("lenet5", 30, 0.05, augment="none"),
+                 "cifar10": ModelRecipe("resnet18", 40, 0.1, augment="crop_flip")},
+        splitting={"particles": 100, "survivors": 50, "passes": 6, "max_levels": 40},
+        clean_images=1000, eval_images=2000, comparable_images=200,
+        attacks={"mnist": MAIN_ATTACKS, "cifar10": ATTACKS}, runs=_CPU_RUNS),
     "paper": RestorePreset(
         recipes={"mnist": ModelRecipe("lenet5", 100, 0.001, augment="none"),
                  "cifar10": ModelRecipe("resnet18", 100, 0.001, augment="crop_flip")},

@@ -191,6 +191,10 @@ PRESETS = {
                     lba_settings=("LBA-12",),
                     abl=ABLConfig(isolate_epochs=4, finetune_epochs=12, unlearn_epochs=5),
                     anp=ANPConfig(iterations=400)),
+    # gpu: WRN-16-1 at the paper's 200 epochs on the full training set; Table 1 on every attack with the baselines on
+    # the four core attacks, the ablations and LBA-14 / 12 / 10 as the cpu preset's rows, Tables 8-11 on l2-Invisible
+    "gpu": TRPreset(train_size=None, epochs=200, replace_epochs=100, attacks=tuple(ATTACKS),
+                    split_attacks=("l2-Invisible",), ratio_attacks=("l2-Invisible",)),
     "paper": TRPreset(train_size=None, epochs=200, replace_epochs=100, attacks=tuple(ATTACKS),
                       baseline_attacks=tuple(ATTACKS), gtsrb_attacks=tuple(a for a in ATTACKS if a != "LCBA"),
                       ablation_attacks=("l2-Invisible", "Trojan-WM", "SIG", "LCBA"),

@@ -1,0 +1,98 @@
+"""The job graph on real engines (issue 26): a local Ray cluster of two workers and submitit's local executor leave
+the artefacts (keys and bytes) the inline executor leaves, and a worker killed mid-training costs only its job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.conftest import needs_real_data
+from workbench.core.artefacts import ArtefactStore
+from workbench.core.validation import WorkbenchError
+from workbench.repro.jobs import Job, collect, event_log, plan, run
+
+pytest.importorskip("ray")
+pytest.importorskip("submitit")
+pytestmark = needs_real_data
+
+#: quickstart's model, BDMAE's clean model and the label-consistent model poisoned against it (a dependency)
+LABELS = ("quickstart model", "cifar10 clean", "cifar10 LC")
+
+
+def _jobs() -> list[Job]:
+    return [job for job in collect(["quickstart", "bdmae"], "smoke") if job.label in LABELS]
+
+
+def _weights(store: ArtefactStore, jobs: list[Job]) -> dict[str, str]:
+    """job id -> the SHA-256 of its stored weights (the manifest's, verified on load)."""
+    found = {}
+    for job in jobs:
+        artefact = store.load_by_key(job.kind, job.key)
+        assert artefact is not None, job.id
+        found[job.id] = json.loads((artefact.path / "manifest.json").read_text())["weights_sha256"]
+    return found
+
+
+def _events(store: ArtefactStore) -> list[tuple[str, str]]:
+    return [(e["event"], e["job"]) for e in map(json.loads, event_log(store.root).read_text().splitlines())]
+
+
+def test_ray_and_submitit_leave_the_keys_and_bytes_of_the_inline_executor(tmp_path) -> None:
+    jobs = _jobs()
+    assert len(jobs) == 3 and jobs[2].deps == (jobs[1].id,)
+    stores = {name: ArtefactStore(tmp_path / name, read_only_roots=[]) for name in ("inline", "ray", "slurm")}
+    options = {"inline": {}, "ray": {"workers": 2}, "slurm": {"cluster": "local", "timeout_min": 30}}
+    for name, store in stores.items():
+        assert run(jobs, executor=name, store=store, device="cpu", threads=1, progress=False,
+                   **options[name]) == [job.id for job in jobs], name
+        assert plan(jobs, store) == []
+    inline = _weights(stores["inline"], jobs)
+    assert _weights(stores["ray"], jobs) == inline
+    assert _weights(stores["slurm"], jobs) == inline
+    # every job ran once on each engine, LC after the clean model it is poisoned against
+    for store in stores.values():
+        events = _events(store)
+        assert sorted(job for event, job in events if event == "done") == sorted(job.id for job in jobs)
+        assert events.index(("done", jobs[1].id)) < events.index(("start", jobs[2].id))
+
+
+def _kill_when_started(store: ArtefactStore, job: Job, after: float) -> threading.Thread:
+    """Kill (SIGKILL) the worker process that starts `job`, `after` seconds into it."""
+    def watch() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if event_log(store.root).exists():
+                for line in event_log(store.root).read_text().splitlines():
+                    event = json.loads(line)
+                    if event["event"] == "start" and event["job"] == job.id:
+                        time.sleep(after)
+                        os.kill(event["pid"], signal.SIGKILL)
+                        return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_worker_killed_mid_training_costs_only_its_job(tmp_path) -> None:
+    store = ArtefactStore(tmp_path / "cache", read_only_roots=[])
+    jobs = _jobs()
+    victim = jobs[0]  # quickstart's model: two epochs, several seconds, killed one second in
+    watcher = _kill_when_started(store, victim, after=1.0)
+    with pytest.raises(WorkbenchError, match=f"1 of 3 jobs failed.*{victim.id}"):
+        run(jobs, executor="ray", store=store, device="cpu", threads=1, progress=False, workers=2, retries=0)
+    watcher.join(timeout=5)
+    assert [job.id for job in plan(jobs, store)] == [victim.id]  # the others finished and were published
+    assert store.load_by_key(victim.kind, victim.key) is None  # nothing half-written under the killed job's key
+    assert run(jobs, executor="ray", store=store, device="cpu", threads=1, progress=False, workers=2) == [victim.id]
+    starts = [job for event, job in _events(store) if event == "start"]
+    assert starts.count(victim.id) == 2 and all(starts.count(job.id) == 1 for job in jobs[1:])
+    _weights(store, jobs)  # every artefact loads and matches its manifest's hashes
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_dir() and ".partial-" in p.name]
+    assert leftovers == []
