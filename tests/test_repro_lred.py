@@ -167,3 +167,23 @@ def test_true_source_gains_weight_on_a_trained_one_source_model():
     assert trace[-1, source] >= trace[0, source]
     assert int(result.weights[0].argmax()) == source
     assert result.weights[0, source] > 2 / 9  # well above the uniform start
+
+
+@needs_real_data
+def test_a_cached_detection_loads_bit_for_bit_as_computed(tmp_path):
+    from workbench.core.artefacts import ArtefactStore
+    from workbench.repro.lred import get_or_inspect
+
+    preset = LRED_PRESETS["smoke"]
+    store = ArtefactStore(tmp_path, read_only_roots=[])
+    trained = get_or_train(classifier_config(GROUPS["G-1"], 0, "smoke"), store=store, device="cpu", progress=False)
+    computed = get_or_inspect(trained, GROUPS["G-1"], "G-1", 0, "RED-A", preset, store=store)
+    loaded = get_or_inspect(trained, GROUPS["G-1"], "G-1", 0, "RED-A", preset, store=store)
+    assert loaded is not computed and loaded.row() == computed.row()
+    for name in ("source_weights", "statistics"):
+        assert torch.equal(getattr(loaded.result, name), getattr(computed.result, name))
+    for name in ("patterns", "weights", "trace_weights", "trace_q", "iterations", "reached", "trace_patterns"):
+        # exact, NaN where NaN (a trace's rows after its problem stopped)
+        torch.testing.assert_close(getattr(loaded.result.estimation, name), getattr(computed.result.estimation, name),
+                                   rtol=0, atol=0, equal_nan=True, msg=name)
+    assert loaded.result.gamma == computed.result.gamma and loaded.result.config == computed.result.config

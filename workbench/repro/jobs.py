@@ -7,19 +7,21 @@ artefact cache's content address, with the jobs whose artefacts it needs and the
     run(jobs, executor="ray")         # the engines schedule; the notebooks then only load (WORKBENCH_CACHE_ONLY=1)
 
 A job's unit is one artefact of the cache: a classifier training (`get_or_train`, IAB's classifier with its
-generators), a T&R stage 1 or stage 2 or baseline defence, an LBA trigger, a REStore importance-splitting run, a
-stage of the tiny MAE's or diffusion model's pretraining. Jobs return keys, never tensors: the shared cache
-(`WORKBENCH_CACHE`) is the only result channel, its per-key locks make sure one key is computed once, and a
-killed job leaves nothing half-written (`ArtefactStore`), so a rerun does only what is missing.
+generators), a T&R stage 1 or stage 2 or baseline defence, an LBA trigger, a REStore importance-splitting run, an
+L-RED detection of one classifier, a stage of the tiny MAE's or diffusion model's pretraining. Jobs return keys,
+never tensors: the shared cache (`WORKBENCH_CACHE`) is the only result channel, its per-key locks make sure one key
+is computed once, and a killed job leaves nothing half-written (`ArtefactStore`), so a rerun does only what is
+missing.
 
-What is not a job yet: L-RED's detections and BDMAE's evaluations (the notebooks compute them, uncached, in
-minutes at `cpu` scale).
+What is not a job yet: BDMAE's evaluations (notebooks 10-11 and REStore's Table III compute them, uncached; a
+shard of test images as a job needs every defence of Table 2 to give each image the same result in any shard).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import socket
 import time
@@ -175,6 +177,16 @@ def _diagnose(dataset: str, attack: str, run: Any, scale: str, seed: int, *, sto
     images = split_images(trained.config.splits().test, preset, seed)
     get_or_diagnose(trained, images, run, preset, seed=seed, store=store, progress=progress)
     return diagnosis_address(trained.key, run, preset, seed=seed)[1]
+
+
+def _inspect(setting: Any, name: str, index: int, method: str, scale: str, per_class: int | None, seed: int, *,
+             store: ArtefactStore, device: str, progress: bool) -> str:
+    from workbench.repro.lred import LRED_PRESETS, classifier_config, get_or_inspect, inspection_address
+
+    preset = pick(scale, LRED_PRESETS)
+    trained = get_or_train(classifier_config(setting, index, scale), store=store, device=device, progress=progress)
+    get_or_inspect(trained, setting, name, index, method, preset, per_class=per_class, seed=seed, store=store)
+    return inspection_address(trained.key, method, preset, per_class=per_class, seed=seed)[1]
 
 
 def _pretrain(kind: str, stage: Any, *, store: ArtefactStore, device: str, progress: bool) -> str:
@@ -387,15 +399,41 @@ def _restore(graph: _Graph, scale: str) -> None:
 
 
 def _lred(graph: _Graph, scale: str) -> None:
-    from workbench.repro.lred import GROUPS, LRED_PRESETS, OTHER_DATASETS, classifier_config
+    """Every classifier of notebooks 30-31 and the detections of notebook 31's tables: each method of Table 2 on
+    each group's classifiers, RED-A on Table 4's attacked and clean ones."""
+    from workbench.repro.lred import GROUPS, LRED_PRESETS, METHODS, OTHER_DATASETS, classifier_config
 
     preset = pick(scale, LRED_PRESETS)
     for group in dict.fromkeys((*preset.groups, "L-1")):  # "L-1" #0: notebook 30's default
         for index in range(preset.models_per_group if group in preset.groups else 1):
-            graph.training(f"{group} #{index}", classifier_config(GROUPS[group], index, scale))
+            model = graph.training(f"{group} #{index}", classifier_config(GROUPS[group], index, scale))
+            for method in METHODS if group in preset.groups else ():
+                _detection(graph, model, GROUPS[group], group, index, method, scale)
     for dataset in preset.other_datasets:  # Table 4: one attacked and one clean classifier per dataset
-        graph.training(f"{dataset} attacked", classifier_config(OTHER_DATASETS[dataset], 0, scale))
-        graph.training(f"{dataset} clean", classifier_config(OTHER_DATASETS[dataset].clean(), 0, scale))
+        for kind, setting in (("attacked", OTHER_DATASETS[dataset]), ("clean", OTHER_DATASETS[dataset].clean())):
+            model = graph.training(f"{dataset} {kind}", classifier_config(setting, 0, scale))
+            _detection(graph, model, setting, dataset, 0, "RED-A", scale, per_class=1 if dataset == "gtsrb" else None)
+
+
+def _detection(graph: _Graph, model: Job, setting: Any, name: str, index: int, method: str, scale: str,
+               per_class: int | None = None) -> Job:
+    """One L-RED detector's run on one classifier, after its training."""
+    from workbench.core.data import dataset_spec
+    from workbench.repro.lred import LRED_PRESETS, classifier_config, inspection_address, method_settings
+
+    preset = pick(scale, LRED_PRESETS)
+    config = classifier_config(setting, index, scale)
+    classes = dataset_spec(config.dataset).num_classes
+    images = per_class or method_settings(method, preset)[1]
+    # Alg. 1 at most until ||v|| passes max_norm (a step adds at most delta), every problem on its source images:
+    # K targets x (K - 1) classes (RED-A/U), or K (K - 1) pairs x one class (RED-P); an upper bound
+    steps = min(preset.detection.max_iterations, math.ceil(preset.detection.max_norm / preset.detection.step))
+    resources = _training_resources(config, trained=steps * classes * (classes - 1) * images, evaluated=0,
+                                    batch=classes * (classes - 1) * images)
+    kind, key, _ = inspection_address(model.key, method, preset, per_class=per_class)
+    return graph.job(kind, key, f"{name} #{index} {method}",
+                     functools.partial(_inspect, setting, name, index, method, scale, per_class, 0), resources,
+                     [model])
 
 
 #: notebook 40's default attack

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,13 +17,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute
 from workbench.core.attacks import Attack, PoisonConfig, backdoor_test_set, make_attack
 from workbench.core.data import ImageDataset, dataset_spec, load_splits
 from workbench.core.runtime import child_seed
 from workbench.core.scales import pick, resolve_scale
 from workbench.core.training import TrainConfig, TrainedModel, get_or_train
 from workbench.core.validation import WorkbenchError, check_name
-from workbench.defenses.lred import DetectionResult, LREDConfig, detect, detection_images
+from workbench.defenses.lred import DetectionResult, EstimationResult, LREDConfig, detect, detection_images
 from workbench.repro.paper_numbers import (
     LRED_CLASSIFIERS_PER_GROUP,
     LRED_TABLE1,
@@ -272,6 +273,52 @@ def inspect(trained: TrainedModel, setting: AttackSetting, name: str, index: int
     return Inspection(name, index, method, attacked, setting.target if attacked else None, result)
 
 
+def inspection_address(model_key: str, method: str, preset: LREDPreset, *, per_class: int | None = None,
+                       seed: int = 0) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of one detector's run on the classifier artefact `model_key`: the detector,
+    its settings, the clean images per class and their seed (they are drawn from the classifier's own test split)."""
+    detector, default_per_class = method_settings(method, preset)
+    identity = {"model": model_key, "method": method, "detector": detector, "config": asdict(preset.detection),
+                "per_class": per_class or default_per_class, "seed": seed}
+    return "lred", config_key(identity), identity
+
+
+def get_or_inspect(trained: TrainedModel, setting: AttackSetting, name: str, index: int, method: str,
+                   preset: LREDPreset, *, per_class: int | None = None, seed: int = 0,
+                   store: ArtefactStore | None = None) -> Inspection:
+    """`inspect`, cached: the detection is stored with its whole estimation (patterns, weights, traces) and loads as
+    computed, bit for bit (its `seconds` are those of the run that made it)."""
+    kind, key, identity = inspection_address(trained.key, method, preset, per_class=per_class, seed=seed)
+
+    def compute() -> tuple[Inspection, dict[str, torch.Tensor], dict[str, Any]]:
+        found = inspect(trained, setting, name, index, method, preset, per_class=per_class, seed=seed)
+        return found, stored_detection(found.result), {"summary": found.result.summary()}
+
+    def restore(artefact: Artefact) -> Inspection:
+        result = detection_from_stored(artefact.tensors, artefact.metrics["summary"])
+        attacked = setting.pattern is not None
+        return Inspection(name, index, method, attacked, setting.target if attacked else None, result)
+
+    return get_or_compute(store or ArtefactStore(), kind, key, identity, compute=compute, restore=restore)[0]
+
+
+def stored_detection(result: DetectionResult) -> dict[str, torch.Tensor]:
+    """The tensors of a detection, for the artefact store (its scalars go into `summary()`)."""
+    estimation = {f"estimation.{f.name}": getattr(result.estimation, f.name)
+                  for f in fields(result.estimation) if f.name != "seconds"}
+    tensors = {"source_weights": result.source_weights, "statistics": result.statistics, **estimation}
+    return {name: value.detach().cpu().clone() for name, value in tensors.items()}  # views share memory: copies
+
+
+def detection_from_stored(tensors: dict[str, torch.Tensor], summary: dict[str, Any]) -> DetectionResult:
+    """The detection `stored_detection` and `DetectionResult.summary` wrote."""
+    estimation = EstimationResult(seconds=summary["seconds"], **{
+        name.removeprefix("estimation."): value for name, value in tensors.items() if name.startswith("estimation.")})
+    return DetectionResult(summary["method"], summary["p_value"], summary["detected"], summary["inferred_target"],
+                           tensors["source_weights"], tensors["statistics"], tuple(summary["gamma"]),
+                           LREDConfig(**summary["config"]), summary["images_per_class"], estimation)
+
+
 def collateral_damage(trained: TrainedModel, setting: AttackSetting) -> pd.DataFrame:
     """App. A.5, Def. A.1 / Fig. 2a: per non-target class, the fraction of its test images classified to the target
     with the attack's pattern (the one the classifier was poisoned with) embedded ("group misclassification") and
@@ -416,8 +463,8 @@ class LREDTables:
     @functools.cached_property
     def inspections(self) -> dict[tuple[str, int, str], Inspection]:
         """(group, index, method) -> one detector's verdict on one classifier."""
-        return {(group, index, method): inspect(trained, GROUPS[group], group, index, method, self.preset,
-                                                seed=self.seed)
+        return {(group, index, method): get_or_inspect(trained, GROUPS[group], group, index, method, self.preset,
+                                                       seed=self.seed)
                 for (group, index), trained in tqdm(self.classifiers.items(), desc="inspections",
                                                     disable=not self.progress)
                 for method in METHODS}
@@ -478,7 +525,8 @@ class LREDTables:
             row: dict[str, Any] = {"dataset": dataset, "note": setting.note}
             for kind, s in (("attacked", setting), ("clean", setting.clean())):
                 trained = get_classifier(classifier_config(s, 0, self.scale), self.clock, device=self.device)
-                found = inspect(trained, s, dataset, 0, "RED-A", self.preset, per_class=per_class, seed=self.seed)
+                found = get_or_inspect(trained, s, dataset, 0, "RED-A", self.preset, per_class=per_class,
+                                       seed=self.seed)
                 cta, asr = trained.summary.percent()
                 row[f"{kind} p-value"] = f"{found.result.p_value:.3g}"
                 row[f"paper {kind} p-value"] = printed_p_value(LRED_TABLE4[kind][dataset])
