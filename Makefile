@@ -13,7 +13,7 @@ ifeq ($(origin WORKBENCH_DATA), undefined)
   endif
 endif
 
-.PHONY: venv reproduce test ui-test chromium lab lint assets clean-cache
+.PHONY: venv reproduce smoke-jobs test ui-test chromium lab lint assets clean-cache
 
 venv: $(VENV)/.installed
 
@@ -28,17 +28,20 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 reproduce: venv
 	$(BIN)/python -m workbench reproduce --scale $(SCALE)
 
-## test: the smoke job graph of every paper on a local Ray cluster of 2 workers (it trains what the notebooks load),
-## the unit tests, then every notebook at smoke scale (nbval), which must only load (WORKBENCH_CACHE_ONLY=1)
-test: venv
+## smoke-jobs: every paper's smoke job graph on a local Ray cluster of 2 workers (what the smoke notebooks load)
+smoke-jobs: venv
 	WORKBENCH_SCALE=smoke $(BIN)/python -m workbench jobs run --scale smoke --executor ray --workers 2
+
+## test: the smoke jobs, the unit tests, then every notebook at smoke scale (nbval), which must only load
+## (WORKBENCH_CACHE_ONLY=1: a notebook that would train or compute anything the jobs did not fails)
+test: smoke-jobs
 	WORKBENCH_SCALE=smoke $(BIN)/python -m pytest tests
 	WORKBENCH_SCALE=smoke WORKBENCH_CACHE_ONLY=1 $(BIN)/python -m pytest notebooks
 
 ## ui-test: every walkthrough widget in JupyterLab in headless Chromium (Playwright), and the reproduced HTML pages
 ## offline; screenshots in outputs/ui/. Installs Debian's chromium and the `ui` extra first.
-ui-test: venv chromium $(VENV)/.ui-installed
-	WORKBENCH_SCALE=smoke $(BIN)/python -m pytest tests/ui $(UI_TEST_ARGS)
+ui-test: venv chromium $(VENV)/.ui-installed smoke-jobs
+	WORKBENCH_SCALE=smoke WORKBENCH_CACHE_ONLY=1 $(BIN)/python -m pytest tests/ui $(UI_TEST_ARGS)
 
 $(VENV)/.ui-installed: pyproject.toml | $(VENV)/.installed
 	$(BIN)/python -m pip install -e ".[dev,distributed,ui]"

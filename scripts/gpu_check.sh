@@ -49,5 +49,11 @@ step "bench train" "$PY" -m workbench bench train --device cuda
 CACHE="$(mktemp -d)"
 step "jobs: every paper's smoke graph on the GPU (empty cache $CACHE)" env WORKBENCH_CACHE="$CACHE" \
   "$PY" -m workbench jobs run quickstart bdmae lred restore trap_replace --scale smoke --executor ray --device cuda
+step "each job's seconds on the GPU" "$PY" -c "import json, sys
+events = [json.loads(line) for line in open(sys.argv[1])]
+for e in events:
+    if e['event'] == 'done':
+        print(f\"{e['seconds']:9.1f} s  {e['job']}  {e['label']}\")
+print(f\"{sum(e['seconds'] for e in events if e['event'] == 'done'):9.1f} s in all\")" "$CACHE/artefacts/.jobs/events.jsonl"
 echo
 echo "gpu_check: done; log $LOG"

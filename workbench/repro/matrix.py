@@ -160,6 +160,8 @@ MATRIX_PRESETS: dict[str, MatrixPreset] = {
         skipped={"diffpure": "100 diffusion-model passes per image (t* = 0.1 of 1,000 steps): 1.0 s per image with "
                              "the DDPM sampler on 2 CPU cores (notebook 11), some 17 more minutes over the matrix's "
                              "1,000 images, past the hour the cpu matrix is sized for; run it by name"}),
+    # gpu: every defence at its own (the papers') settings on the gpu-scale models, on half the paper preset's images
+    "gpu": MatrixPreset(subjects=_ALL, images=500, draw=bdmae_repro.BDMAE_PRESETS["gpu"].main_images, holdout=2500),
     "paper": MatrixPreset(subjects=_ALL, images=1000, draw=bdmae_repro.BDMAE_PRESETS["paper"].main_images,
                           holdout=2500),
 }
