@@ -20,16 +20,16 @@ pytest.importorskip("ray")
 pytest.importorskip("submitit")
 pytestmark = needs_real_data
 
-#: quickstart's model, BDMAE's clean model and the label-consistent model poisoned against it (a dependency)
-LABELS = ("quickstart model", "cifar10 clean", "cifar10 LC")
+#: REStore's MNIST models (LeNet-5: seconds each) and an importance-splitting run on one of them (a dependency)
+LABELS = ("mnist benign", "mnist badnets", "mnist badnets PI labels splitting, classes [3]")
 
 
-def _jobs() -> list[Job]:
-    return [job for job in collect(["quickstart", "bdmae"], "smoke") if job.label in LABELS]
+def _jobs(papers: tuple[str, ...] = ("restore",), labels: tuple[str, ...] = LABELS) -> list[Job]:
+    return [job for job in collect(papers, "smoke") if job.label in labels]
 
 
 def _weights(store: ArtefactStore, jobs: list[Job]) -> dict[str, str]:
-    """job id -> the SHA-256 of its stored weights (the manifest's, verified on load)."""
+    """job id -> the SHA-256 of its stored tensors (the manifest's, verified on load)."""
     found = {}
     for job in jobs:
         artefact = store.load_by_key(job.kind, job.key)
@@ -44,7 +44,7 @@ def _events(store: ArtefactStore) -> list[tuple[str, str]]:
 
 def test_ray_and_submitit_leave_the_keys_and_bytes_of_the_inline_executor(tmp_path) -> None:
     jobs = _jobs()
-    assert len(jobs) == 3 and jobs[2].deps == (jobs[1].id,)
+    assert len(jobs) == 3 and jobs[2].deps == (jobs[1].id,) and jobs[2].kind == "restore"
     stores = {name: ArtefactStore(tmp_path / name, read_only_roots=[]) for name in ("inline", "ray", "slurm")}
     options = {"inline": {}, "ray": {"workers": 2}, "slurm": {"cluster": "local", "timeout_min": 30}}
     for name, store in stores.items():
@@ -54,7 +54,7 @@ def test_ray_and_submitit_leave_the_keys_and_bytes_of_the_inline_executor(tmp_pa
     inline = _weights(stores["inline"], jobs)
     assert _weights(stores["ray"], jobs) == inline
     assert _weights(stores["slurm"], jobs) == inline
-    # every job ran once on each engine, LC after the clean model it is poisoned against
+    # every job ran once on each engine, the splitting run after the training of its model
     for store in stores.values():
         events = _events(store)
         assert sorted(job for event, job in events if event == "done") == sorted(job.id for job in jobs)
@@ -82,9 +82,9 @@ def _kill_when_started(store: ArtefactStore, job: Job, after: float) -> threadin
 
 def test_a_worker_killed_mid_training_costs_only_its_job(tmp_path) -> None:
     store = ArtefactStore(tmp_path / "cache", read_only_roots=[])
-    jobs = _jobs()
-    victim = jobs[0]  # quickstart's model: two epochs, several seconds, killed one second in
-    watcher = _kill_when_started(store, victim, after=1.0)
+    jobs = _jobs(("quickstart", "restore"), ("quickstart model", *LABELS[1:]))
+    victim = jobs[0]  # quickstart's model: data loading, then two epochs, over ten seconds; killed three seconds in
+    watcher = _kill_when_started(store, victim, after=3.0)
     with pytest.raises(WorkbenchError, match=f"1 of 3 jobs failed.*{victim.id}"):
         run(jobs, executor="ray", store=store, device="cpu", threads=1, progress=False, workers=2, retries=0)
     watcher.join(timeout=5)
