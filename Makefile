@@ -28,9 +28,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 reproduce: venv
 	$(BIN)/python -m workbench reproduce --scale $(SCALE)
 
-## smoke-jobs: every paper's smoke job graph on a local Ray cluster of 2 workers (what the smoke notebooks load)
+## smoke-jobs: every paper's smoke job graph (what the smoke notebooks load), inline: on 2 cores a local Ray cluster of
+## 2 workers took 360 s against inline's 173 s (two jobs of 2 torch threads each on 2 cores; tests/test_engines.py
+## runs Ray and submitit); JOBS_ARGS="--executor ray --workers 2" runs it on Ray
 smoke-jobs: venv
-	WORKBENCH_SCALE=smoke $(BIN)/python -m workbench jobs run --scale smoke --executor ray --workers 2
+	WORKBENCH_SCALE=smoke $(BIN)/python -m workbench jobs run --scale smoke $(JOBS_ARGS)
 
 ## test: the smoke jobs, the unit tests, then every notebook at smoke scale (nbval), which must only load
 ## (WORKBENCH_CACHE_ONLY=1: a notebook that would train or compute anything the jobs did not fails)

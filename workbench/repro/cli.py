@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the same bytes on every engine)")
     p.add_argument("--address", default=None, help="ray: join this cluster ('auto' or host:port) instead of a local "
                                                    "one")
-    p.add_argument("--workers", type=int, default=None, help="ray: slots of the local cluster (default: the cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="ray: slots of the local cluster (default: the cores); slurm: at most this many jobs at once")
     p.add_argument("--retries", type=int, default=None, help="ray: reruns of a job whose worker died (default 1)")
     p.add_argument("--cluster", choices=("slurm", "local"), default=None,
                    help="slurm: submitit's Slurm executor (default) or its local one (subprocesses, for trying it)")

@@ -53,8 +53,9 @@ def run_ray(todo: Sequence[Job], settings: Settings, *, address: str | None = No
 
     Args:
         address: a running cluster to join ("auto" or "host:port"); None starts a local one for this run.
-        workers: CPU slots of the local cluster (default: Ray's, the machine's cores); one job takes one slot and,
-            on a CUDA device, one GPU.
+        workers: jobs at once on the local cluster (default: the machine's cores over `settings.threads`); a job
+            takes `settings.threads` of Ray's CPUs (so a joined cluster runs no more jobs on a node than its cores
+            allow) and, on a CUDA device, one GPU.
         retries: how often Ray reruns a job whose worker died (a finished job is never rerun: its artefact is
             published before the task returns).
     """
@@ -65,14 +66,17 @@ def run_ray(todo: Sequence[Job], settings: Settings, *, address: str | None = No
     ray = _import("ray", "ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, num_cpus=workers, include_dashboard=False, log_to_driver=settings.progress,
+        slots = workers or max(1, (os.cpu_count() or 1) // settings.threads)  # a job always fits in a local cluster
+        ray.init(address=address, num_cpus=None if address else slots * settings.threads,
+                 include_dashboard=False, log_to_driver=settings.progress,
                  runtime_env={"env_vars": _forwarded_environment()})
     try:
         gpus = 1 if settings.device.startswith("cuda") else 0
         task = ray.remote(_execute_after)
         refs: dict[str, Any] = {}
         for job in todo:
-            refs[job.id] = task.options(num_cpus=job.resources.cpus, num_gpus=job.resources.gpus * gpus,
+            refs[job.id] = task.options(num_cpus=max(job.resources.cpus, settings.threads),
+                                        num_gpus=job.resources.gpus * gpus,
                                         max_retries=retries, name=job.label[:100]).remote(
                 job, settings, *(refs[d] for d in job.deps if d in refs))
         failures = []
@@ -106,7 +110,7 @@ class _SubmititJob:
 
 
 def run_slurm(todo: Sequence[Job], settings: Settings, *, cluster: str = "slurm", folder: str | Path | None = None,
-              timeout_min: int = 24 * 60, partition: str | None = None) -> list[str]:
+              timeout_min: int = 24 * 60, partition: str | None = None, workers: int | None = None) -> list[str]:
     """Run `todo` through submitit: each wave of jobs whose dependencies are done is one job array.
 
     Args:
@@ -114,29 +118,44 @@ def run_slurm(todo: Sequence[Job], settings: Settings, *, cluster: str = "slurm"
         folder: submitit's logs and pickled jobs (default: `<cache>/.jobs/submitit`).
         timeout_min: each job's time limit; a job that reaches it is requeued and resumes from the cache.
         partition: the Slurm partition.
+        workers: at most this many jobs at once (Slurm: the array's parallelism, default unlimited; local: default
+            the cores over `settings.threads`, since the local executor starts every job it is given at once).
     """
     check_name("submitit cluster", cluster, ("slurm", "local"))
     check_positive_int(timeout_min, "timeout_min")
+    check_positive_int(workers, "workers", optional=True)
+    if cluster == "local" and workers is None:
+        workers = max(1, (os.cpu_count() or 1) // settings.threads)
     submitit = _import("submitit", "slurm")
     folder = Path(folder) if folder is not None else Path(settings.root) / ".jobs" / "submitit"
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
     gpus = 1 if settings.device.startswith("cuda") else 0
     executor.update_parameters(timeout_min=timeout_min, gpus_per_node=gpus, cpus_per_task=settings.threads,
                                mem_gb=max(job.resources.memory_gb for job in todo), name="workbench-jobs",
-                               **({"slurm_partition": partition} if partition else {}))
+                               **({"slurm_partition": partition} if partition else {}),
+                               **({"slurm_array_parallelism": workers} if cluster == "slurm" and workers else {}))
+    step = workers if cluster == "local" else None
     for wave in _levels(todo):
-        with executor.batch():  # one job array per wave
-            submitted = [executor.submit(_SubmititJob(job, settings)) for job in wave]
         failures = []
-        for job, handle in zip(wave, submitted, strict=True):
-            try:
-                handle.result()
-            except Exception as error:  # noqa: BLE001 - every failed job is reported together below
-                failures.append(f"{job.id} ({job.label}): {type(error).__name__}; log {handle.paths.stderr}")
+        for part in (wave[i:i + step] for i in range(0, len(wave), step)) if step else [wave]:
+            failures += _run_array(executor, part, settings)
         if failures:
             raise WorkbenchError(f"{len(failures)} jobs failed (finished ones are cached; rerun to do the rest): "
                                  + "; ".join(failures))
     return [job.id for job in todo]
+
+
+def _run_array(executor: Any, jobs: Sequence[Job], settings: Settings) -> list[str]:
+    """Submit `jobs` as one job array, wait for it and return what failed."""
+    with executor.batch():
+        submitted = [executor.submit(_SubmititJob(job, settings)) for job in jobs]
+    failures = []
+    for job, handle in zip(jobs, submitted, strict=True):
+        try:
+            handle.result()
+        except Exception as error:  # noqa: BLE001 - every failed job is reported together
+            failures.append(f"{job.id} ({job.label}): {type(error).__name__}; log {handle.paths.stderr}")
+    return failures
 
 
 ENGINES: dict[str, Callable[..., list[str]]] = {"ray": run_ray, "slurm": run_slurm}
