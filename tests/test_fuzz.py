@@ -258,6 +258,13 @@ CLI_OPTIONS: dict[str, tuple[list[str], Any]] = {  # the command before the bad 
     "jobs papers": (["jobs", "plan", "--scale", "smoke"], UNKNOWN),
     "jobs --executor": (["jobs", "run", "--scale", "smoke", "--executor"], UNKNOWN),
     "jobs --device": (["jobs", "run", "quickstart", "--scale", "smoke", "--device"], BAD_DEVICES),
+    "jobs --threads": (["jobs", "run", "--scale", "smoke", "--threads"], NOT_POSITIVE),
+    "jobs --workers": (["jobs", "run", "--scale", "smoke", "--executor", "ray", "--workers"], NOT_POSITIVE),
+    "jobs --retries": (["jobs", "run", "--scale", "smoke", "--executor", "ray", "--retries"],
+                       st.integers(max_value=-1).map(str) | st.sampled_from(["1.5", "x", ""])),
+    "jobs --timeout-min": (["jobs", "run", "--scale", "smoke", "--executor", "slurm", "--timeout-min"], NOT_POSITIVE),
+    "jobs --cluster": (["jobs", "run", "--scale", "smoke", "--executor", "slurm", "--cluster"], UNKNOWN),
+    "jobs --partition": (["jobs", "run", "--scale", "smoke", "--partition"], st.sampled_from(["gpu", "a100"])),
 }
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.core.scales import SCALES
-from workbench.core.validation import WorkbenchError
+from workbench.core.validation import WorkbenchError, check_name
 
 
 def _datasets(args: argparse.Namespace) -> int:
@@ -204,18 +204,21 @@ def _matrix(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     from workbench.core.runtime import resolve_device
     from workbench.core.scales import resolve_scale
-    from workbench.repro.jobs import PAPER_JOBS, collect, describe, plan, run
+    from workbench.repro.jobs import PAPER_JOBS, check_run_options, collect, describe, plan, run
 
     scale = resolve_scale(args.scale)
     resolve_device(args.device)  # refused before planning, even when every job is cached
-    jobs = collect(args.papers or list(PAPER_JOBS), scale)
-    if args.action == "plan":
-        print(describe(jobs, plan(jobs), scale))
-        return 0
     options = {name: value for name, value in (("address", args.address), ("workers", args.workers),
                                                ("retries", args.retries), ("cluster", args.cluster),
                                                ("timeout_min", args.timeout_min), ("partition", args.partition))
                if value is not None}
+    check_run_options(args.executor, args.threads, options)
+    for paper in args.papers:
+        check_name("paper with jobs", paper, PAPER_JOBS)
+    jobs = collect(args.papers or list(PAPER_JOBS), scale)
+    if args.action == "plan":
+        print(describe(jobs, plan(jobs), scale))
+        return 0
     for done in run(jobs, executor=args.executor, device=args.device, threads=args.threads, **options):
         print(f"done: {done}")
     return 0

@@ -37,7 +37,7 @@ from workbench.core.attacks.input_aware import InputAwareConfig
 from workbench.core.runtime import resolve_device
 from workbench.core.scales import pick
 from workbench.core.training import TrainConfig, artefact_address, get_or_train, get_or_train_input_aware
-from workbench.core.validation import WorkbenchError, check_name, check_positive_int
+from workbench.core.validation import WorkbenchError, check_name, check_non_negative, check_positive_int
 
 #: effective training throughput assumed for one modern GPU (bf16, channels_last) when estimating GPU-hours: a
 #: planning figure, not a measurement (`scripts/gpu_check.sh` measures images/s per model on a real GPU)
@@ -684,7 +684,26 @@ def _log(settings: Settings, event: str, job: Job, **fields: Any) -> None:
         log.write(line + "\n")
 
 
-EXECUTORS = ("inline", "ray", "slurm")
+#: executor -> the engine options it takes (`workbench.repro.engines`)
+EXECUTORS: dict[str, tuple[str, ...]] = {
+    "inline": (), "ray": ("address", "workers", "retries"),
+    "slurm": ("cluster", "folder", "timeout_min", "partition", "workers"),
+}
+
+
+def check_run_options(executor: str, threads: int | None, engine_options: dict[str, Any]) -> None:
+    """Refuse an unknown executor, an option it does not take, or a count that is not a positive integer (retries:
+    non-negative), before any planning."""
+    check_name("executor", executor, EXECUTORS)
+    check_positive_int(threads, "threads", optional=True)
+    foreign = sorted(set(engine_options) - set(EXECUTORS[executor]))
+    if foreign:
+        raise WorkbenchError(f"--executor {executor} does not take {', '.join(foreign)}; it takes "
+                             f"{', '.join(EXECUTORS[executor]) or 'no engine options'}")
+    for name in ("workers", "timeout_min"):
+        check_positive_int(engine_options.get(name), name, optional=True)
+    if engine_options.get("retries") is not None:
+        check_non_negative(engine_options["retries"], "retries", integer=True)
 
 
 def run(jobs: Sequence[Job], *, executor: str = "inline", store: ArtefactStore | None = None, device: str = "auto",
@@ -698,17 +717,15 @@ def run(jobs: Sequence[Job], *, executor: str = "inline", store: ArtefactStore |
         threads: torch's CPU threads per job (default: this process's); every engine uses the same number, so the
             artefacts' bytes do not depend on the engine.
     """
-    check_name("executor", executor, EXECUTORS)
+    check_run_options(executor, threads, engine_options)
     store = store or ArtefactStore()
-    threads = check_positive_int(threads, "threads", optional=True) or torch.get_num_threads()
+    threads = threads or torch.get_num_threads()
     resolve_device(device)  # an unusable device fails here, before any job starts
     settings = Settings(str(store.root), tuple(str(r) for r in store.read_only_roots), device, threads, progress)
     todo = plan(jobs, store)
     if not todo:
         return []
     if executor == "inline":
-        if engine_options:
-            raise WorkbenchError(f"the inline executor takes no engine options, got {sorted(engine_options)}")
         for job in todo:
             execute(job, settings)
         return [job.id for job in todo]
