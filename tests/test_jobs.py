@@ -15,6 +15,7 @@ from workbench.repro.cli import main
 from workbench.repro.jobs import collect, event_log, plan, run
 from workbench.repro.presets import quickstart_config
 from workbench.repro.restore import RESTORE_PRESETS
+from workbench.repro.runner import reproduce
 from workbench.repro.trap_replace import defence_address
 
 pytestmark = needs_real_data
@@ -126,3 +127,19 @@ def test_large_scales_plan_with_their_estimated_gpu_hours(scale: str, capsys: py
     out = capsys.readouterr().out
     total = float(out.split(" for the whole graph")[0].rsplit(", ", 1)[1].split(" ")[0])
     assert total > 1 and f"jobs at {scale} scale" in out
+
+
+def test_reproduce_after_the_jobs_ran_trains_nothing(tmp_path, isolated_cache,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The acceptance in small: the quickstart's jobs into an empty cache, then `reproduce quickstart` with a
+    cache-only store (WORKBENCH_CACHE_ONLY=1, which the notebook kernel inherits): it runs through, and an empty
+    cache makes the same notebook fail on the first thing it would train."""
+    store = ArtefactStore()
+    jobs = collect(["quickstart"], "smoke", store)
+    assert run(jobs, store=store, device="cpu", progress=False) == [job.id for job in jobs]
+    monkeypatch.setenv("WORKBENCH_CACHE_ONLY", "1")
+    _, runs = reproduce(["quickstart"], scale="smoke", output_dir=tmp_path / "out", progress=False)
+    assert [run.ok for run in runs] == [True], runs
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "empty"))
+    _, runs = reproduce(["quickstart"], scale="smoke", output_dir=tmp_path / "out", progress=False)
+    assert not runs[0].ok and "NotCached" in runs[0].error
