@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import needs_real_data
 from workbench.core import training
 from workbench.core.artefacts import ArtefactStore, config_key
 from workbench.core.attacks import PoisonConfig, make_attack
 from workbench.core.data import ImageDataset
 from workbench.core.training import TrainConfig, augment_batch, get_or_train, new_model, train_classifier
 from workbench.core.validation import WorkbenchError
+from workbench.repro.restore import train_config
 
 
 def test_crop_is_a_shift_of_the_padded_image_and_flip_mirrors() -> None:
@@ -165,3 +167,29 @@ def test_stale_weights_are_retrained_but_other_errors_are_not_swallowed(tiny_mir
     with pytest.warns(UserWarning, match="do not fit the current lenet5 code"):
         retrained = get_or_train(config, store=store, progress=False)
     assert not retrained.loaded and retrained.path == first.path
+
+
+@needs_real_data
+def test_a_training_killed_after_an_epoch_resumes_there_with_the_weights_of_an_uninterrupted_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = train_config("mnist", "badnets", "smoke")  # LeNet-5, two epochs
+    whole = get_or_train(config, store=ArtefactStore(tmp_path / "whole", read_only_roots=[]), device="cpu",
+                         progress=False)
+    store = ArtefactStore(tmp_path / "killed", read_only_roots=[])
+    save_epoch = training._save_epoch
+
+    def save_then_die(*args, **kwargs):  # the process dies right after epoch 1's state is written
+        save_epoch(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_epoch", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        get_or_train(config, store=store, device="cpu", progress=False)
+    monkeypatch.undo()
+    checkpoint = store.checkpoint("models", whole.key)
+    assert checkpoint.is_file() and store.load_by_key("models", whole.key) is None
+    resumed = get_or_train(config, store=store, device="cpu", progress=False)
+    assert not checkpoint.exists()  # the published artefact superseded it
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert [(r.loss, r.ca) for r in resumed.summary.history] == [(r.loss, r.ca) for r in whole.summary.history]

@@ -93,6 +93,12 @@ class ArtefactStore:
         _check_address(kind, key)
         return [root / kind / key for root in (self.root, *self.read_only_roots)]
 
+    def checkpoint(self, kind: str, key: str) -> Path:
+        """Where the computation of `kind`/`key` keeps its resumable state until the artefact is saved (a file
+        under `<root>/.checkpoints/`; `save` deletes it)."""
+        _check_address(kind, key)
+        return self.root / ".checkpoints" / kind / f"{key}.pt"
+
     def lock(self, kind: str, key: str) -> FileLock:
         """The inter-process lock of `kind`/`key` (re-entrant within a process)."""
         _check_address(kind, key)
@@ -152,6 +158,7 @@ class ArtefactStore:
                                                    "metrics": metrics})
 
             _publish(final, write)
+            self.checkpoint(kind, key).unlink(missing_ok=True)  # the artefact supersedes its resumable state
         return Artefact(key, tensors, config, metrics, final)
 
     def adopt(self, kind: str, key: str, source: str | Path) -> Path:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
@@ -43,6 +44,7 @@ from workbench.core.data import DataSplits, ImageDataset, dataset_spec, load_spl
 from workbench.core.metrics import attack_success_rate, clean_accuracy
 from workbench.core.models import MODELS, StagedClassifier, build_model
 from workbench.core.runtime import child_seed, make_generator, resolve_device
+from workbench.core.storage import canonical_json
 from workbench.core.validation import (
     WorkbenchError,
     check_fraction,
@@ -392,7 +394,8 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
                      monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
                      progress: bool = True, poisoned: torch.Tensor | None = None,
                      batch_loss: BatchLoss | None = None,
-                     classifier: torch.nn.Module | None = None) -> list[dict[str, float]]:
+                     classifier: torch.nn.Module | None = None,
+                     checkpoint: Path | None = None) -> list[dict[str, float]]:
     """Train `model` in place on `train` with the optimisation settings of `config`.
 
     Args:
@@ -408,22 +411,27 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
             with `config.label_smoothing` (T&R passes its joint loss, Eq. 1, and the CutMix loss of stage 2).
         classifier: the classifier inside `model` whose module `config.poison.latent` names (T&R's stage 1 trains a
             `TrapNet` around one); None = `model`.
+        checkpoint: a file the loop saves its whole state to after every epoch (weights, optimiser, the data-order
+            and dropout generators, the history) and resumes from when it exists, so that a run killed in epoch k
+            (a Slurm requeue, a preemption) goes on with epoch k and ends with the weights of an uninterrupted run.
 
     Returns:
         One dict per epoch: mean training loss, seconds, and CA / ASR on the monitor sets if given.
     """
     check_training_images(train, classifier or model)
     dev = resolve_device(device)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), _repeatable(dev):
         torch.manual_seed(child_seed(config.seed, "global_rng"))  # dropout draws repeat too; the caller's state is kept
         return _train_loop(model, train, config, monitor, monitor_backdoor, dev, progress, poisoned, batch_loss,
-                           classifier or model)
+                           classifier or model, checkpoint)
 
 
 def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig,
                 monitor: tuple[torch.Tensor, torch.Tensor] | None, monitor_backdoor: tuple[torch.Tensor, int] | None,
                 dev: torch.device, progress: bool, poisoned: torch.Tensor | None,
-                batch_loss: BatchLoss | None, classifier: torch.nn.Module) -> list[dict[str, float]]:
+                batch_loss: BatchLoss | None, classifier: torch.nn.Module,
+                checkpoint: Path | None = None) -> list[dict[str, float]]:
     batches = _Batches(train, poisoned, dev)
     fmt = batches.memory_format
     model.to(dev, memory_format=fmt).train()
@@ -441,7 +449,11 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
                              "(`poisoned`)")
     memo: torch.Tensor | None = None
     latent_memo: torch.Tensor | None = None
-    for epoch in range(config.epochs):
+    first = 0
+    if checkpoint is not None and checkpoint.is_file():
+        first, step, history, memo, latent_memo = _resume(checkpoint, config, model, opt, gen, dev)
+        bar.update(step)
+    for epoch in range(first, config.epochs):
         start, loss_sum = time.time(), 0.0
         order = batches.order(n, gen)
         for b in range(steps_per_epoch):
@@ -488,8 +500,44 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
         model.train()
         history.append(record)
         bar.set_postfix({k: round(v, 3) for k, v in record.items() if k in ("loss", "ca", "asr")})
+        if checkpoint is not None:
+            _save_epoch(checkpoint, config, model, opt, gen, dev, epoch + 1, step, history, memo, latent_memo)
     bar.close()
     return history
+
+
+def _save_epoch(path: Path, config: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                gen: torch.Generator, dev: torch.device, epochs: int, step: int, history: list[dict[str, float]],
+                memo: torch.Tensor | None, latent_memo: torch.Tensor | None) -> None:
+    """Write the loop's state after `epochs` epochs to `path` atomically (a kill mid-write leaves the last one)."""
+    state = {"recipe": canonical_json(config.to_dict()), "epochs": epochs, "step": step, "history": history,
+             "model": model.state_dict(), "optimizer": opt.state_dict(), "data_order": gen.get_state(),
+             "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+             "memo": memo, "latent_memo": latent_memo}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def _resume(path: Path, config: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
+            gen: torch.Generator, dev: torch.device
+            ) -> tuple[int, int, list[dict[str, float]], torch.Tensor | None, torch.Tensor | None]:
+    """Restore the state `_save_epoch` wrote (loaded with `weights_only=True`: tensors and plain values only).
+
+    Returns:
+        (epochs done, steps done, history, the anchor memo, the latent memo).
+    """
+    state = torch.load(path, map_location=dev, weights_only=True)
+    if state.get("recipe") != canonical_json(config.to_dict()):
+        raise WorkbenchError(f"the checkpoint {path} belongs to another training recipe; delete it to train afresh")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["data_order"].cpu())
+    torch.set_rng_state(state["rng"].cpu())
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dev)
+    return state["epochs"], state["step"], state["history"], state["memo"], state["latent_memo"]
 
 
 def _diverged(config: TrainConfig, epoch: int, loss: float) -> NoReturn:
@@ -629,7 +677,7 @@ def get_or_train(config: TrainConfig, *, store: ArtefactStore | None = None, dev
         start = time.time()
         history = train_classifier(model, data.train, config, monitor=data.monitor,
                                    monitor_backdoor=data.monitor_backdoor, device=device, progress=progress,
-                                   poisoned=data.poisoned_mask())
+                                   poisoned=data.poisoned_mask(), checkpoint=store.checkpoint("models", key))
         model.eval()
         metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(model, config, splits)}
         return model, model.state_dict(), metrics

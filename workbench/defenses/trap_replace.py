@@ -28,6 +28,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -279,7 +280,8 @@ class TrapNet(nn.Module):
 def train_trap(net: TrapNet, train: ImageDataset, recipe: TrainConfig, *, rec_weight: float = 10.0,
                tv_weight: float = 0.1, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
                monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
-               progress: bool = True, poisoned: torch.Tensor | None = None) -> list[dict[str, float]]:
+               progress: bool = True, poisoned: torch.Tensor | None = None,
+               checkpoint: Path | None = None) -> list[dict[str, float]]:
     """Stage 1 in place (Eq. 1; Alg. 1 lines 1-3): train classifier and reconstruction head of `net` end to end on
     the (possibly poisoned) `train` set with CE + `rec_weight` MSE + `tv_weight` TV, with the optimiser, schedule,
     augmentation, label smoothing and seed of `recipe` (its model / dataset names only label the progress bar).
@@ -287,7 +289,7 @@ def train_trap(net: TrapNet, train: ImageDataset, recipe: TrainConfig, *, rec_we
     `poisoned` ((N,) bool, the triggered images of `train`) is needed when the recipe's poison carries a latent
     injection (LBA, [T&R] App. C.1: the adaptive attacker adds its term to this training too).
 
-    Returns the per-epoch training history (`train_classifier`'s).
+    Returns the per-epoch training history (`train_classifier`'s; `checkpoint` as there: resumable epochs).
     """
     for name, value in (("rec_weight", rec_weight), ("tv_weight", tv_weight)):
         check_non_negative(value, name, meaning_of_zero="0 switches the term off")
@@ -300,7 +302,8 @@ def train_trap(net: TrapNet, train: ImageDataset, recipe: TrainConfig, *, rec_we
                                label_smoothing=recipe.label_smoothing)
 
     return train_classifier(net, train, recipe, monitor=monitor, monitor_backdoor=monitor_backdoor, device=device,
-                            progress=progress, batch_loss=joint_loss, poisoned=poisoned, classifier=net.classifier)
+                            progress=progress, batch_loss=joint_loss, poisoned=poisoned, classifier=net.classifier,
+                            checkpoint=checkpoint)
 
 
 @dataclass
@@ -364,7 +367,8 @@ def get_or_trap(config: TrapConfig, *, store: ArtefactStore | None = None, devic
         start = time.time()
         history = train_trap(net, data.train, config.train, rec_weight=config.rec_weight,
                              tv_weight=config.tv_weight, monitor=data.monitor, monitor_backdoor=data.monitor_backdoor,
-                             device=device, progress=progress, poisoned=data.poisoned_mask())
+                             device=device, progress=progress, poisoned=data.poisoned_mask(),
+                             checkpoint=store.checkpoint(kind, key))
         net.eval()
         metrics = {**data.describe(history, time.time() - start, dev), **test_metrics(net, config.train, splits),
                    "test_rec_mse": _reconstruction_error(net, splits.test.float_images())}
