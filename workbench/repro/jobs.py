@@ -238,13 +238,12 @@ def _training_resources(config: TrainConfig, *, trained: float, evaluated: float
     return Resources(gpus=1.0, cpus=1, memory_gb=round(memory, 2), flops=flops, batches=batches)
 
 
-def _fit_resources(config: TrainConfig, epochs: int | None = None, cost: float = 1.0) -> Resources:
-    """A training run of `epochs` (default: the config's) over its training split, a 1,000-image monitor each
-    epoch and the test split at the end."""
+def _fit_resources(config: TrainConfig, cost: float = 1.0) -> Resources:
+    """A training run of `config` over its training split, a 1,000-image monitor (clean and triggered) each epoch
+    and the test split at the end."""
     splits = config.splits()
-    epochs = config.epochs if epochs is None else epochs
-    return _training_resources(config, trained=epochs * len(splits.train), cost=cost,
-                               evaluated=epochs * 2000 + 2 * len(splits.test))
+    return _training_resources(config, trained=config.epochs * len(splits.train), cost=cost,
+                               evaluated=config.epochs * 2000 + 2 * len(splits.test))
 
 
 # --- building the graph -----------------------------------------------------------------------------------------------
@@ -273,7 +272,7 @@ class _Graph:
     def training(self, label: str, config: TrainConfig | InputAwareConfig, goal: bool = True) -> Job:
         """The job that trains `config`, after the job of its clean surrogate when the attack is label-consistent
         (`prepare_training_data` trains the surrogate first and poisons with PGD against it)."""
-        deps = self._surrogate(label, config.train if isinstance(config, InputAwareConfig) else config)
+        deps = self.surrogate(label, config.train if isinstance(config, InputAwareConfig) else config)
         kind, key, _ = artefact_address(config)
         if isinstance(config, InputAwareConfig):  # the classifier and the generators, trained together
             resources = _fit_resources(config.train, cost=2.0)
@@ -281,7 +280,8 @@ class _Graph:
             resources = _fit_resources(config)
         return self.job(kind, key, label, functools.partial(_train, config), resources, deps, goal)
 
-    def _surrogate(self, label: str, config: TrainConfig) -> list[Job]:
+    def surrogate(self, label: str, config: TrainConfig) -> list[Job]:
+        """The job of the clean surrogate a label-consistent `config` is poisoned against (none otherwise)."""
         adversarial = config.poison.adversarial if config.poison is not None else None
         if adversarial is None:
             return []
@@ -297,7 +297,7 @@ class _Graph:
         kind, key, _ = trap_address(config)
         resources = _fit_resources(config.train, cost=1.5)  # the reconstruction head: about half the stem again
         return self.job(kind, key, f"{label} stage 1", functools.partial(_trap, config), resources,
-                        self._surrogate(label, config.train))
+                        self.surrogate(label, config.train))
 
     def replace(self, label: str, trap: Any, config: Any, trap_job: Job) -> Job:
         """T&R stage 2 on the stage-1 artefact of `trap_job`."""
@@ -519,7 +519,7 @@ def _defence(graph: _Graph, defence: str, dataset: str, attack: str | None, scal
     if defence in HOLDOUT_BASELINES:
         deps = [graph.trap(f"{label} no defence", plain)]
     else:
-        deps = graph._surrogate(label, recipe)
+        deps = graph.surrogate(label, recipe)
     # trained images of each baseline: its epochs (NAD: teacher and student, with attention maps; I-BAU: the inner
     # and outer passes of each round; ANP: a perturbed and a masked pass per iteration; DP-SGD: per-sample gradients)
     trained = {"FT": lambda: preset.finetune.epochs * holdout,
