@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +99,20 @@ def test_a_worker_killed_mid_training_costs_only_its_job(tmp_path) -> None:
     _weights(store, jobs)  # every artefact loads and matches its manifest's hashes
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_dir() and ".partial-" in p.name]
     assert leftovers == []
+
+
+def test_ray_joins_a_running_cluster_and_forwards_the_workbench_settings(tmp_path) -> None:
+    """`address="auto"` joins a cluster started beforehand (`ray start --head`) whose processes lack the
+    workbench's environment: the job finds the datasets because the run forwards WORKBENCH_* to its workers."""
+    ray_cli = Path(sys.executable).parent / "ray"
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("WORKBENCH_")}
+    subprocess.run([str(ray_cli), "start", "--head", "--num-cpus", "1", "--include-dashboard=false",
+                    "--disable-usage-stats"], env=environment, check=True, capture_output=True, timeout=120)
+    try:
+        store = ArtefactStore(tmp_path / "cache", read_only_roots=[])
+        jobs = _jobs(labels=LABELS[1:2])  # REStore's MNIST BadNets model
+        assert run(jobs, executor="ray", store=store, device="cpu", threads=1, progress=False,
+                   address="auto") == [jobs[0].id]
+        assert _events(store)[-1] == ("done", jobs[0].id) and plan(jobs, store) == []
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], env=environment, capture_output=True, timeout=120)

@@ -34,6 +34,12 @@ def _forwarded_environment() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name.startswith("WORKBENCH_")}
 
 
+def _reason(error: BaseException) -> str:
+    """The last line of a failed job's error (an engine wraps the job's own exception and its traceback)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1][:300]}" if lines else type(error).__name__
+
+
 def _levels(todo: Sequence[Job]) -> list[list[Job]]:
     """`todo` (dependencies first) in waves: every job after the wave of its last dependency in `todo`."""
     wave: dict[str, int] = {}
@@ -84,7 +90,7 @@ def run_ray(todo: Sequence[Job], settings: Settings, *, address: str | None = No
             try:
                 ray.get(refs[job.id])
             except Exception as error:  # noqa: BLE001 - every failed job is reported together below
-                failures.append(f"{job.id} ({job.label}): {type(error).__name__}")
+                failures.append(f"{job.id} ({job.label}): {_reason(error)}")
         if failures:
             raise WorkbenchError(f"{len(failures)} of {len(todo)} jobs failed (finished ones are cached; rerun to do "
                                  "the rest): " + "; ".join(failures))
@@ -154,7 +160,7 @@ def _run_array(executor: Any, jobs: Sequence[Job], settings: Settings) -> list[s
         try:
             handle.result()
         except Exception as error:  # noqa: BLE001 - every failed job is reported together
-            failures.append(f"{job.id} ({job.label}): {type(error).__name__}; log {handle.paths.stderr}")
+            failures.append(f"{job.id} ({job.label}): {_reason(error)}; log {handle.paths.stderr}")
     return failures
 
 
