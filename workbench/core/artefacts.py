@@ -93,6 +93,11 @@ class ArtefactStore:
         _check_address(kind, key)
         return [root / kind / key for root in (self.root, *self.read_only_roots)]
 
+    def contains(self, kind: str, key: str) -> bool:
+        """Whether an artefact is published under `kind`/`key` in any root (without reading or verifying it: a
+        published artefact is complete, and `load` still verifies it)."""
+        return any((folder / MANIFEST).is_file() for folder in self._folders(kind, key))
+
     def checkpoint(self, kind: str, key: str) -> Path:
         """Where the computation of `kind`/`key` keeps its resumable state until the artefact is saved (a file
         under `<root>/.checkpoints/`; `save` deletes it)."""

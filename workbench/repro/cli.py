@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.core.scales import SCALES
-from workbench.core.validation import WorkbenchError, check_name
+from workbench.core.validation import WorkbenchError
 
 
 def _datasets(args: argparse.Namespace) -> int:
@@ -213,8 +213,6 @@ def _jobs(args: argparse.Namespace) -> int:
                                                ("timeout_min", args.timeout_min), ("partition", args.partition))
                if value is not None}
     check_run_options(args.executor, args.threads, options)
-    for paper in args.papers:
-        check_name("paper with jobs", paper, PAPER_JOBS)
     jobs = collect(args.papers or list(PAPER_JOBS), scale)
     if args.action == "plan":
         print(describe(jobs, plan(jobs), scale))

@@ -595,7 +595,7 @@ def plan(jobs: Iterable[Job], store: ArtefactStore | None = None) -> list[Job]:
     store = store or ArtefactStore()
     jobs = list(jobs)
     by_id = {job.id: job for job in jobs}
-    missing = {job.id for job in jobs if job.key is None or not _stored(store, job)}
+    missing = {job.id for job in jobs if job.key is None or not store.contains(job.kind, job.key)}
     needed: set[str] = set()
     stack = [job.id for job in jobs if job.goal and job.id in missing]
     while stack:
@@ -627,10 +627,6 @@ def describe(jobs: Sequence[Job], todo: Sequence[Job], scale: str) -> str:
             f"counted FLOPs at an assumed "
             f"{ASSUMED_GPU_FLOPS / 1e12:.0f} TFLOP/s and {1000 * ASSUMED_GPU_SECONDS_PER_BATCH:.0f} ms per batch; "
             "`bench train` measures a real one)")
-
-
-def _stored(store: ArtefactStore, job: Job) -> bool:
-    return any((root / job.kind / job.key / "manifest.json").is_file() for root in (store.root, *store.read_only_roots))
 
 
 # --- running ----------------------------------------------------------------------------------------------------------
