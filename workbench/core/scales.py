@@ -1,6 +1,6 @@
 """Scale presets: `smoke` (CI plumbing, seconds), `cpu` (default: minutes on a laptop CPU, shows the papers'
-effects), `gpu` (the papers' networks and epochs on fewer models and rows: each paper's tables in about 8 hours on one
-modern GPU, `python -m workbench jobs plan --scale gpu` estimates it), `paper` (the papers' settings; days on a GPU).
+effects), `gpu` (the papers' networks and epochs on fewer models and rows, sized with the GPU-hours
+`python -m workbench jobs plan --scale gpu` estimates; see the README), `paper` (the papers' settings; days on a GPU).
 
 Notebooks take a `scale` parameter; None means `$WORKBENCH_SCALE`, else "cpu". So nbval runs notebooks at
 smoke scale (the test command sets WORKBENCH_SCALE=smoke) while a person opening a notebook gets cpu scale.
