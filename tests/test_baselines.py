@@ -26,6 +26,10 @@ def test_blur_and_shrinkpad() -> None:
     assert torch.equal(a, b) and not torch.equal(a, pad.purify(x, seed=2))
     assert int((a == 0).all(dim=1).sum(dim=(1, 2)).min()) >= 4 * 28  # at least 4 padded rows or columns of zeros
     assert Blur(wrapper).predict(x).shape == (3,)
+    # image n's offsets come from (seed, first_index + n): a test set split into calls is purified the same way
+    split = torch.cat([pad.purify(x[:1], seed=1), pad.purify(x[1:], seed=1, first_index=1)])
+    assert torch.equal(split, a)
+    assert not torch.equal(pad.purify(x[1:], seed=1), a[1:])  # without first_index: image 0's offsets again
 
 
 def test_mask_set_covers_every_patch() -> None:

@@ -80,6 +80,9 @@ def test_each_image_draws_its_own_noise_and_sizes_and_channels_round_trip() -> N
         split = DiffPure(diffusion, **settings, batch_size=2).purify(grey, seed=7)
         assert whole.shape == grey.shape and float(whole.min()) >= 0 and float(whole.max()) <= 1
         assert torch.allclose(whole, split, atol=1e-5)  # batching does not change any image's draws
+        calls = torch.cat([DiffPure(diffusion, **settings).purify(grey[:2], seed=7),
+                           DiffPure(diffusion, **settings).purify(grey[2:], seed=7, first_index=2)])
+        assert torch.allclose(whole, calls, atol=1e-5)  # nor does splitting the set into calls, given first_index
         assert not torch.allclose(whole, DiffPure(diffusion, **settings).purify(grey, seed=8))
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 
 from tests.conftest import needs_real_data
 from workbench.core.artefacts import ArtefactStore, NotCached
-from workbench.core.runtime import assets_root
+from workbench.core.runtime import assets_root, cache_root
 from workbench.core.training import TrainConfig, artefact_address, get_or_train
+from workbench.repro.bdmae import BDMAETables, EvaluatedShard, get_or_evaluate_shard
 from workbench.repro.cli import main
 from workbench.repro.jobs import collect, event_log, plan, run
 from workbench.repro.presets import quickstart_config
@@ -53,6 +56,56 @@ def test_bdmae_shares_the_quickstart_model_and_its_lc_model_waits_for_the_clean_
     stages = [job for job in jobs if job.kind == "mae"]  # the tiny MAE's stages, each after the one before
     assert [job.goal for job in stages] == [False] * (len(stages) - 1) + [True]
     assert all(later.deps == (earlier.id,) for earlier, later in itertools.pairwise(stages))
+
+
+def test_bdmae_evaluations_are_shard_jobs_after_their_model_and_the_tiny_mae() -> None:
+    jobs = collect(["bdmae"], "smoke")
+    by_id = {job.id: job for job in jobs}
+    tables = BDMAETables("smoke", device="cpu")
+    evaluations = tables.evaluations()
+    assert {label.split(" cifar10")[0] for label in evaluations} == {"Table 1", "Table 2", "Table A.2",
+                                                                     "Table A.3/A.4", "Table 3"}
+    shards = [job for job in jobs if job.kind == "evaluations"]
+    size = tables.preset.shard_images
+    assert len(shards) == sum(len(e.shards(size)) for e in evaluations.values()) + 1  # and Fig. 5's
+    assert [job.label for job in shards if job.label.startswith("Table 2")] == ["Table 2 cifar10 images 0-4",
+                                                                                "Table 2 cifar10 images 4-8"]
+    for job in shards:
+        kinds = sorted(by_id[dep].kind for dep in job.deps)
+        model = "iab" if " IAB " in job.label else "models"
+        assert kinds == sorted([model, "mae", *(["diffusion"] if job.label.startswith("Table 1") else [])]), job.label
+        assert job.resources.flops > 0
+
+
+def test_restore_table3_slow_rows_and_app_j_are_jobs_after_what_they_load() -> None:
+    jobs = collect(["restore"], "smoke")
+    by_id, by_label = {job.id: job for job in jobs}, {job.label: job for job in jobs}
+    for dataset in ("mnist", "cifar10"):
+        slow = by_label[f"{dataset} badnets Table III Februus and BDMAE"]
+        assert sorted(by_id[dep].kind for dep in slow.deps) == ["mae", "models"]
+        any_class = by_label[f"{dataset} badnets splitting over all classes at once (App. J)"]
+        assert sorted(by_id[dep].kind for dep in any_class.deps) == ["models", "restore"]
+
+
+def test_a_bdmae_evaluation_gives_each_image_the_same_labels_in_any_shard(tmp_path) -> None:
+    """Shards are independent jobs: image n draws from (seed, n) in whichever shard it falls (ShrinkPad's offsets,
+    BDMAE's masks), so two shards give the labels of one, and a loaded shard is the computed one."""
+    tables = BDMAETables("smoke", device="cpu")
+    evaluation = replace(tables.table2_evaluation("cifar10"), only=("Before defense", "ShrinkPad", "BDMAE"))
+    store = ArtefactStore(tmp_path / "scratch", read_only_roots=[cache_root() / "artefacts", assets_root()])
+    config = tables.preset.bdmae
+
+    def shard(images: tuple[int, int]) -> EvaluatedShard:
+        return get_or_evaluate_shard(evaluation, images, config, store=store, device="cpu")
+
+    whole, parts = shard((0, 8)), [shard(images) for images in evaluation.shards(3)]
+    assert len(parts) == 3 and len(whole.defences) == len(evaluation.defences()) == 4
+    for name, predicted in whole.defences.items():
+        for side in ("clean", "triggered"):
+            assert torch.equal(getattr(predicted, side), torch.cat([getattr(p.defences[name], side) for p in parts]))
+        assert (predicted.queries is None) == name.startswith("Februus")
+    again = shard((0, 3))  # loaded now
+    assert all(torch.equal(again.defences[n].triggered, parts[0].defences[n].triggered) for n in again.defences)
 
 
 def test_trap_and_replace_jobs_are_the_tables_artefacts() -> None:

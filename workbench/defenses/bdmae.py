@@ -418,9 +418,9 @@ class BDMAE:
                  for s in range(0, len(x), self.batch_images)]
         return _concat(parts)
 
-    def predict(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        """Labels of the purified images, (N,)."""
-        return self.purify(x, seed=seed).labels
+    def predict(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
+        """Labels of the purified images, (N,) (`first_index` as in `purify`)."""
+        return self.purify(x, seed=seed, first_index=first_index).labels
 
     def _labels(self, restored: torch.Tensor) -> torch.Tensor:
         """Label queries on restorations. The MAE output is not clipped (authors' code) and the authors feed it

@@ -6,15 +6,19 @@ test images whose true class is not the target ([BDMAE] Sec. 5.1), with wall-clo
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
 
+from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute
 from workbench.core.attacks import (
     AdversarialStep,
     Attack,
@@ -25,13 +29,20 @@ from workbench.core.attacks import (
 )
 from workbench.core.data import ImageDataset, stratified_subset
 from workbench.core.diffusion import Diffusion
-from workbench.core.diffusion_training import load_workbench_diffusion
+from workbench.core.diffusion_training import DEFAULT_DIFFUSION, load_workbench_diffusion
 from workbench.core.mae import MAERestorer, random_token_masks
-from workbench.core.mae_training import load_workbench_mae
+from workbench.core.mae_training import DEFAULT_MAE, load_workbench_mae
 from workbench.core.query import QueryModel
-from workbench.core.runtime import make_generator
+from workbench.core.runtime import make_generator, resolve_device
 from workbench.core.scales import pick, resolve_scale
-from workbench.core.training import TrainConfig, TrainedModel, get_or_train, get_or_train_input_aware
+from workbench.core.training import (
+    TrainConfig,
+    TrainedModel,
+    artefact_address,
+    get_or_train,
+    get_or_train_input_aware,
+)
+from workbench.core.validation import check_positive_int
 from workbench.defenses.baselines.diffpure import DiffPure
 from workbench.defenses.baselines.februus import Februus
 from workbench.defenses.baselines.patchcleanser import PatchCleanser
@@ -64,6 +75,7 @@ class BDMAEPreset:
     diffpure_images: int = 500  # Table 1's clean and triggered images (the paper's 500), at most Table 2's count
     diffpure_datasets: tuple[str, ...] = ("cifar10", "gtsrb")  # Table 1's datasets (those of `datasets`)
     variant_images: int | None = None  # Tables A.3/A.4's clean and triggered images per trigger (None: other_images)
+    shard_images: int = 256  # images per cached evaluation shard (a `jobs run` job): a multiple of BDMAE's 64 per batch
 
     @property
     def trigger_variant_images(self) -> int:
@@ -71,7 +83,9 @@ class BDMAEPreset:
 
 
 BDMAE_PRESETS = {
-    "smoke": BDMAEPreset(8, 4, 1, 1000, ("cifar10",), BDMAEConfig(outer_rounds=2, inner_masks=3, refine_steps=2)),
+    # smoke: shards of 4 images, so that the smoke job graph evaluates the main setting in two shards
+    "smoke": BDMAEPreset(8, 4, 1, 1000, ("cifar10",), BDMAEConfig(outer_rounds=2, inner_masks=3, refine_steps=2),
+                         shard_images=4),
     # cpu: 100 + 100 images outside the main setting keep notebook 11 under an hour on 2 cores. Measured on one
     # 2-core machine with DiffPure on 200 + 200 images and Tables A.3/A.4 on 100 + 100: 65.4 minutes (Table 2 15.4,
     # Table 1 15.6, A.2 2.1, A.3/A.4 13.0, Table 3 15.0, Fig. 5 4.2); DiffPure's 100 network passes cost 1.0 s per
@@ -98,11 +112,12 @@ class Setting:
     def recipe(self) -> TrainConfig:
         return self.train.train if isinstance(self.train, InputAwareConfig) else self.train
 
-    def load(self, *, device: str = "auto", progress: bool = False) -> tuple[TrainedModel, Attack]:
-        """The trained model (loaded or trained now) and its test-time trigger."""
+    def load(self, *, device: str = "auto", store: ArtefactStore | None = None,
+             progress: bool = False) -> tuple[TrainedModel, Attack]:
+        """The trained model (loaded from `store`, default the cache, or trained now) and its test-time trigger."""
         if isinstance(self.train, InputAwareConfig):
-            return get_or_train_input_aware(self.train, device=device, progress=progress)
-        return get_or_train(self.train, device=device, progress=progress), self.test_attack
+            return get_or_train_input_aware(self.train, store=store, device=device, progress=progress)
+        return get_or_train(self.train, store=store, device=device, progress=progress), self.test_attack
 
 
 @dataclass(frozen=True)
@@ -207,33 +222,54 @@ def evaluate(predict: Predict, x_clean: torch.Tensor, y_clean: torch.Tensor, x_b
             "queries/image": used / (len(x_clean) + len(x_bd))}
 
 
-def defences(trained: TrainedModel, restorer: MAERestorer, bdmae_config: BDMAEConfig,
-             seed: int = 0, diffusion: Diffusion | None = None) -> dict[str, tuple[Predict, QueryModel | None]]:
-    """The comparison of [BDMAE] Table 2 (and, given a `diffusion` model, Table 1's DiffPure rows with both
-    samplers): name -> (predict function, its QueryModel or None if white-box)."""
-    out: dict[str, tuple[Predict, QueryModel | None]] = {}
+class Predictor(Protocol):
+    """A defended pipeline's labels for test images; image n of the call is image `first_index` + n of the test
+    set, whose random draws (if any) come from (seed, first_index + n), so any split into calls agrees."""
 
-    def black_box(name: str, make: Callable[[QueryModel], object]) -> None:
-        wrapper = QueryModel(trained.model, "label")
-        defence = make(wrapper)
-        out[name] = (lambda x, d=defence: d.predict(x, seed=seed), wrapper)
+    def predict(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> torch.Tensor: ...
 
-    black_box("Before defense", lambda q: _Identity(q))
-    for method, label in (("xgradcam", "XGradCAM"), ("gradcam++", "GradCAM++")):
-        for threshold in (0.6, 0.7, 0.8):
-            februus = Februus(trained.model, restorer, method, threshold)
-            out[f"Februus {label} ({threshold})"] = (lambda x, f=februus: f.predict(x), None)
-    black_box("PatchCleanser vanilla", lambda q: PatchCleanser(q, variant="vanilla"))
-    black_box("PatchCleanser variant", lambda q: PatchCleanser(q, variant="majority"))
-    black_box("Blur weak", lambda q: Blur(q, sigma=0.5))
-    black_box("Blur strong", lambda q: Blur(q, sigma=1.0))
-    black_box("ShrinkPad weak", lambda q: ShrinkPad(q, pad=4))
-    black_box("ShrinkPad strong", lambda q: ShrinkPad(q, pad=8))
-    if diffusion is not None:
-        for sampler in ("ddpm", "sde"):
-            black_box(f"DiffPure {sampler.upper()}", lambda q, s=sampler: _Purified(q, DiffPure(diffusion, sampler=s)))
-    black_box("BDMAE (tiny MAE)", lambda q: BDMAE(q, restorer, bdmae_config))
-    return out
+
+@dataclass(frozen=True)
+class Subject:
+    """What the defences of one evaluation are built from: the model, the MAE that restores masked images (BDMAE,
+    Februus), BDMAE's settings and, for DiffPure, the diffusion model."""
+
+    model: nn.Module
+    restorer: MAERestorer
+    bdmae_config: BDMAEConfig
+    diffusion: Diffusion | None
+
+    def label_only(self) -> QueryModel:
+        """A fresh label-only wrapper (each black-box defence counts its own queries)."""
+        return QueryModel(self.model, "label")
+
+
+#: [BDMAE] Table 2's defences in the table's order (Februus at each CAM threshold; the best one is kept):
+#: name -> how it is built. Black-box defences hold their `QueryModel` as `classifier`; Februus is white-box.
+TABLE2_DEFENCES: dict[str, Callable[[Subject], Predictor]] = {
+    "Before defense": lambda s: _Identity(s.label_only()),
+    **{f"Februus {label} ({threshold})": (lambda s, m=method, t=threshold: Februus(s.model, s.restorer, m, t))
+       for method, label in (("xgradcam", "XGradCAM"), ("gradcam++", "GradCAM++")) for threshold in (0.6, 0.7, 0.8)},
+    "PatchCleanser vanilla": lambda s: PatchCleanser(s.label_only(), variant="vanilla"),
+    "PatchCleanser variant": lambda s: PatchCleanser(s.label_only(), variant="majority"),
+    "Blur weak": lambda s: Blur(s.label_only(), sigma=0.5),
+    "Blur strong": lambda s: Blur(s.label_only(), sigma=1.0),
+    "ShrinkPad weak": lambda s: ShrinkPad(s.label_only(), pad=4),
+    "ShrinkPad strong": lambda s: ShrinkPad(s.label_only(), pad=8),
+    "BDMAE (tiny MAE)": lambda s: BDMAE(s.label_only(), s.restorer, s.bdmae_config),
+}
+#: [BDMAE] Table 1's DiffPure rows (both samplers), listed before BDMAE's row
+DIFFPURE_DEFENCES: dict[str, Callable[[Subject], Predictor]] = {
+    f"DiffPure {sampler.upper()}": (lambda s, sampler=sampler: _Purified(s.label_only(),
+                                                                         DiffPure(s.diffusion, sampler=sampler)))
+    for sampler in ("ddpm", "sde")
+}
+
+
+def defence_builders(diffpure: bool = False) -> dict[str, Callable[[Subject], Predictor]]:
+    """Table 2's defences, with Table 1's DiffPure rows before BDMAE's when `diffpure`."""
+    *others, bdmae = TABLE2_DEFENCES.items()
+    return dict([*others, *(DIFFPURE_DEFENCES.items() if diffpure else ()), bdmae])
 
 
 @dataclass(frozen=True)
@@ -243,8 +279,8 @@ class _Purified:
     classifier: QueryModel
     purifier: DiffPure
 
-    def predict(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        return self.classifier.labels(self.purifier.purify(x, seed=seed))
+    def predict(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
+        return self.classifier.labels(self.purifier.purify(x, seed=seed, first_index=first_index))
 
 
 @dataclass(frozen=True)
@@ -253,33 +289,174 @@ class _Identity:
 
     classifier: QueryModel
 
-    def predict(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
         return self.classifier.labels(x)
 
 
-def compare_defences(setting: Setting, restorer: MAERestorer, images: int, bdmae_config: BDMAEConfig, *,
-                     seed: int = 0, device: str = "auto", only: tuple[str, ...] | None = None,
-                     progress: bool = False, diffusion: Diffusion | None = None
+@dataclass(frozen=True)
+class Evaluation:
+    """One comparison of a table: the defences whose names start with one of `only` (None: all of Table 2's, with
+    Table 1's DiffPure rows when `diffpure`) on `images` clean and `images` triggered test images of `setting`
+    (`evaluation_images`, seeded). It is computed in shards of consecutive images, each a cached artefact."""
+
+    setting: Setting
+    images: int
+    only: tuple[str, ...] | None = None
+    diffpure: bool = False
+
+    def defences(self) -> tuple[str, ...]:
+        names = defence_builders(self.diffpure)
+        return tuple(name for name in names if self.only is None or name.startswith(self.only))
+
+    def shards(self, shard_images: int) -> list[tuple[int, int]]:
+        """The (start, stop) image ranges of its shards."""
+        check_positive_int(shard_images, "shard_images")
+        return [(start, min(start + shard_images, self.images)) for start in range(0, self.images, shard_images)]
+
+
+def evaluation_address(evaluation: Evaluation, shard: tuple[int, int], bdmae_config: BDMAEConfig, *,
+                       seed: int = 0) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of one shard of `evaluation`: the model's artefact key, the test-time trigger,
+    the images (count, seed, range), the defences and what they are built with (BDMAE's settings, the recipes of
+    the tiny MAE and, for DiffPure, of the diffusion model)."""
+    setting = evaluation.setting
+    defences = evaluation.defences()
+    identity = {"model": artefact_address(setting.train)[1],
+                "trigger": setting.test_attack.to_dict() if setting.test_attack is not None else None,
+                "target": setting.target, "images": evaluation.images, "seed": seed, "shard": list(shard),
+                "defences": list(defences), "bdmae": asdict(bdmae_config), "mae": config_key(DEFAULT_MAE.to_dict())}
+    if any(name in DIFFPURE_DEFENCES for name in defences):
+        identity["diffusion"] = config_key(DEFAULT_DIFFUSION.to_dict())
+    return "evaluations", config_key(identity), identity
+
+
+@dataclass(frozen=True)
+class ShardPredictions:
+    """One defence's labels on a shard's clean and triggered images, with the time and label queries it took."""
+
+    clean: torch.Tensor
+    triggered: torch.Tensor
+    seconds: float
+    queries: int | None  # None for a white-box defence
+
+
+@dataclass(frozen=True)
+class EvaluatedShard:
+    """A shard's true labels and every defence's `ShardPredictions`."""
+
+    clean_labels: torch.Tensor
+    triggered_labels: torch.Tensor
+    defences: dict[str, ShardPredictions]
+
+
+@functools.cache
+def tiny_mae(device: str) -> MAERestorer:
+    """The tiny MAE of the evaluations' recipe (`DEFAULT_MAE`), loaded once per process and device."""
+    return MAERestorer(load_workbench_mae(DEFAULT_MAE, device=device))
+
+
+@functools.cache
+def _diffusion(device: str) -> Diffusion:
+    """The tiny diffusion model of the evaluations' recipe (`DEFAULT_DIFFUSION`), loaded once per process and
+    device."""
+    return load_workbench_diffusion(DEFAULT_DIFFUSION, device=device)
+
+
+def get_or_predict(identity: dict[str, Any], names: Sequence[str],
+                   prepare: Callable[[], tuple[dict[str, Predictor], torch.Tensor, torch.Tensor, torch.Tensor,
+                                               torch.Tensor]], *,
+                   first_index: int = 0, seed: int = 0, store: ArtefactStore | None = None,
+                   progress: bool = False) -> EvaluatedShard:
+    """The labels of the defences `names` on clean and triggered images, stored under `identity` (which must name
+    everything they depend on), or loaded. `prepare()` builds the defences (name -> `Predictor`) and the images
+    (x_clean, y_clean, x_bd, y_bd), image n being image `first_index` + n of a larger set."""
+    store = store or ArtefactStore()
+    kind, key = "evaluations", config_key(identity)
+
+    def restore(found: Artefact) -> EvaluatedShard:
+        t, recorded = found.tensors, found.metrics["defences"]
+        return EvaluatedShard(t["labels/clean"], t["labels/triggered"], {
+            name: ShardPredictions(t[f"{name}/clean"], t[f"{name}/triggered"], recorded[name]["seconds"],
+                                   recorded[name]["queries"]) for name in names})
+
+    def compute() -> tuple[EvaluatedShard, dict[str, torch.Tensor], dict[str, Any]]:
+        defences, x_clean, y_clean, x_bd, y_bd = prepare()
+        last = first_index + max(len(x_clean), len(x_bd))
+        predictions = {name: _predict(defences[name], x_clean, x_bd, first_index, seed)
+                       for name in tqdm(names, desc=f"defences on images {first_index}-{last}", disable=not progress)}
+        tensors = {"labels/clean": y_clean, "labels/triggered": y_bd}
+        for name, predicted in predictions.items():
+            tensors[f"{name}/clean"], tensors[f"{name}/triggered"] = predicted.clean, predicted.triggered
+        metrics = {"defences": {name: {"seconds": p.seconds, "queries": p.queries} for name, p in predictions.items()}}
+        return EvaluatedShard(y_clean, y_bd, predictions), tensors, metrics
+
+    return get_or_compute(store, kind, key, identity, compute=compute, restore=restore)[0]
+
+
+def get_or_evaluate_shard(evaluation: Evaluation, shard: tuple[int, int], bdmae_config: BDMAEConfig, *,
+                          seed: int = 0, device: str = "auto", store: ArtefactStore | None = None,
+                          progress: bool = False) -> EvaluatedShard:
+    """Evaluate every defence of `evaluation` on images `shard` = (start, stop) of its clean and triggered images, or
+    load that shard: image n is image start + n of the whole evaluation, so the shards of one evaluation give the
+    same labels as one call over all its images."""
+    _, _, identity = evaluation_address(evaluation, shard, bdmae_config, seed=seed)
+    start, stop = shard
+
+    def prepare() -> tuple[dict[str, Predictor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        trained, attack = evaluation.setting.load(device=device, store=store, progress=progress)
+        x_clean, y_clean, x_bd, y_bd = evaluation_images(evaluation.setting.recipe.splits().test, attack,
+                                                         evaluation.setting.target, evaluation.images, seed)
+        where = str(resolve_device(device))
+        diffusion = _diffusion(where) if evaluation.diffpure else None
+        subject = Subject(trained.model, tiny_mae(where), bdmae_config, diffusion)
+        builders = defence_builders(evaluation.diffpure)
+        return ({name: builders[name](subject) for name in evaluation.defences()},
+                x_clean[start:stop], y_clean[start:stop], x_bd[start:stop], y_bd[start:stop])
+
+    return get_or_predict(identity, evaluation.defences(), prepare, first_index=start, seed=seed, store=store,
+                          progress=progress)
+
+
+def _predict(defence: Predictor, x_clean: torch.Tensor, x_bd: torch.Tensor, first_index: int,
+             seed: int) -> ShardPredictions:
+    """One defence's labels on a shard (clean image n and triggered image n both draw from (seed, first_index + n),
+    as the paper's separate runs over the clean and triggered test sets do)."""
+    wrapper = getattr(defence, "classifier", None)
+    start = time.perf_counter()
+    labels = [defence.predict(x, seed=seed, first_index=first_index).cpu() if len(x) else
+              torch.zeros(0, dtype=torch.long) for x in (x_clean, x_bd)]
+    return ShardPredictions(*labels, time.perf_counter() - start, wrapper.queries if wrapper is not None else None)
+
+
+def compare_defences(evaluation: Evaluation, bdmae_config: BDMAEConfig, *, shard_images: int, seed: int = 0,
+                     device: str = "auto", store: ArtefactStore | None = None, progress: bool = False
                      ) -> tuple[pd.DataFrame, ModelAccuracy]:
-    """Evaluate the defences of Table 2 (or those named in `only`; Table 1's DiffPure rows too given `diffusion`)
-    on one setting.
+    """Evaluate the defences of `evaluation` (Table 2's, or those it names; Table 1's DiffPure rows too) on its
+    setting, shard by shard (`get_or_evaluate_shard`: cached, so `jobs run` can compute the shards anywhere).
 
     Februus is reported at the threshold with the best (CA + BA) / 2 for each CAM method, as the paper does.
 
     Returns:
-        (one row per defence with CA, BA, ASR in %, seconds and queries per image;
+        (one row per defence with CA, BA, ASR in %, seconds and label queries per image (summed over the shards);
          the model's own CA / ASR on the full test split, from training).
     """
-    trained, attack = setting.load(device=device, progress=progress)
-    test = setting.recipe.splits().test
-    x_clean, y_clean, x_bd, y_bd = evaluation_images(test, attack, setting.target, images, seed)
+    trained, _ = evaluation.setting.load(device=device, store=store, progress=progress)
+    shards = [get_or_evaluate_shard(evaluation, shard, bdmae_config, seed=seed, device=device, store=store,
+                                    progress=progress) for shard in evaluation.shards(shard_images)]
+    y_clean = torch.cat([s.clean_labels for s in shards])
+    y_bd = torch.cat([s.triggered_labels for s in shards])
+    target = evaluation.setting.target
     rows = []
-    for name, (predict, wrapper) in defences(trained, restorer, bdmae_config, seed, diffusion).items():
-        if only is not None and not name.startswith(only):
-            continue
-        measured = evaluate(predict, x_clean, y_clean, x_bd, y_bd, setting.target,
-                            (lambda w=wrapper: w.queries) if wrapper is not None else None)
-        rows.append({"defence": name, **measured})
+    for name in evaluation.defences():
+        parts = [s.defences[name] for s in shards]
+        clean, triggered = torch.cat([p.clean for p in parts]), torch.cat([p.triggered for p in parts])
+        queries = [p.queries for p in parts]
+        images = len(y_clean) + len(y_bd)
+        rows.append({"defence": name, "CA": 100 * (clean == y_clean).float().mean().item(),
+                     "BA": 100 * (triggered == y_bd).float().mean().item(),
+                     "ASR": 100 * (triggered == target).float().mean().item(),
+                     "s/image": sum(p.seconds for p in parts) / images,
+                     "queries/image": float("nan") if None in queries else sum(queries) / images})
     table = pd.DataFrame(rows)
     for method in ("Februus XGradCAM", "Februus GradCAM++"):  # keep the best threshold per CAM method
         candidates = table[table["defence"].str.startswith(method)]
@@ -341,6 +518,63 @@ def score_diagnostics(result: BDMAEResult, x: torch.Tensor, restorer: MAERestore
     }
 
 
+#: the BDMAE variants Fig. 5 runs
+_FIG5_VARIANTS = ("base_i", "base_l", "full")
+
+
+def fig5_address(setting: Setting, images: int, *, seed: int = 0) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of `get_or_measure_fig5`'s measurement."""
+    identity = {"figure": "BDMAE Fig. 5 and score diagnostics", "model": artefact_address(setting.train)[1],
+                "trigger": setting.test_attack.to_dict() if setting.test_attack is not None else None,
+                "target": setting.target, "images": images, "seed": seed, "mae": config_key(DEFAULT_MAE.to_dict()),
+                "variants": {name: asdict(config) for name, config in VARIANTS.items() if name in _FIG5_VARIANTS},
+                "thresholds": list(FIXED_THRESHOLDS)}
+    return "evaluations", config_key(identity), identity
+
+
+def get_or_measure_fig5(setting: Setting, images: int, *, seed: int = 0, device: str = "auto",
+                        store: ArtefactStore | None = None, progress: bool = False) -> dict[str, Any]:
+    """[BDMAE] Fig. 5 measured on `images` clean and triggered images of `setting` (computed once, then loaded), as
+    rows: "curves" (panel, value, CA, BA: a-c), "fixed" (stage, threshold, CA, BA: d) and "diagnostics" (quantity,
+    then `score_diagnostics` of the full method, N_r = 10, on the clean and on the triggered images)."""
+    store = store or ArtefactStore()
+    kind, key, identity = fig5_address(setting, images, seed=seed)
+
+    def compute() -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+        trained, attack = setting.load(device=device, store=store, progress=progress)
+        x_c, y_c, x_b, y_b = evaluation_images(setting.recipe.splits().test, attack, setting.target, images, seed)
+        restorer = tiny_mae(str(resolve_device(device)))
+        query = QueryModel(trained.model, "label")
+        curves, results = [], {}
+        for variant in ("base_i", "base_l"):
+            for n_o in (1, 2, 3, 5):
+                config = replace(VARIANTS[variant], outer_rounds=n_o)
+                ca, ba, _, _ = bdmae_accuracies(query, restorer, config, x_c, y_c, x_b, y_b, seed)
+                curves.append([f"N_o ({variant})", n_o, ca, ba])
+        for n_r in (0, 2, 5, 10):
+            config = replace(VARIANTS["full"], refine_steps=n_r)
+            ca, ba, on_clean, on_triggered = bdmae_accuracies(query, restorer, config, x_c, y_c, x_b, y_b, seed)
+            curves.append(["N_r (full)", n_r, ca, ba])
+            results[n_r] = (on_clean, on_triggered)
+        fixed = []
+        bdmae = BDMAE(query, restorer)
+        for stage, (on_clean, on_triggered) in (("before refinement", results[0]), ("after refinement", results[10])):
+            for tau in FIXED_THRESHOLDS:
+                accuracies = []
+                for x, y, result in ((x_c, y_c, on_clean), (x_b, y_b, on_triggered)):
+                    purified, _, _ = bdmae.adaptive_restore(x, result.score, fixed_threshold=tau)
+                    accuracies.append(100 * (query.labels(purified.clamp(0, 1)) == y).float().mean().item())
+                fixed.append([stage, tau, *accuracies])
+        on_clean, on_triggered = results[10]
+        clean = score_diagnostics(on_clean, x_c, restorer)
+        triggered = score_diagnostics(on_triggered, x_b, restorer)
+        measured = {"curves": curves, "fixed": fixed,
+                    "diagnostics": [[name, clean[name], triggered[name]] for name in clean]}
+        return measured, {}, measured
+
+    return get_or_compute(store, kind, key, identity, compute=compute, restore=lambda found: found.metrics)[0]
+
+
 # --- the paper's tables -----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -388,7 +622,6 @@ class BDMAETables:
         self.seed, self.device = seed, device
         self.started = time.time()
         self._table2: dict[str, ResultTable] = {}
-        self._fig5: tuple[Fig5, tuple[torch.Tensor, torch.Tensor, BDMAEResult, BDMAEResult]] | None = None
 
     def __str__(self) -> str:
         p = self.preset
@@ -397,11 +630,7 @@ class BDMAETables:
 
     @cached_property
     def restorer(self) -> MAERestorer:
-        return MAERestorer(load_workbench_mae(device=self.device))
-
-    @cached_property
-    def diffusion(self) -> Diffusion:
-        return load_workbench_diffusion(device=self.device)
+        return tiny_mae(str(resolve_device(self.device)))
 
     @cached_property
     def main(self) -> Setting:
@@ -415,9 +644,44 @@ class BDMAETables:
     def _images(self, dataset: str) -> int:
         return self.preset.main_images if dataset == "cifar10" else self.preset.other_images
 
-    def _compare(self, setting: Setting, images: int, **options: Any) -> tuple[pd.DataFrame, ModelAccuracy]:
-        return compare_defences(setting, self.restorer, images, self.preset.bdmae, seed=self.seed, device=self.device,
-                                **options)
+    def _compare(self, evaluation: Evaluation) -> tuple[pd.DataFrame, ModelAccuracy]:
+        return compare_defences(evaluation, self.preset.bdmae, shard_images=self.preset.shard_images, seed=self.seed,
+                                device=self.device)
+
+    # --- what each table evaluates (the same `Evaluation`s `jobs run bdmae` computes as shards) ---
+    def table2_evaluation(self, dataset: str) -> Evaluation:
+        return Evaluation(self._setting(dataset), self._images(dataset))
+
+    def table1_evaluation(self, dataset: str) -> Evaluation:
+        """DiffPure on at most `preset.diffpure_images` images; beside it, no defence and BDMAE on those images,
+        unless Table 2 saw the very same images (then `table1` reuses Table 2's rows)."""
+        images = min(self.preset.diffpure_images, self._images(dataset))
+        only = ("DiffPure",) if images == self._images(dataset) else ("Before defense", "DiffPure", "BDMAE")
+        return Evaluation(self._setting(dataset), images, only, diffpure=True)
+
+    def table_a2_evaluations(self) -> dict[str, Evaluation]:
+        return {dataset: Evaluation(clean_setting(dataset, self.scale), self.preset.other_images,
+                                    ("Before defense", "BDMAE")) for dataset in self.preset.datasets}
+
+    def table_a3_a4_evaluations(self) -> dict[tuple[str, str], Evaluation]:
+        return {(dataset, name): Evaluation(badnets_setting(dataset, attack, self.scale, reduced=True),
+                                            self.preset.trigger_variant_images,
+                                            ("Before defense", "Blur", "ShrinkPad", "BDMAE"))
+                for dataset in self.preset.datasets for name, attack in trigger_variants().items()}
+
+    def table3_evaluations(self) -> dict[tuple[str, str], Evaluation]:
+        return {(dataset, name): Evaluation(setting, self.preset.other_images)
+                for dataset in self.preset.datasets for name, setting in challenging_settings(dataset,
+                                                                                              self.scale).items()}
+
+    def evaluations(self) -> dict[str, Evaluation]:
+        """Every comparison of Tables 1, 2, A.2, A.3/A.4 and 3, by a label naming its table and setting."""
+        out = {f"Table 2 {d}": self.table2_evaluation(d) for d in self.preset.datasets}
+        out |= {f"Table 1 {d}": self.table1_evaluation(d) for d in self.table1_datasets}
+        out |= {f"Table A.2 {d}": e for d, e in self.table_a2_evaluations().items()}
+        out |= {f"Table A.3/A.4 {d} {n}": e for (d, n), e in self.table_a3_a4_evaluations().items()}
+        out |= {f"Table 3 {d} {n}": e for (d, n), e in self.table3_evaluations().items()}
+        return out
 
     @property
     def table1_datasets(self) -> tuple[str, ...]:
@@ -444,7 +708,7 @@ class BDMAETables:
         """[BDMAE] Table 2: every defence on BadNets (the colour patch) on `dataset`."""
         if dataset not in self._table2:
             images = self._images(dataset)
-            table, model = self._compare(self._setting(dataset), images)
+            table, model = self._compare(self.table2_evaluation(dataset))
             frame = with_paper(table, BDMAE_TABLE2[dataset],
                                f"tiny MAE, small CNN, {images}+{images} images, one trigger", model=model)
             self._table2[dataset] = ResultTable(
@@ -455,11 +719,10 @@ class BDMAETables:
     def table1(self, dataset: str) -> ResultTable:
         """[BDMAE] Table 1: DiffPure with both samplers beside no defence and BDMAE, on at most
         `preset.diffpure_images` images; where Table 2 saw the very same images its rows are reused."""
-        table2_images = self._images(dataset)
-        images = min(self.preset.diffpure_images, table2_images)
-        only = ("DiffPure",) if images == table2_images else ("Before defense", "DiffPure", "BDMAE")
-        table, model = self._compare(self._setting(dataset), images, only=only, diffusion=self.diffusion)
-        if images == table2_images:
+        evaluation = self.table1_evaluation(dataset)
+        images = evaluation.images
+        table, model = self._compare(evaluation)
+        if images == self._images(dataset):
             table2 = self.table2(dataset).frame
             reused = table2[table2["defence"].isin(["Before defense", "BDMAE (tiny MAE)"])]
             table = pd.concat([reused[table.columns], table]).reset_index(drop=True)
@@ -471,9 +734,8 @@ class BDMAETables:
     @cached_property
     def _table_a2(self) -> ResultTable:
         rows = []
-        for dataset in self.preset.datasets:
-            table, _ = self._compare(clean_setting(dataset, self.scale), self.preset.other_images,
-                                     only=("Before defense", "BDMAE"))
+        for dataset, evaluation in self.table_a2_evaluations().items():
+            table, _ = self._compare(evaluation)
             table = with_paper(table.drop(columns="ASR"), BDMAE_TABLE_A2.get(dataset, {}),
                                "tiny MAE, small CNN; BA here = accuracy on patched images", metrics=("CA", "BA"))
             table.insert(0, "dataset", dataset)
@@ -488,81 +750,55 @@ class BDMAETables:
     def table_a3_a4(self) -> ResultTable:
         """[BDMAE] Tables A.3 (CIFAR-10) and A.4 (GTSRB): 1x1-3x3 colour and white patches, reduced models."""
         rows = []
-        for dataset in self.preset.datasets:
-            for name, attack in trigger_variants().items():
-                images = self.preset.trigger_variant_images
-                table, model = self._compare(badnets_setting(dataset, attack, self.scale, reduced=True), images,
-                                             only=("Before defense", "Blur", "ShrinkPad", "BDMAE"))
-                paper = {row: cells[name] for row, cells in BDMAE_TABLE_A3_A4[dataset].items()}
-                subset = (f"{self.preset.model_train_size:,} training images" if self.preset.model_train_size
-                          else "all training images")
-                table = with_paper(table, paper, f"tiny MAE, small CNN on {subset}, {self.preset.model_epochs} epochs, "
-                                   f"{images}+{images} images" + (", one seeded colour" if "color" in name else ""),
-                                   model=model)
-                rows.append(_labelled(table, dataset, "trigger", name, model))
+        for (dataset, name), evaluation in self.table_a3_a4_evaluations().items():
+            images = evaluation.images
+            table, model = self._compare(evaluation)
+            paper = {row: cells[name] for row, cells in BDMAE_TABLE_A3_A4[dataset].items()}
+            subset = (f"{self.preset.model_train_size:,} training images" if self.preset.model_train_size
+                      else "all training images")
+            table = with_paper(table, paper, f"tiny MAE, small CNN on {subset}, {self.preset.model_epochs} epochs, "
+                               f"{images}+{images} images" + (", one seeded colour" if "color" in name else ""),
+                               model=model)
+            rows.append(_labelled(table, dataset, "trigger", name, model))
         return ResultTable("tableA3_A4_trigger_sizes", "BDMAE Tables A.3 (CIFAR-10) and A.4 (GTSRB): trigger sizes "
                            "and colours (reduced models).", pd.concat(rows))
 
     def table3(self) -> ResultTable:
         """[BDMAE] Table 3: IAB, LC and Blended (reduced models)."""
         rows = []
-        for dataset in self.preset.datasets:
-            for name, setting in challenging_settings(dataset, self.scale).items():
-                table, model = self._compare(setting, self.preset.other_images)
-                paper = BDMAE_TABLE3.get((dataset, name))
-                note = ("reduced small CNN, tiny MAE" if paper else
-                        "no paper counterpart (the paper runs Blended on VGGFace2 and ImageNet10 only)")
-                table = with_paper(table, paper or {}, f"{note}; {setting.note}" if setting.note else note,
-                                   model=model)
-                rows.append(_labelled(table, dataset, "attack", name, model))
+        for (dataset, name), evaluation in self.table3_evaluations().items():
+            table, model = self._compare(evaluation)
+            paper = BDMAE_TABLE3.get((dataset, name))
+            note = ("reduced small CNN, tiny MAE" if paper else
+                    "no paper counterpart (the paper runs Blended on VGGFace2 and ImageNet10 only)")
+            setting_note = evaluation.setting.note
+            table = with_paper(table, paper or {}, f"{note}; {setting_note}" if setting_note else note, model=model)
+            rows.append(_labelled(table, dataset, "attack", name, model))
         return ResultTable("table3_challenging", "BDMAE Table 3: IAB, LC and Blended (reduced models).",
                            pd.concat(rows))
+
+    def fig5_images(self) -> int:
+        """Clean (and triggered) images of Fig. 5 and the score diagnostics."""
+        return max(4, self.preset.other_images // 2)
 
     def fig5(self) -> Fig5:
         """[BDMAE] Fig. 5 on the main setting: (a-c) CA / BA against N_o (Base-i, Base-l) and N_r (full method),
         (d) one fixed threshold on S before and after refinement instead of the adaptive restoration."""
-        if self._fig5 is not None:
-            return self._fig5[0]
-        x_c, y_c, x_b, y_b = evaluation_images(self.main.recipe.splits().test, self.main.test_attack,
-                                               self.main.target, max(4, self.preset.other_images // 2), self.seed)
-        trained, _ = self.main.load(device=self.device)
-        query = QueryModel(trained.model, "label")
-        curves, results = [], {}
-        for variant in ("base_i", "base_l"):
-            for n_o in (1, 2, 3, 5):
-                config = replace(VARIANTS[variant], outer_rounds=n_o)
-                ca, ba, _, _ = bdmae_accuracies(query, self.restorer, config, x_c, y_c, x_b, y_b, self.seed)
-                curves.append({"panel": f"N_o ({variant})", "value": n_o, "CA": ca, "BA": ba})
-        for n_r in (0, 2, 5, 10):
-            config = replace(VARIANTS["full"], refine_steps=n_r)
-            ca, ba, on_clean, on_triggered = bdmae_accuracies(query, self.restorer, config, x_c, y_c, x_b, y_b,
-                                                              self.seed)
-            curves.append({"panel": "N_r (full)", "value": n_r, "CA": ca, "BA": ba})
-            results[n_r] = (on_clean, on_triggered)
-        fixed = []
-        bdmae = BDMAE(query, self.restorer)
-        for stage, (on_clean, on_triggered) in (("before refinement", results[0]), ("after refinement", results[10])):
-            for tau in FIXED_THRESHOLDS:
-                accuracies = []
-                for x, y, result in ((x_c, y_c, on_clean), (x_b, y_b, on_triggered)):
-                    purified, _, _ = bdmae.adaptive_restore(x, result.score, fixed_threshold=tau)
-                    accuracies.append(100 * (query.labels(purified.clamp(0, 1)) == y).float().mean().item())
-                fixed.append({"stage": stage, "threshold": tau, "CA": accuracies[0], "BA": accuracies[1]})
-        fig5 = Fig5(ResultTable("fig5_no_nr", f"BDMAE Fig. 5a-c on {len(x_c)} clean + {len(x_b)} triggered CIFAR-10 "
-                                              "images.", pd.DataFrame(curves).round(1)),
+        measured = get_or_measure_fig5(self.main, self.fig5_images(), seed=self.seed, device=self.device)
+        images = self.fig5_images()
+        curves = pd.DataFrame(measured["curves"], columns=["panel", "value", "CA", "BA"])
+        fixed = pd.DataFrame(measured["fixed"], columns=["stage", "threshold", "CA", "BA"])
+        return Fig5(ResultTable("fig5_no_nr", f"BDMAE Fig. 5a-c on {images} clean + {images} triggered CIFAR-10 "
+                                              "images.", curves.round(1)),
                     ResultTable("fig5d_fixed_thresholds", "BDMAE Fig. 5d: single fixed thresholds before / after "
-                                "refinement.", pd.DataFrame(fixed).round(1)))
-        self._fig5 = (fig5, (x_c, x_b, *results[10]))
-        return fig5
+                                "refinement.", fixed.round(1)))
 
     def score_diagnostics(self) -> ResultTable:
         """`score_diagnostics` of the full method (N_r = 10 of Fig. 5) on clean and triggered images."""
-        self.fig5()
-        x_c, x_b, on_clean, on_triggered = self._fig5[1]
-        frame = pd.DataFrame({"clean images": score_diagnostics(on_clean, x_c, self.restorer),
-                              "triggered images": score_diagnostics(on_triggered, x_b, self.restorer)})
+        measured = get_or_measure_fig5(self.main, self.fig5_images(), seed=self.seed, device=self.device)
+        frame = pd.DataFrame(measured["diagnostics"], columns=["quantity", "clean images", "triggered images"])
         return ResultTable("score_diagnostics", "Where BDMAE's CA goes with the tiny MAE (full method, main setting).",
-                           frame.round(3).reset_index(names="quantity"))
+                           frame.round(3))
 
     def acceptance(self) -> ResultTable:
         """Issue 3's acceptance checks on the main setting (Table 2, Table A.2 and the MAE's consistency)."""

@@ -8,13 +8,15 @@ artefact cache's content address, with the jobs whose artefacts it needs and the
 
 A job's unit is one artefact of the cache: a classifier training (`get_or_train`, IAB's classifier with its
 generators), a T&R stage 1 or stage 2 or baseline defence, an LBA trigger, a REStore importance-splitting run, an
-L-RED detection of one classifier, a stage of the tiny MAE's or diffusion model's pretraining. Jobs return keys,
-never tensors: the shared cache (`WORKBENCH_CACHE`) is the only result channel, its per-key locks make sure one key
-is computed once, and a killed job leaves nothing half-written (`ArtefactStore`), so a rerun does only what is
-missing.
+L-RED detection of one classifier, a stage of the tiny MAE's or diffusion model's pretraining, a shard of a BDMAE
+table's evaluation (every defence's labels on consecutive test images: `get_or_evaluate_shard`), BDMAE's Fig. 5
+measurement, and REStore Table III's Februus and BDMAE rows of one model. Jobs return keys, never tensors: the
+shared cache (`WORKBENCH_CACHE`) is the only result channel, its per-key locks make sure one key is computed once,
+and a killed job leaves nothing half-written (`ArtefactStore`), so a rerun does only what is missing.
 
-What is not a job yet: BDMAE's evaluations (notebooks 10-11 and REStore's Table III compute them, uncached; a
-shard of test images as a job needs every defence of Table 2 to give each image the same result in any shard).
+Not jobs (cheap, computed by the notebooks from what the jobs cached): the tiny MAE's consistency check of notebook
+11 (one restoration of the main setting's clean images), REStore's App. J run over all classes at once (Fig. 12b),
+the strength search of REStore's purifiers and every no-defence or one-pass row.
 """
 
 from __future__ import annotations
@@ -162,21 +164,42 @@ def _lba_model(dataset: str, setting: str, scale: str, seed: int, reconstruct: b
     return _trap(trap, store=store, device=device, progress=progress)
 
 
-def _diagnose(dataset: str, attack: str, run: Any, scale: str, seed: int, *, store: ArtefactStore, device: str,
-              progress: bool) -> str:
-    from workbench.repro.restore import (
-        RESTORE_PRESETS,
-        diagnosis_address,
-        get_or_diagnose,
-        split_images,
-        train_config,
-    )
+def _restore_model(dataset: str, attack: str, scale: str, seed: int, store: ArtefactStore, device: str,
+                   progress: bool) -> tuple[Any, Any, Any]:
+    """A REStore model's preset, trained model and the defender's / evaluation images of its test split."""
+    from workbench.repro.restore import RESTORE_PRESETS, split_images, train_config
 
     preset = pick(scale, RESTORE_PRESETS)
     trained = get_or_train(train_config(dataset, attack, scale), store=store, device=device, progress=progress)
-    images = split_images(trained.config.splits().test, preset, seed)
+    return preset, trained, split_images(trained.config.splits().test, preset, seed)
+
+
+def _diagnose(dataset: str, attack: str, run: Any, scale: str, seed: int, *, store: ArtefactStore, device: str,
+              progress: bool) -> str:
+    from workbench.repro.restore import diagnosis_address, get_or_diagnose
+
+    preset, trained, images = _restore_model(dataset, attack, scale, seed, store, device, progress)
     get_or_diagnose(trained, images, run, preset, seed=seed, store=store, progress=progress)
     return diagnosis_address(trained.key, run, preset, seed=seed)[1]
+
+
+def _any_class(run: Any, scale: str, seed: int, *, store: ArtefactStore, device: str, progress: bool) -> str:
+    from workbench.repro.restore import any_class_address, get_or_diagnose, get_or_recover_any_class
+
+    preset, trained, images = _restore_model(run.dataset, run.attack, scale, seed, store, device, progress)
+    found = get_or_diagnose(trained, images, run, preset, seed=seed, store=store, progress=progress)
+    get_or_recover_any_class(trained, images, run, found, preset, seed=seed, store=store)
+    return any_class_address(trained.key, run, preset, seed=seed)[1]
+
+
+def _slow_defences(dataset: str, attack: str, scale: str, seed: int, *, store: ArtefactStore, device: str,
+                   progress: bool) -> str:
+    from workbench.repro.restore import get_or_evaluate_slow_defences, slow_defences_address
+
+    preset, trained, images = _restore_model(dataset, attack, scale, seed, store, device, progress)
+    get_or_evaluate_slow_defences(trained, images, dataset, attack, preset, seed=seed, device=device, store=store,
+                                  progress=progress)
+    return slow_defences_address(trained.key, attack, preset, seed=seed)[1]
 
 
 def _inspect(setting: Any, name: str, index: int, method: str, scale: str, per_class: int | None, seed: int, *,
@@ -187,6 +210,21 @@ def _inspect(setting: Any, name: str, index: int, method: str, scale: str, per_c
     trained = get_or_train(classifier_config(setting, index, scale), store=store, device=device, progress=progress)
     get_or_inspect(trained, setting, name, index, method, preset, per_class=per_class, seed=seed, store=store)
     return inspection_address(trained.key, method, preset, per_class=per_class, seed=seed)[1]
+
+
+def _evaluate(evaluation: Any, shard: tuple[int, int], bdmae_config: Any, seed: int, *, store: ArtefactStore,
+              device: str, progress: bool) -> str:
+    from workbench.repro.bdmae import evaluation_address, get_or_evaluate_shard
+
+    get_or_evaluate_shard(evaluation, shard, bdmae_config, seed=seed, device=device, store=store, progress=progress)
+    return evaluation_address(evaluation, shard, bdmae_config, seed=seed)[1]
+
+
+def _fig5(setting: Any, images: int, seed: int, *, store: ArtefactStore, device: str, progress: bool) -> str:
+    from workbench.repro.bdmae import fig5_address, get_or_measure_fig5
+
+    get_or_measure_fig5(setting, images, seed=seed, device=device, store=store, progress=progress)
+    return fig5_address(setting, images, seed=seed)[1]
 
 
 def _pretrain(kind: str, stage: Any, *, store: ArtefactStore, device: str, progress: bool) -> str:
@@ -318,32 +356,99 @@ def _quickstart(graph: _Graph, scale: str) -> None:
 
 
 def _bdmae(graph: _Graph, scale: str) -> None:
+    """Every model of notebook 11's tables, then each table's evaluations (Tables 1, 2, A.2, A.3/A.4, 3) in shards of
+    the preset's `shard_images` clean and triggered images, each shard after its model and the tiny MAE (and the
+    diffusion model for DiffPure's rows), and Fig. 5's measurement (one job: its diagnostics take medians)."""
     from workbench.core.attacks import make_attack
+    from workbench.defenses.bdmae import VARIANTS
     from workbench.repro.bdmae import (
-        BDMAE_PRESETS,
+        BDMAETables,
+        Evaluation,
         badnets_setting,
         challenging_settings,
         clean_setting,
+        evaluation_address,
+        fig5_address,
         trigger_variants,
     )
 
-    _pretraining(graph)
-    for dataset in pick(scale, BDMAE_PRESETS).datasets:
-        graph.training(f"{dataset} BadNets", badnets_setting(dataset, make_attack("bdmae_badnets_colour"), scale).train)
-        graph.training(f"{dataset} clean", clean_setting(dataset, scale).train)
+    mae, diffusion = _pretraining(graph)
+    tables = BDMAETables(scale)
+    models = {}
+    for dataset in tables.preset.datasets:
+        models[f"{dataset} BadNets"] = badnets_setting(dataset, make_attack("bdmae_badnets_colour"), scale)
+        models[f"{dataset} clean"] = clean_setting(dataset, scale)
         for name, attack in trigger_variants().items():
-            graph.training(f"{dataset} {name}", badnets_setting(dataset, attack, scale, reduced=True).train)
-        for name, setting in challenging_settings(dataset, scale).items():
-            graph.training(f"{dataset} {name}", setting.train)
+            models[f"{dataset} {name}"] = badnets_setting(dataset, attack, scale, reduced=True)
+        models |= {f"{dataset} {name}": setting for name, setting in challenging_settings(dataset, scale).items()}
+    for label, setting in models.items():
+        graph.training(label, setting.train)
+    for label, evaluation in tables.evaluations().items():
+        model = graph.training(label, evaluation.setting.train)  # one of the models above: the same job
+        for shard in evaluation.shards(tables.preset.shard_images):
+            kind, key, _ = evaluation_address(evaluation, shard, tables.preset.bdmae)
+            graph.job(kind, key, f"{label} images {shard[0]}-{shard[1]}",
+                      functools.partial(_evaluate, evaluation, shard, tables.preset.bdmae, 0),
+                      _evaluation_resources(evaluation, shard, tables.preset.bdmae),
+                      [model, mae, *([diffusion] if evaluation.diffpure else [])])
+    images = tables.fig5_images()
+    kind, key, _ = fig5_address(tables.main, images)
+    # Fig. 5's twelve BDMAE runs (N_o of Base-i and Base-l, N_r of the full method), as BDMAE rows of one evaluation
+    runs = [replace(VARIANTS[v], outer_rounds=n) for v in ("base_i", "base_l") for n in (1, 2, 3, 5)]
+    runs += [replace(VARIANTS["full"], refine_steps=n) for n in (0, 2, 5, 10)]
+    costs = [_evaluation_resources(Evaluation(tables.main, images, ("BDMAE",)), (0, images), run) for run in runs]
+    resources = replace(costs[0], flops=sum(c.flops for c in costs), batches=sum(c.batches for c in costs))
+    graph.job(kind, key, "cifar10 BadNets Fig. 5 and score diagnostics",
+              functools.partial(_fig5, tables.main, images, 0), resources,
+              [graph.training("cifar10 BadNets", tables.main.train), mae])
 
 
-def _pretraining(graph: _Graph) -> None:
+def _evaluation_resources(evaluation: Any, shard: tuple[int, int], bdmae_config: Any) -> Resources:
+    """Resources of a BDMAE evaluation shard: `_defence_resources` on its clean and triggered images."""
+    return _defence_resources(evaluation.setting.recipe, evaluation.defences(), 2 * (shard[1] - shard[0]),
+                              bdmae_config)
+
+
+def _defence_resources(config: TrainConfig, defences: Sequence[str], images: int, bdmae_config: Any) -> Resources:
+    """Test-time defences `defences` on `images` images of `config`'s model, from each defence's network passes per
+    image: rough upper figures (PatchCleanser's second round and BDMAE's refinement stop early on most images)."""
+    from workbench.core.diffusion_training import DEFAULT_DIFFUSION
+    from workbench.core.mae_training import DEFAULT_MAE
+    from workbench.defenses.baselines.diffpure import DiffPure
+
+    masks = bdmae_config.outer_rounds * bdmae_config.inner_masks  # Alg. 1's random masks, one restoration each
+    restorations = masks + 2 * bdmae_config.refine_steps + len(bdmae_config.thresholds)  # + Alg. 2, + the fusion
+    denoising = round(DiffPure.t_star * _diffusion_steps())  # reverse steps from t* (both samplers by default)
+    passes = {  # defence name prefix -> (classifier, MAE, UNet) passes per image
+        "Before defense": (1, 0, 0), "Blur": (1, 0, 0), "ShrinkPad": (1, 0, 0),
+        "Februus": (4, 1, 0),  # the CAM's forward and backward pass, then the inpainted image
+        "PatchCleanser": (2 * 36, 0, 0),  # 36 one-mask images, and a second round where they disagree
+        "DiffPure": (1, 0, denoising),
+        "BDMAE": (restorations + 1, restorations, 0),
+    }
+    per_network = (_network_flops(config), _pretraining_flops("mae", DEFAULT_MAE),
+                    _pretraining_flops("diffusion", DEFAULT_DIFFUSION))
+    counts = [next(p for prefix, p in passes.items() if name.startswith(prefix)) for name in defences]
+    flops = images * sum(n * f for count in counts for n, f in zip(count, per_network, strict=True))
+    batches = images * sum(sum(count) for count in counts) / ASSUMED_BATCH
+    return Resources(gpus=1.0, cpus=1, memory_gb=2.0, flops=flops, batches=batches)
+
+
+@functools.cache
+def _diffusion_steps() -> int:
+    from workbench.core.diffusion_training import DEFAULT_DIFFUSION
+
+    return int(DEFAULT_DIFFUSION.new_diffusion().scheduler.config.num_train_timesteps)
+
+
+def _pretraining(graph: _Graph) -> tuple[Job, Job]:
     """The stages of the tiny MAE's and diffusion model's recipes (BDMAE's restorer, DiffPure's denoiser; REStore's
     Table III compares BDMAE too). Committed under data/assets, so normally cached; a stage runs only when a later
     one is missing."""
     from workbench.core.diffusion_training import DEFAULT_DIFFUSION
     from workbench.core.mae_training import DEFAULT_MAE
 
+    finals = []
     for kind, final in (("mae", DEFAULT_MAE), ("diffusion", DEFAULT_DIFFUSION)):
         previous: list[Job] = []
         for number, stage in enumerate(final.stages(), start=1):
@@ -352,6 +457,9 @@ def _pretraining(graph: _Graph) -> None:
             previous = [graph.job(kind, config_key(stage.to_dict()), f"tiny {kind} stage {number}",
                                   functools.partial(_pretrain, kind, stage), resources, previous,
                                   goal=stage is final)]
+        finals += previous
+    mae, diffusion = finals
+    return mae, diffusion
 
 
 @functools.cache
@@ -377,8 +485,21 @@ def _pretraining_flops(kind: str, stage: Any) -> float:
 
 
 def _restore(graph: _Graph, scale: str) -> None:
+    """Every model of notebooks 20-21, their importance-splitting runs, and Table III's Februus and BDMAE rows of
+    each model with a PI run (after the model and the tiny MAE)."""
     from workbench.core.data import dataset_spec
-    from workbench.repro.restore import RESTORE_PRESETS, Run, diagnosis_address, train_config
+    from workbench.defenses.bdmae import BDMAEConfig
+    from workbench.repro.restore import (
+        BACKDOORED,
+        RESTORE_PRESETS,
+        SLOW_DEFENCES,
+        Run,
+        any_class_address,
+        any_class_runs,
+        diagnosis_address,
+        slow_defences_address,
+        train_config,
+    )
 
     preset = pick(scale, RESTORE_PRESETS)
     models = {(dataset, attack): graph.training(f"{dataset} {attack}", train_config(dataset, attack, scale))
@@ -396,6 +517,22 @@ def _restore(graph: _Graph, scale: str) -> None:
         scope = "all classes" if run.classes is None else f"classes {list(run.classes)}"
         graph.job(kind, key, f"{run.dataset} {run.attack} {run.setup} {run.output} splitting, {scope}",
                   functools.partial(_diagnose, run.dataset, run.attack, run, scale, 0), resources, [model])
+    for run in any_class_runs(preset):  # App. J (Fig. 12b): one run over all classes with that diagnosis's setup
+        kind, key, _ = diagnosis_address(models[run.dataset, run.attack].key, run, preset)
+        diagnosis = graph.jobs[f"{kind}/{key}"]
+        kind, key, _ = any_class_address(models[run.dataset, run.attack].key, run, preset)
+        graph.job(kind, key, f"{run.dataset} {run.attack} splitting over all classes at once (App. J)",
+                  functools.partial(_any_class, run, scale, 0), diagnosis.resources,
+                  [models[run.dataset, run.attack], diagnosis])
+    mae, _ = _pretraining(graph)
+    for dataset, attack in dict.fromkeys((r.dataset, r.attack) for r in preset.runs
+                                         if r.setup == "PI" and r.attack in BACKDOORED):
+        model = models[dataset, attack]
+        kind, key, _ = slow_defences_address(model.key, attack, preset)
+        resources = _defence_resources(train_config(dataset, attack, scale), list(SLOW_DEFENCES),
+                                       2 * preset.comparable_images, BDMAEConfig())
+        graph.job(kind, key, f"{dataset} {attack} Table III Februus and BDMAE",
+                  functools.partial(_slow_defences, dataset, attack, scale, 0), resources, [model, mae])
 
 
 def _lred(graph: _Graph, scale: str) -> None:

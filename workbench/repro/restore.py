@@ -25,15 +25,14 @@ import torch
 from workbench.core.artefacts import Artefact, ArtefactStore, config_key, get_or_compute
 from workbench.core.attacks import AllClassesPoison, Attack, PoisonConfig, make_attack
 from workbench.core.data import ImageDataset, dataset_spec
-from workbench.core.mae import MAERestorer
-from workbench.core.mae_training import load_workbench_mae
+from workbench.core.mae_training import DEFAULT_MAE
 from workbench.core.query import QueryModel
-from workbench.core.runtime import make_generator
+from workbench.core.runtime import make_generator, resolve_device
 from workbench.core.scales import pick, resolve_scale
 from workbench.core.training import TrainConfig, TrainedModel, get_or_train
 from workbench.core.validation import WorkbenchError, check_name, check_positive_int
 from workbench.defenses.baselines.februus import Februus
-from workbench.defenses.bdmae import BDMAE, BDMAEConfig
+from workbench.defenses.bdmae import BDMAEConfig
 from workbench.defenses.restore import (
     OUTPUTS,
     PAPER_PER_SET,
@@ -49,7 +48,15 @@ from workbench.defenses.restore import (
     select_purifier,
     splitting_config,
 )
-from workbench.repro.bdmae import evaluate
+from workbench.repro.bdmae import (
+    TABLE2_DEFENCES,
+    EvaluatedShard,
+    Predictor,
+    Subject,
+    evaluate,
+    get_or_predict,
+    tiny_mae,
+)
 from workbench.repro.paper_numbers import (
     RESTORE_ADAPTIVE,
     RESTORE_ALPHA_DEF,
@@ -149,12 +156,13 @@ def _runs(datasets: tuple[str, ...], attacks: tuple[str, ...], setups: tuple[str
 
 #: classes whose triggers are recovered on the all-classes model (Table XIV averages over classes)
 ALL_CLASSES_SAMPLE = (0, TARGET, 6)
-_BACKDOORED = ("badnets", "sig", "wanet")
+#: the backdoored models' attacks (Table III compares defences on those with a PI run)
+BACKDOORED = ("badnets", "sig", "wanet")
 _CPU_RUNS = (
     _runs(("mnist", "cifar10"), ("benign", "badnets"), ("PI",), ("probits",))  # maps of Fig. 5 (diagnosis)
     + _runs(("mnist", "cifar10"), ("sig", "wanet"), ("PI",), ("probits",), (TARGET,))  # Table II (III: REStore)
-    + _runs(("mnist", "cifar10"), _BACKDOORED, ("PI",), ("logits", "labels"), (TARGET,))  # Tables VIII, IX (III)
-    + _runs(("mnist", "cifar10"), _BACKDOORED, ("FI",), ("probits",), (TARGET,))  # Table II, FI column
+    + _runs(("mnist", "cifar10"), BACKDOORED, ("PI",), ("logits", "labels"), (TARGET,))  # Tables VIII, IX (III)
+    + _runs(("mnist", "cifar10"), BACKDOORED, ("FI",), ("probits",), (TARGET,))  # Table II, FI column
     + _runs(("cifar10",), ("badnets_clean_label", "sig_clean_label", "dynamic_badnets", "logit_obfuscation"), ("PI",),
             ("logits",), (TARGET,))  # Sec. IV-G, V-C: logits scorer
     + _runs(("cifar10",), ("all_classes",), ("PI",), ("logits",), ALL_CLASSES_SAMPLE)  # Sec. V-B
@@ -338,44 +346,122 @@ def purification_table(trained: TrainedModel, images: Images, dataset: str, atta
     return pd.DataFrame(rows).round(2)
 
 
+#: Table III's per-image defences (run on `comparable_images` images): Februus at the paper's CAM threshold 0.8,
+#: inpainted by the tiny MAE, and BDMAE with its default settings, built as BDMAE's own tables build them
+SLOW_DEFENCES: dict[str, Callable[[Subject], Predictor]] = {
+    **{f"Februus {name} (0.8)": (lambda s, m=method: Februus(s.model, s.restorer, m, 0.8))
+       for method, name in (("xgradcam", "XGradCAM"), ("gradcam++", "GradCAM++"))},
+    "BDMAE (tiny MAE)": TABLE2_DEFENCES["BDMAE (tiny MAE)"],
+}
+
+
+def slow_defences_address(model_key: str, attack: str, preset: RestorePreset, *,
+                          seed: int = 0) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of `get_or_evaluate_slow_defences` on the model artefact `model_key`."""
+    identity = {"table": "REStore Table III", "model": model_key, "attack": attack, "target": TARGET,
+                "clean_images": preset.clean_images, "eval_images": preset.eval_images,
+                "images": preset.comparable_images, "seed": seed, "defences": list(SLOW_DEFENCES),
+                "bdmae": asdict(BDMAEConfig()), "mae": config_key(DEFAULT_MAE.to_dict())}
+    return "evaluations", config_key(identity), identity
+
+
+def get_or_evaluate_slow_defences(trained: TrainedModel, images: Images, dataset: str, attack: str,
+                                  preset: RestorePreset, *, seed: int = 0, device: str = "auto",
+                                  store: ArtefactStore | None = None, progress: bool = False) -> EvaluatedShard:
+    """Februus and BDMAE's labels on the first `preset.comparable_images` clean and triggered evaluation images,
+    computed once and cached (a `jobs run restore` job)."""
+    identity = slow_defences_address(trained.key, attack, preset, seed=seed)[2]
+    count = preset.comparable_images
+
+    def prepare() -> tuple[dict[str, Predictor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_bd, y_bd = triggered_test_images(images, dataset, attack)
+        subject = Subject(trained.model, tiny_mae(str(resolve_device(device))), BDMAEConfig(), None)
+        return ({name: build(subject) for name, build in SLOW_DEFENCES.items()}, images.test[:count],
+                images.test_labels[:count], x_bd[:count], y_bd[:count])
+
+    return get_or_predict(identity, list(SLOW_DEFENCES), prepare, seed=seed, store=store, progress=progress)
+
+
 def compare_defences(trained: TrainedModel, images: Images, dataset: str, attack: str,
-                     purifiers: dict[str, Purifier], restorer: MAERestorer, bdmae_config: BDMAEConfig,
-                     preset: RestorePreset, *, seed: int = 0) -> pd.DataFrame:
+                     purifiers: dict[str, Purifier], preset: RestorePreset, *, seed: int = 0, device: str = "auto",
+                     store: ArtefactStore | None = None) -> pd.DataFrame:
     """Table III and IV for one model: CDA, SDA and ASR (%) and seconds per image of no defence, Februus (XGradCAM
     and GradCAM++ at the paper's CAM threshold 0.8, inpainted by the workbench MAE), BDMAE (tiny MAE) and each
     REStore purifier in `purifiers`.
 
-    The slow per-image defences see `preset.comparable_images` clean and as many triggered test images; no defence
-    and REStore, which cost one forward pass, see every evaluation image (the `images` column). Seconds per image
-    are measured on those comparable images for every defence (the fast ones as the fastest of interleaved repeated
-    passes, their cost being too small for one pass to time reliably).
+    The slow per-image defences see `preset.comparable_images` clean and as many triggered test images (their labels
+    cached: `get_or_evaluate_slow_defences`); no defence and REStore, which cost one forward pass, see every
+    evaluation image (the `images` column). Seconds per image are measured on those comparable images for every
+    defence (the fast ones as the fastest of interleaved repeated passes, their cost being too small for one pass to
+    time reliably; the slow ones' single pass when they were computed).
     """
     x_bd, y_bd = triggered_test_images(images, dataset, attack)
     count = preset.comparable_images
     x_small = torch.cat([images.test[:count], x_bd[:count]])
     labels = QueryModel(trained.model, "label")
-    bdmae = BDMAE(QueryModel(trained.model, "label"), restorer, bdmae_config)
-    defences: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], bool]] = {  # name -> (predict, is slow)
-        "no defence": (labels.labels, False),
-        **{f"Februus {name} (0.8)": (Februus(trained.model, restorer, method, 0.8).predict, True)
-           for method, name in (("xgradcam", "XGradCAM"), ("gradcam++", "GradCAM++"))},
-        "BDMAE (tiny MAE)": (lambda x: bdmae.predict(x, seed=seed), True),
-        **{f"REStore {name}": (lambda x, p=purifier: labels.labels(p(x)), False)
-           for name, purifier in purifiers.items()},
-    }
-    fast_seconds = seconds_per_image({name: predict for name, (predict, slow) in defences.items() if not slow},
-                                     x_small)
+    fast = {"no defence": labels.labels, **{f"REStore {name}": (lambda x, p=purifier: labels.labels(p(x)))
+                                            for name, purifier in purifiers.items()}}
+    fast_seconds = seconds_per_image(fast, x_small)
+    slow = get_or_evaluate_slow_defences(trained, images, dataset, attack, preset, seed=seed, device=device,
+                                         store=store)
     rows = []
-    for name, (predict, slow) in defences.items():
-        x_clean, y_clean = (images.test[:count], images.test_labels[:count]) if slow else (images.test,
-                                                                                             images.test_labels)
-        bd, y = (x_bd[:count], y_bd[:count]) if slow else (x_bd, y_bd)
-        measured = evaluate(predict, x_clean, y_clean, bd, y, TARGET)
+    for name in ("no defence", *SLOW_DEFENCES, *list(fast)[1:]):
+        if name in fast:
+            measured = evaluate(fast[name], images.test, images.test_labels, x_bd, y_bd, TARGET)
+            seen, seconds = len(images.test) + len(x_bd), fast_seconds[name]
+        else:
+            predicted = slow.defences[name]
+            measured = {"CA": 100 * (predicted.clean == slow.clean_labels).float().mean().item(),
+                        "BA": 100 * (predicted.triggered == slow.triggered_labels).float().mean().item(),
+                        "ASR": 100 * (predicted.triggered == TARGET).float().mean().item()}
+            seen = len(slow.clean_labels) + len(slow.triggered_labels)
+            seconds = predicted.seconds / seen
         rows.append({"defence": name, "CDA": measured["CA"], "SDA": measured["BA"], "ASR": measured["ASR"],
-                     "images": len(x_clean) + len(bd),
-                     # slow defences were timed on exactly these images by `evaluate`; one pass is enough there
-                     "s/image": measured["s/image"] if slow else fast_seconds[name]})
+                     "images": seen, "s/image": seconds})
     return pd.DataFrame(rows)
+
+
+def any_class_runs(preset: RestorePreset) -> list[Run]:
+    """The runs whose setup App. J's run over all classes at once reuses: each dataset's first BadNets run over
+    every class."""
+    first = {}
+    for run in preset.runs:
+        if run.attack == "badnets" and run.classes is None:
+            first.setdefault(run.dataset, run)
+    return list(first.values())
+
+
+def any_class_address(model_key: str, run: Run, preset: RestorePreset, *,
+                      seed: int = 0) -> tuple[str, str, dict[str, Any]]:
+    """(artefact kind, key, identity) of `get_or_recover_any_class` (its setup and splitting settings are those of
+    the diagnosis `run`, named by that run's key)."""
+    diagnosis = diagnosis_address(model_key, run, preset, seed=seed)[1]
+    identity = {"figure": "REStore App. J, Fig. 12b", "diagnosis": diagnosis, "output": "probits",
+                "eval_images": preset.eval_images, "seed": seed}
+    return "evaluations", config_key(identity), identity
+
+
+def get_or_recover_any_class(trained: TrainedModel, images: Images, run: Run, found: Diagnosis, preset: RestorePreset,
+                             *, seed: int = 0, store: ArtefactStore | None = None) -> dict[str, Any]:
+    """[REStore] App. J: one importance-splitting run over all classes at once with the setup of the diagnosis
+    `found` (its calibrated alpha_def), computed once and cached: the class its perturbations send clean images to
+    ("class"), their ASR on the other classes' evaluation images ("asr", a fraction), "seconds" and "queries"."""
+    kind, key, identity = any_class_address(trained.key, run, preset, seed=seed)
+
+    def compute() -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
+        query = QueryModel(trained.model, "probs")
+        start = time.time()
+        config = splitting_config(found.setup, tuple(images.clean.shape[1:]), **preset.splitting)
+        result, found_class = recover_any_class(query, images.clean, images.clean_labels, found.setup,
+                                                output="probits", num_classes=dataset_spec(run.dataset).num_classes,
+                                                config=config, seed=seed)
+        asr = recovered_asr(QueryModel(trained.model, "label"), found.setup, result.realisations(0), images.test,
+                            images.test_labels, found_class, seed=seed)
+        measured = {"class": found_class, "asr": asr, "seconds": time.time() - start, "queries": query.queries}
+        return measured, {}, measured
+
+    return get_or_compute(store or ArtefactStore(), kind, key, identity, compute=compute,
+                          restore=lambda stored: stored.metrics)[0]
 
 
 def recovered_asr_percent(trained: TrainedModel, images: Images, found: Diagnosis, cls: int, *,
@@ -398,8 +484,8 @@ def paper_row(defence: str) -> str:
 
 
 def defence_table(trained: TrainedModel, images: Images, dataset: str, attack: str, runs: dict[Run, Diagnosis],
-                  outputs: list[str], restorer: MAERestorer, preset: RestorePreset,
-                  paper: dict[str, Published], *, seed: int = 0) -> pd.DataFrame:
+                  outputs: list[str], preset: RestorePreset, paper: dict[str, Published], *, seed: int = 0,
+                  device: str = "auto") -> pd.DataFrame:
     """Table III for one model: `compare_defences` with a REStore purifier from the model's PI run of each scorer
     output in `outputs`, the strength each purifier chose, and the paper's CDA / SDA / ASR beside ours."""
     def pi_run(output: str) -> Diagnosis:
@@ -407,7 +493,7 @@ def defence_table(trained: TrainedModel, images: Images, dataset: str, attack: s
                                                                                                 output))
 
     purifiers = {output: restore_purifier(trained, images, pi_run(output), preset)[0] for output in outputs}
-    table = compare_defences(trained, images, dataset, attack, purifiers, restorer, BDMAEConfig(), preset, seed=seed)
+    table = compare_defences(trained, images, dataset, attack, purifiers, preset, seed=seed, device=device)
     table["strength"] = [purifiers[n.split()[-1]].strength if n.startswith("REStore") else None
                          for n in table["defence"]]
     for column, attribute in (("CDA", "ca"), ("SDA", "ba"), ("ASR", "asr")):
@@ -536,22 +622,13 @@ class RestoreTables:
     def fig12b(self) -> ResultTable:
         """[REStore] App. J, Fig. 12b: one run over all classes at once on each BadNets model."""
         rows = []
-        for dataset in self.preset.attacks:
-            if (dataset, "badnets") not in self.models:
-                continue
-            trained, images = self.models[dataset, "badnets"]
-            query = QueryModel(trained.model, "probs")
-            setup = next(d for r, d in self.searched.items() if (r.dataset, r.attack) == (dataset, "badnets")).setup
-            start, before = time.time(), query.queries
-            config = splitting_config(setup, tuple(images.clean.shape[1:]), **self.preset.splitting)
-            result, found_class = recover_any_class(query, images.clean, images.clean_labels, setup, output="probits",
-                                                    num_classes=len(self.class_names[dataset]), config=config,
-                                                    seed=self.seed)
-            asr = recovered_asr(QueryModel(trained.model, "label"), setup, result.realisations(0), images.test,
-                                images.test_labels, found_class, seed=self.seed)
-            rows.append({"dataset": dataset, "model": "badnets",
-                         "recovered class": self.class_names[dataset][found_class], "its ASR": round(100 * asr, 1),
-                         "seconds": round(time.time() - start), "queries": query.queries - before})
+        for run in any_class_runs(self.preset):
+            trained, images = self.models[run.dataset, run.attack]
+            measured = get_or_recover_any_class(trained, images, run, self.runs[run], self.preset, seed=self.seed)
+            rows.append({"dataset": run.dataset, "model": run.attack,
+                         "recovered class": self.class_names[run.dataset][measured["class"]],
+                         "its ASR": round(100 * measured["asr"], 1), "seconds": round(measured["seconds"]),
+                         "queries": measured["queries"]})
         return ResultTable("fig12b_any_class", "One importance-splitting run over all classes at once (App. J, Fig. "
                            "12b): the class its perturbations send clean images to and their ASR (%) on clean test "
                            "images of the other classes.", pd.DataFrame(rows))
@@ -560,7 +637,7 @@ class RestoreTables:
     def recovery(self) -> dict[tuple[str, str, str, str], float]:
         """(dataset, attack, scorer, setup) -> ASR (%) of the backdoored class's recovered perturbations."""
         return {(r.dataset, r.attack, r.output, r.setup): round(self._recovered(r, TARGET), 1)
-                for r in self.runs if r.attack in _BACKDOORED}
+                for r in self.runs if r.attack in BACKDOORED}
 
     def table2(self) -> ResultTable:
         """[REStore] Tables II (probits), VIII (logits), IX (labels): recovered-trigger ASR by setup and scorer."""
@@ -574,23 +651,19 @@ class RestoreTables:
                            "recovered-trigger ASR (%), beside the paper's.", pd.DataFrame(rows))
 
     @cached_property
-    def restorer(self) -> MAERestorer:
-        return MAERestorer(load_workbench_mae(device=self.device))
-
-    @cached_property
     def _pi_outputs(self) -> dict[tuple[str, str], list[str]]:
         """(dataset, attack) -> the scorers with a PI run, per backdoored model."""
         out: dict[tuple[str, str], list[str]] = {}
         for r in self.runs:
-            if r.setup == "PI" and r.attack in _BACKDOORED:
+            if r.setup == "PI" and r.attack in BACKDOORED:
                 out.setdefault((r.dataset, r.attack), []).append(r.output)
         return out
 
     def _defences(self, dataset: str, attack: str, outputs: list[str],
                   paper: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
         trained, images = self.models[dataset, attack]
-        return defence_table(trained, images, dataset, attack, self.runs, outputs, self.restorer, self.preset, paper,
-                             seed=self.seed)
+        return defence_table(trained, images, dataset, attack, self.runs, outputs, self.preset, paper,
+                             seed=self.seed, device=self.device)
 
     def table3(self) -> ResultTable:
         """[REStore] Table III: CDA / SDA / ASR after no defence, Februus, BDMAE and REStore's purifiers."""

@@ -147,13 +147,13 @@ class DiffPure:
         check_positive_int(sde_steps, "DiffPure sde_steps", optional=True)
         check_positive_int(batch_size, "DiffPure batch_size")
 
-    def purify(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        """Purified images (N, C, H, W) in [0, 1]; image i draws its noise from (seed, i), so splitting a test set
-        into calls changes nothing."""
+    def purify(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
+        """Purified images (N, C, H, W) in [0, 1]; image n draws its noise from (seed, first_index + n), so splitting
+        a test set into calls (`first_index`: the global index of x[0]) changes nothing."""
         check_images(x)
         if len(x) == 0:
             raise WorkbenchError("images are empty: pass at least one image (N, C, H, W) to purify")
-        return torch.cat([self._purify_batch(batch, seed, start) for start, batch in
+        return torch.cat([self._purify_batch(batch, seed, first_index + start) for start, batch in
                           zip(range(0, len(x), self.batch_size), x.split(self.batch_size), strict=True)])
 
     def _purify_batch(self, x: torch.Tensor, seed: int, first_index: int) -> torch.Tensor:

@@ -113,7 +113,8 @@ class Februus:
         return restored.clamp(0, 1)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
+        """The model's labels of the purified images; `seed` and `first_index` are unused (deterministic)."""
         purified = self.purify(x, seed=seed)
         self.model.eval()
         return torch.cat([self.model(purified[i:i + 256]).argmax(1) for i in range(0, len(x), 256)]).cpu()

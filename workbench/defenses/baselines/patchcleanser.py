@@ -66,8 +66,8 @@ class PatchCleanser:
         if self.variant not in ("vanilla", "majority"):
             raise WorkbenchError(f"PatchCleanser variant must be 'vanilla' or 'majority', got {self.variant!r}")
 
-    def predict(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        """Labels (N,) for images (N, C, H, W); deterministic (`seed` unused)."""
+    def predict(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
+        """Labels (N,) for images (N, C, H, W); deterministic (`seed` and `first_index` unused)."""
         check_images(x)
         n, _, h, w = x.shape
         if h != w:

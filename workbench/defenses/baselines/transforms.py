@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from workbench.core.query import QueryModel
+from workbench.core.runtime import image_generators
 from workbench.core.validation import WorkbenchError, check_images, check_positive, check_positive_int
 
 
@@ -34,7 +35,8 @@ class Blur:
         blurred = gaussian_blur(x, [self.kernel, self.kernel], [self.sigma, self.sigma])
         return blurred.clamp_(0, 1)  # a convex combination of pixels, up to float rounding
 
-    def predict(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
+        """Labels of the blurred images; `seed` and `first_index` are unused (deterministic)."""
         return self.classifier.labels(self.purify(x, seed=seed))
 
 
@@ -49,20 +51,19 @@ class ShrinkPad:
     def __post_init__(self) -> None:
         check_positive_int(self.pad, "ShrinkPad pad")
 
-    def purify(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        """Shrunk-and-padded images; the per-image offsets are drawn from `seed`."""
+    def purify(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
+        """Shrunk-and-padded images; image n's offsets are drawn from (seed, first_index + n), so splitting a test
+        set into calls (`first_index`: the global index of x[0]) changes nothing."""
         check_images(x)
         n, _, h, w = x.shape
         if self.pad >= min(h, w):
             raise WorkbenchError(f"ShrinkPad pad {self.pad} leaves nothing of a {h}x{w} image")
         small = F.interpolate(x, size=(h - self.pad, w - self.pad), mode="bilinear", align_corners=False).clamp_(0, 1)
-        gen = torch.Generator().manual_seed(seed)
-        tops = torch.randint(0, self.pad + 1, (n,), generator=gen).tolist()
-        lefts = torch.randint(0, self.pad + 1, (n,), generator=gen).tolist()
         out = torch.zeros_like(x)
-        for i, (top, left) in enumerate(zip(tops, lefts, strict=True)):
+        for i, gen in enumerate(image_generators(seed, first_index, n)):
+            top, left = torch.randint(0, self.pad + 1, (2,), generator=gen).tolist()
             out[i, :, top:top + h - self.pad, left:left + w - self.pad] = small[i]
         return out
 
-    def predict(self, x: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
-        return self.classifier.labels(self.purify(x, seed=seed))
+    def predict(self, x: torch.Tensor, *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
+        return self.classifier.labels(self.purify(x, seed=seed, first_index=first_index))
