@@ -16,6 +16,7 @@ from workbench.core.training import TrainConfig, artefact_address, get_or_train
 from workbench.repro.bdmae import BDMAETables, EvaluatedShard, get_or_evaluate_shard
 from workbench.repro.cli import main
 from workbench.repro.jobs import collect, event_log, plan, run
+from workbench.repro.paper_numbers import LRED_TABLE3
 from workbench.repro.presets import quickstart_config
 from workbench.repro.restore import RESTORE_PRESETS
 from workbench.repro.runner import reproduce
@@ -180,6 +181,18 @@ def test_large_scales_plan_with_their_estimated_gpu_hours(scale: str, capsys: py
     out = capsys.readouterr().out
     total = float(out.split(" for the whole graph")[0].rsplit(", ", 1)[1].split(" ")[0])
     assert total > 1 and f"jobs at {scale} scale" in out
+
+
+def test_lred_detections_are_estimated_from_the_papers_measured_seconds() -> None:
+    """At the paper's settings a ResNet-18 CIFAR-10 detection takes [L-RED] Table 3's mean time for its method; a
+    smaller network on fewer images, proportionally less."""
+    detections = {job.label: job for job in collect(["lred"], "paper") if job.kind == "lred"}
+    for method in ("RED-A", "RED-P", "RED-A'"):
+        seconds = LRED_TABLE3[method].values()
+        assert detections[f"G-1 #0 {method}"].resources.gpu_hours * 3600 == pytest.approx(sum(seconds) / len(seconds))
+    assert detections["G-1 #0 RED-U"].resources.gpu_hours == detections["G-1 #0 RED-A"].resources.gpu_hours
+    smoke = next(job for job in collect(["lred"], "smoke") if job.label == "G-1 #0 RED-A")
+    assert 0 < smoke.resources.gpu_hours < detections["G-1 #0 RED-A"].resources.gpu_hours / 10
 
 
 def test_reproduce_after_the_jobs_ran_trains_nothing(tmp_path, isolated_cache,
