@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from workbench.core.artefacts import ArtefactStore
-from workbench.core.attacks import InputAware, InputAwareConfig, attack_from_dict
+from workbench.core.attacks import InputAware, InputAwareConfig, attack_from_dict, input_aware
 from workbench.core.attacks.input_aware import TriggerGenerator, diversity_loss, make_mask, sparsity_loss
+from workbench.core.storage import save_checkpoint
 from workbench.core.training import TrainConfig, get_or_train_input_aware
 
 
@@ -56,3 +58,36 @@ def test_train_store_reload_and_apply(tiny_mirror: Path, tmp_path: Path) -> None
         iab._generators.cache_clear()
     assert triggered.shape == x.shape and isinstance(attack, InputAware)
     assert not torch.allclose(masks[0], masks[1])  # sample-specific
+
+
+def test_a_training_killed_after_an_epoch_resumes_there_with_the_weights_of_an_uninterrupted_run(
+        tiny_mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process dies right after the first joint epoch's state is written (the mask generator's epoch and one of
+    two joint epochs done): the rerun resumes there and ends with every weight of the uninterrupted run."""
+    recipe = TrainConfig(dataset="cifar10", model="resnet_small", epochs=2, batch_size=32, lr=0.01)
+    config = InputAwareConfig(train=recipe, target=0, mask_epochs=1, generator_width=4)
+    whole, _ = get_or_train_input_aware(config, store=ArtefactStore(tmp_path / "whole", read_only_roots=[]),
+                                        device="cpu", progress=False)
+    store = ArtefactStore(tmp_path / "killed", read_only_roots=[])
+    saves = []
+
+    def save_and_die_on_the_second(*args, **kwargs):
+        save_checkpoint(*args, **kwargs)
+        saves.append(args[2]["epochs"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):  # not `undo`: it unsets tiny_mirror's
+        patch.setattr(input_aware, "save_checkpoint", save_and_die_on_the_second)
+        get_or_train_input_aware(config, store=store, device="cpu", progress=False)
+    assert saves == [0, 1]  # after the mask generator's epoch, then after joint epoch 1
+    checkpoint = store.checkpoint("iab", whole.key)
+    assert checkpoint.is_file() and store.load_by_key("iab", whole.key) is None
+    resumed, _ = get_or_train_input_aware(config, store=store, device="cpu", progress=False)
+    assert not checkpoint.exists()
+    stored = store.load_by_key("iab", whole.key).tensors
+    reference = ArtefactStore(tmp_path / "whole", read_only_roots=[]).load_by_key("iab", whole.key).tensors
+    assert stored.keys() == reference.keys()
+    for name, tensor in reference.items():  # the classifier and both generators
+        assert torch.equal(tensor, stored[name]), name
+    assert [e["loss"] for e in resumed.metrics["history"]] == [e["loss"] for e in whole.metrics["history"]]

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from workbench.core.validation import WorkbenchError
 
 
@@ -91,3 +93,28 @@ def sha256_file(path: str | Path) -> str:
 def sha256_text(text: str) -> str:
     """Hex SHA-256 of a string."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def save_checkpoint(path: str | Path, recipe: dict[str, Any], state: dict[str, Any], generator: torch.Generator,
+                    device: torch.device) -> None:
+    """Write a training loop's resumable `state` (tensors, numbers, lists and dicts of them) to `path` atomically,
+    with the recipe it belongs to and every random stream it draws from: `generator` (its data order and
+    augmentation) and torch's global generators (dropout)."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    full = {**state, "recipe": canonical_json(recipe), "data_order": generator.get_state(),
+            "rng": torch.get_rng_state(), "cuda_rng": cuda}
+    atomic_write(path, lambda tmp: torch.save(full, tmp))
+
+
+def load_checkpoint(path: str | Path, recipe: dict[str, Any], generator: torch.Generator,
+                    device: torch.device) -> dict[str, Any]:
+    """The state `save_checkpoint` wrote, its random streams restored into `generator` and torch's generators
+    (`weights_only=True`: tensors and plain values only, nothing unpickled)."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("recipe") != canonical_json(recipe):
+        raise WorkbenchError(f"the checkpoint {path} belongs to another training recipe; delete it to train afresh")
+    generator.set_state(state["data_order"].cpu())
+    torch.set_rng_state(state["rng"].cpu())
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+    return state

@@ -44,7 +44,7 @@ from workbench.core.data import DataSplits, ImageDataset, dataset_spec, load_spl
 from workbench.core.metrics import attack_success_rate, clean_accuracy
 from workbench.core.models import MODELS, StagedClassifier, build_model
 from workbench.core.runtime import child_seed, make_generator, resolve_device
-from workbench.core.storage import canonical_json
+from workbench.core.storage import load_checkpoint, save_checkpoint
 from workbench.core.validation import (
     WorkbenchError,
     check_fraction,
@@ -510,33 +510,22 @@ def _save_epoch(path: Path, config: TrainConfig, model: torch.nn.Module, opt: to
                 gen: torch.Generator, dev: torch.device, epochs: int, step: int, history: list[dict[str, float]],
                 memo: torch.Tensor | None, latent_memo: torch.Tensor | None) -> None:
     """Write the loop's state after `epochs` epochs to `path` atomically (a kill mid-write leaves the last one)."""
-    state = {"recipe": canonical_json(config.to_dict()), "epochs": epochs, "step": step, "history": history,
-             "model": model.state_dict(), "optimizer": opt.state_dict(), "data_order": gen.get_state(),
-             "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-             "memo": memo, "latent_memo": latent_memo}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    save_checkpoint(path, config.to_dict(), {"epochs": epochs, "step": step, "history": history,
+                                             "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                             "memo": memo, "latent_memo": latent_memo}, gen, dev)
 
 
 def _resume(path: Path, config: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
             gen: torch.Generator, dev: torch.device
             ) -> tuple[int, int, list[dict[str, float]], torch.Tensor | None, torch.Tensor | None]:
-    """Restore the state `_save_epoch` wrote (loaded with `weights_only=True`: tensors and plain values only).
+    """Restore the state `_save_epoch` wrote.
 
     Returns:
         (epochs done, steps done, history, the anchor memo, the latent memo).
     """
-    state = torch.load(path, map_location=dev, weights_only=True)
-    if state.get("recipe") != canonical_json(config.to_dict()):
-        raise WorkbenchError(f"the checkpoint {path} belongs to another training recipe; delete it to train afresh")
+    state = load_checkpoint(path, config.to_dict(), gen, dev)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["data_order"].cpu())
-    torch.set_rng_state(state["rng"].cpu())
-    if state["cuda_rng"] is not None:
-        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), dev)
     return state["epochs"], state["step"], state["history"], state["memo"], state["latent_memo"]
 
 
@@ -716,7 +705,7 @@ def get_or_train_input_aware(config: InputAwareConfig, *, store: ArtefactStore |
             config, model, splits.train.images, splits.train.labels,
             augment=lambda x, gen: _augment_batch(x, recipe.augment, gen), optimizer=opt,
             lr_at=lambda p: recipe.lr * _lr_factor(recipe.schedule, recipe.warmup_fraction, p), device=dev,
-            progress=progress)
+            progress=progress, checkpoint=store.checkpoint(kind, key))
         model.eval()
         x_test = splits.test.float_images()
         non_target = splits.test.labels != config.target

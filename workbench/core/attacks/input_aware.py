@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from workbench.core.attacks.base import Attack
 from workbench.core.classifier import input_shape_of, num_classes_of
 from workbench.core.data import dataset_spec
 from workbench.core.runtime import child_seed
+from workbench.core.storage import load_checkpoint, save_checkpoint
 from workbench.core.validation import (
     WorkbenchError,
     check_class,
@@ -269,8 +271,8 @@ def _generators(key: str, channels: int, width: int) -> tuple[TriggerGenerator, 
 
 def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Module, train_images: torch.Tensor,
                                     train_labels: torch.Tensor, *, augment: Any, optimizer: torch.optim.Optimizer,
-                                    lr_at: Any, device: torch.device,
-                                    progress: bool = True) -> tuple[TriggerGenerator, TriggerGenerator, list]:
+                                    lr_at: Any, device: torch.device, progress: bool = True,
+                                    checkpoint: Path | None = None) -> tuple[TriggerGenerator, TriggerGenerator, list]:
     """The two training stages of IAB (see the module docstring). Returns (pattern gen, mask gen, history).
 
     Args:
@@ -278,6 +280,9 @@ def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Mod
         train_images, train_labels: the clean training set (uint8 images).
         augment: callable(x float batch, generator) -> augmented batch.
         optimizer: the classifier's optimiser; lr_at: callable(progress in [0, 1]) -> learning rate.
+        checkpoint: a file the loop saves its whole state to after every epoch of either stage (the three networks,
+            the three optimisers, the random streams, the history) and resumes from when it exists, ending with the
+            weights an uninterrupted run ends with.
     """
     if not isinstance(config, InputAwareConfig):
         raise WorkbenchError(f"config must be an InputAwareConfig, got {type(config).__name__}")
@@ -311,9 +316,25 @@ def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Mod
             yield x, train_labels[idx].to(device), other
 
     mask_opt = torch.optim.Adam(mask_gen.parameters(), lr=config.generator_lr * 10, betas=(0.5, 0.9))
-    bar = tqdm(total=steps * (config.mask_epochs + recipe.epochs), desc="IAB: mask generator, then joint training",
-               disable=not progress, leave=False)
-    for _ in range(config.mask_epochs):  # stage 1: sparse, input-dependent masks
+    pattern_opt = torch.optim.Adam(pattern_gen.parameters(), lr=config.generator_lr, betas=(0.5, 0.9))
+    networks = {"classifier": classifier, "pattern_gen": pattern_gen, "mask_gen": mask_gen}
+    optimisers = {"optimizer": optimizer, "pattern_opt": pattern_opt, "mask_opt": mask_opt}
+    history, step, total, masks_done, joint_done = [], 0, steps * recipe.epochs, 0, 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = load_checkpoint(checkpoint, config.to_dict(), gen, device)
+        for name, part in {**networks, **optimisers}.items():
+            part.load_state_dict(state[name])
+        masks_done, joint_done, step, history = state["mask_epochs"], state["epochs"], state["step"], state["history"]
+
+    def save() -> None:
+        if checkpoint is not None:
+            state = {name: part.state_dict() for name, part in {**networks, **optimisers}.items()}
+            save_checkpoint(checkpoint, config.to_dict(), {**state, "mask_epochs": masks_done, "epochs": joint_done,
+                                                           "step": step, "history": history}, gen, device)
+
+    bar = tqdm(total=steps * (config.mask_epochs + recipe.epochs), initial=steps * (masks_done + joint_done),
+               desc="IAB: mask generator, then joint training", disable=not progress, leave=False)
+    for _ in range(masks_done, config.mask_epochs):  # stage 1: sparse, input-dependent masks
         for x, _, other in batches():
             m, m_other = _make_mask(mask_gen, x), _make_mask(mask_gen, other)
             loss = (config.lambda_norm * _sparsity_loss(m, config.mask_density)
@@ -322,14 +343,14 @@ def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Mod
             loss.backward()
             mask_opt.step()
             bar.update()
+        masks_done += 1
+        save()
     mask_gen.eval()
     for p in mask_gen.parameters():
         p.requires_grad_(False)
 
-    pattern_opt = torch.optim.Adam(pattern_gen.parameters(), lr=config.generator_lr, betas=(0.5, 0.9))
-    history, step, total = [], 0, steps * recipe.epochs
     classifier.train()
-    for epoch in range(recipe.epochs):  # stage 2: classifier and pattern generator together
+    for epoch in range(joint_done, recipe.epochs):  # stage 2: classifier and pattern generator together
         start, loss_sum = time.time(), 0.0
         for x, y, other in batches():
             n_bd, n_cross = int(config.p_attack * len(x)), int(config.p_cross * len(x))
@@ -354,5 +375,7 @@ def train_generators_and_classifier(config: InputAwareConfig, classifier: nn.Mod
             step += 1
             bar.update()
         history.append({"epoch": epoch + 1, "loss": loss_sum / steps, "seconds": time.time() - start})
+        joint_done += 1
+        save()
     bar.close()
     return pattern_gen.eval(), mask_gen, history
