@@ -53,6 +53,13 @@ def _recipe(**settings: object) -> training.TrainConfig:
                                 **settings)
 
 
+def _checkpoint() -> Path:
+    """A checkpoint file `save_checkpoint` wrote for the recipe {"epochs": 2}."""
+    path = Path(tempfile.mkdtemp()) / "state.pt"
+    storage.save_checkpoint(path, {"epochs": 2}, {"epochs": 1}, torch.Generator(), torch.device("cpu"))
+    return path
+
+
 def _attack() -> patches.BadNets:
     return patches.BadNets(size=3)
 
@@ -328,6 +335,12 @@ EXAMPLES: dict[str, Example] = {
         "path": Path(tempfile.mkdtemp()) / "f.json", "obj": {"a": 1}}),
     "core.storage.sha256_file": Example(storage.sha256_file, lambda: {"path": __file__}, paths=("path",)),
     "core.storage.sha256_text": Example(storage.sha256_text, lambda: {"text": "x"}),
+    "core.storage.save_checkpoint": Example(storage.save_checkpoint, lambda: {
+        "path": Path(tempfile.mkdtemp()) / "state.pt", "recipe": {"epochs": 2}, "state": {"epochs": 1},
+        "generator": torch.Generator(), "device": torch.device("cpu")}),
+    "core.storage.load_checkpoint": Example(storage.load_checkpoint, lambda: {
+        "path": _checkpoint(), "recipe": {"epochs": 2}, "generator": torch.Generator(),
+        "device": torch.device("cpu")}, paths=("path",)),
     # --- training
     "core.training.TrainConfig": Example(training.TrainConfig, lambda: {"dataset": "cifar10", "model": "lenet5"},
                                          names=("dataset", "model", "optimizer", "schedule", "augment"),

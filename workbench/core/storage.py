@@ -110,6 +110,8 @@ def load_checkpoint(path: str | Path, recipe: dict[str, Any], generator: torch.G
                     device: torch.device) -> dict[str, Any]:
     """The state `save_checkpoint` wrote, its random streams restored into `generator` and torch's generators
     (`weights_only=True`: tensors and plain values only, nothing unpickled)."""
+    if not Path(path).is_file():
+        raise WorkbenchError(f"path {path} is not a checkpoint file: nothing to resume from")
     state = torch.load(path, map_location=device, weights_only=True)
     if state.get("recipe") != canonical_json(recipe):
         raise WorkbenchError(f"the checkpoint {path} belongs to another training recipe; delete it to train afresh")
