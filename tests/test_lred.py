@@ -6,6 +6,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from workbench.core.models import build_model
 from workbench.core.validation import WorkbenchError
 from workbench.defenses.lred import (
     LREDConfig,
@@ -92,6 +93,28 @@ def test_batched_problems_equal_one_problem_at_a_time():
         alone = estimate_patterns(model, x, y, targets[p:p + 1], sources[p:p + 1], config)
         assert torch.allclose(alone.patterns[0], together.patterns[p], atol=1e-5)
         assert alone.iterations[0] == together.iterations[p]
+
+
+def test_estimation_bytes_do_not_depend_on_the_thread_count():
+    # a problem that stops early leaves the others' (problem, image) pairs unevenly spread over the threads: with
+    # v[p_idx]'s backward, 1 and 2 threads then summed them in different orders (last bits of the patterns differed
+    # from the third step on, and with them the engines' artefacts)
+    torch.manual_seed(0)
+    model = build_model("resnet_small", in_channels=3, num_classes=10, image_size=32, widths=(16, 32, 32, 64))
+    x = torch.rand(20, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(10).repeat_interleave(2)
+    targets, sources = estimation_problems("RED-A", 10)
+    config = LREDConfig(step=0.2, max_norm=3.0, max_iterations=10)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            runs.append(estimate_patterns(model, x, y, targets, sources, config))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(set(runs[0].iterations.tolist())) > 1  # some problems stopped before others
+    assert torch.equal(runs[0].patterns, runs[1].patterns) and torch.equal(runs[0].weights, runs[1].weights)
 
 
 def test_problems_of_each_method():

@@ -16,7 +16,8 @@ RED-U (the "all other classes are sources" baseline) is the same estimation with
 
 Every variant is one call of `estimate_patterns`, which runs all estimation problems of a classifier at once: one
 forward and backward pass per iteration over every (problem, image) pair still running, on any device. The
-estimation is deterministic (no random draws); the seed only chooses the clean images (`detection_images`).
+estimation is deterministic (no random draws) and its bytes do not depend on the number of CPU threads; the seed
+only chooses the clean images (`detection_images`).
 
 Beyond the paper (both from the author's related scripts, see docs/implementation.md#l-red-estimation): an
 estimation also stops when ||v||_2 exceeds `max_norm` (6), and only x + v is clipped to [0, 1], never v itself.
@@ -183,7 +184,10 @@ def estimate_patterns(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target
             pairs = running[problem_of]
             p_idx, i_idx = problem_of[pairs], image_of[pairs]
             v = patterns.detach().requires_grad_(True)
-            logits = model((x[i_idx] + v[p_idx]).clamp(0, 1))
+            # index_select, not v[p_idx]: its backward (index_add) sums each problem's pairs in one fixed order,
+            # where v[p_idx]'s (index_put with accumulate) splits them across CPU threads, so that the last bits
+            # of every later step depended on the thread count and the engine that ran the detection
+            logits = model((x[i_idx] + v.index_select(0, p_idx)).clamp(0, 1))
             log_p = F.log_softmax(logits, dim=1).gather(1, targets[p_idx].unsqueeze(1)).squeeze(1)
             hits = (logits.argmax(1) == targets[p_idx]).float().detach()
             q = _class_sums(hits, p_idx, y[i_idx], (problems, k)) * inverse_counts  # q_st(v^(i)), Eq. 3
