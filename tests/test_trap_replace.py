@@ -164,6 +164,35 @@ def test_both_stages_are_cached_and_repeatable(tiny_mirror: Path, tmp_path: Path
     assert plain.net.reconstruction is None
 
 
+def test_a_killed_stage_two_resumes_with_the_weights_of_an_uninterrupted_run(
+        tiny_mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TrapConfig(WRN)
+    replace = ReplaceConfig(epochs=2, batch_size=4, cutmix_beta=1.0)  # CutMix and dropout draw in every batch
+    stores = [ArtefactStore(tmp_path / name, read_only_roots=[]) for name in ("whole", "killed")]
+    trapped = [get_or_trap(config, store=store, device="cpu", progress=False) for store in stores]
+    whole = get_or_replace(trapped[0], replace, store=stores[0], device="cpu", progress=False)
+    save_epoch = training._save_epoch
+
+    def save_then_die(*args, **kwargs):  # the process dies right after epoch 1's state is written
+        save_epoch(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_save_epoch", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            get_or_replace(trapped[1], replace, store=stores[1], device="cpu", progress=False)
+    checkpoint = stores[1].checkpoint(trap_replace.REPLACE_KIND, whole.key)
+    assert checkpoint.is_file() and stores[1].load_by_key(trap_replace.REPLACE_KIND, whole.key) is None
+    resumed = get_or_replace(trapped[1], replace, store=stores[1], device="cpu", progress=False)
+    assert not resumed.loaded and not checkpoint.exists()
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    def measured(history: list[dict[str, float]]) -> list[tuple[float, float]]:  # wall-clock seconds left out
+        return [(epoch["loss"], epoch["ca"]) for epoch in history]
+
+    assert measured(resumed.metrics["history"]) == measured(whole.metrics["history"])
+
+
 def test_cold_run_time_counts_each_artefact_once() -> None:
     tables = TRTables("cifar10", "smoke")
     tables.clock.seen("trained here", loaded=False, seconds=5.0)

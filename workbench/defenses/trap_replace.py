@@ -422,13 +422,13 @@ def _cutmix(x: torch.Tensor, y: torch.Tensor, beta: float, gen: torch.Generator
 
 def replace_head(classifier: nn.Module, holdout: ImageDataset, config: ReplaceConfig, base: TrainConfig,
                  split: str, *, monitor: tuple[torch.Tensor, torch.Tensor] | None = None, device: str = "auto",
-                 progress: bool = True) -> list[dict[str, float]]:
+                 progress: bool = True, checkpoint: Path | None = None) -> list[dict[str, float]]:
     """Stage 2 in place (Eq. 2; Alg. 1 lines 5-6): re-initialise the head of `classifier` from split point `split`
     on (`head_modules`: a workbench stage name, or any module name of a wrapped model such as torchvision's
     "layer4") from `config.seed`, switch on its dropout, and train it on the clean `holdout` with the stem frozen.
     `base` carries the optimiser's dataset / model labels (`config.recipe`).
 
-    Returns the per-epoch training history.
+    Returns the per-epoch training history (`checkpoint` as in `train_classifier`: resumable epochs).
     """
     head = head_modules(classifier, split)
     check_training_images(holdout, classifier, "holdout")
@@ -452,7 +452,7 @@ def replace_head(classifier: nn.Module, holdout: ImageDataset, config: ReplaceCo
     frozen = FrozenStem(classifier, head)
     try:
         history = train_classifier(frozen, holdout, recipe, monitor=monitor, device=device, progress=progress,
-                                   batch_loss=mixed_loss)
+                                   batch_loss=mixed_loss, checkpoint=checkpoint)
     finally:
         frozen.release()
     for module in head:
@@ -511,7 +511,7 @@ def get_or_replace(trapped: TrappedModel, config: ReplaceConfig, *, store: Artef
         monitor = (splits.test.subset(monitor_idx).float_images(), splits.test.labels[monitor_idx])
         start = time.time()
         history = replace_head(classifier, holdout, config, base, trapped.net.split, monitor=monitor, device=device,
-                               progress=progress)
+                               progress=progress, checkpoint=store.checkpoint(REPLACE_KIND, key))
         metrics = {"history": history, "train_seconds": time.time() - start, "holdout_images": len(holdout),
                    "device": str(dev), "torch": torch.__version__, **test_metrics(classifier, base, splits)}
         return classifier, classifier.state_dict(), metrics
