@@ -64,19 +64,19 @@ def test_ray_and_submitit_leave_the_keys_and_bytes_of_the_inline_executor(tmp_pa
         assert events.index(("done", jobs[1].id)) < events.index(("start", jobs[2].id))
 
 
-def _kill_when_started(store: ArtefactStore, job: Job, after: float) -> threading.Thread:
-    """Kill (SIGKILL) the worker process that starts `job`, `after` seconds into it."""
+def _kill_mid_training(store: ArtefactStore, job: Job) -> threading.Thread:
+    """Kill (SIGKILL) the worker process that runs training `job` as soon as its first epoch's checkpoint is written:
+    the training is then in its second epoch, with state on disk to resume from."""
     def watch() -> None:
-        deadline = time.time() + 120
+        deadline, checkpoint = time.time() + 120, store.checkpoint(job.kind, job.key)
         while time.time() < deadline:
-            if event_log(store.root).exists():
-                for line in event_log(store.root).read_text().splitlines():
-                    event = json.loads(line)
-                    if event["event"] == "start" and event["job"] == job.id:
-                        time.sleep(after)
-                        os.kill(event["pid"], signal.SIGKILL)
-                        return
-            time.sleep(0.05)
+            starts = [json.loads(line) for line in event_log(store.root).read_text().splitlines()] if event_log(
+                store.root).exists() else []
+            started = [event["pid"] for event in starts if event["event"] == "start" and event["job"] == job.id]
+            if started and checkpoint.exists():
+                os.kill(started[0], signal.SIGKILL)
+                return
+            time.sleep(0.02)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -85,18 +85,23 @@ def _kill_when_started(store: ArtefactStore, job: Job, after: float) -> threadin
 
 def test_a_worker_killed_mid_training_costs_only_its_job(tmp_path) -> None:
     store = ArtefactStore(tmp_path / "cache", read_only_roots=[])
-    jobs = _jobs(("quickstart", "restore"), ("quickstart model", *LABELS[1:]))
-    victim = jobs[0]  # quickstart's model: data loading, then two epochs, over ten seconds; killed three seconds in
-    watcher = _kill_when_started(store, victim, after=3.0)
+    jobs = _jobs()
+    victim = jobs[0]  # REStore's MNIST benign LeNet-5: two epochs; killed once the first one is saved
+    watcher = _kill_mid_training(store, victim)
     with pytest.raises(WorkbenchError, match=f"1 of 3 jobs failed.*{victim.id}"):
         run(jobs, executor="ray", store=store, device="cpu", threads=1, progress=False, workers=2, retries=0)
     watcher.join(timeout=5)
     assert [job.id for job in plan(jobs, store)] == [victim.id]  # the others finished and were published
     assert store.load_by_key(victim.kind, victim.key) is None  # nothing half-written under the killed job's key
+    assert store.checkpoint(victim.kind, victim.key).is_file()  # the first epoch, to resume from
     assert run(jobs, executor="ray", store=store, device="cpu", threads=1, progress=False, workers=2) == [victim.id]
     starts = [job for event, job in _events(store) if event == "start"]
     assert starts.count(victim.id) == 2 and all(starts.count(job.id) == 1 for job in jobs[1:])
-    _weights(store, jobs)  # every artefact loads and matches its manifest's hashes
+    assert not store.checkpoint(victim.kind, victim.key).exists()  # the published artefact superseded it
+    # every artefact loads and matches its manifest's hashes, and the resumed training those of an uninterrupted one
+    uninterrupted = ArtefactStore(tmp_path / "uninterrupted", read_only_roots=[])
+    run(jobs[:1], store=uninterrupted, device="cpu", threads=1, progress=False)
+    assert _weights(store, jobs)[victim.id] == _weights(uninterrupted, jobs[:1])[victim.id]
     leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_dir() and ".partial-" in p.name]
     assert leftovers == []
 
