@@ -3,13 +3,16 @@ trigger relabelled to class 0), with tiny models so each test runs in seconds on
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from workbench.core import training
 from workbench.core.data import ImageDataset
 from workbench.core.metrics import attack_success_rate, clean_accuracy
 from workbench.core.training import TrainConfig, new_model, train_classifier
@@ -342,6 +345,28 @@ def test_train_dp_is_repeatable_and_seeded(toy: dict) -> None:
     reloaded = dp_model(LENET)
     reloaded.load_state_dict(a.state_dict())  # the documented way to rebuild a saved DP model
     assert same_weights(reloaded, a)
+
+
+def test_a_killed_dp_training_resumes_with_its_noise_where_it_stopped(toy: dict, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    small, recipe = toy["train"].subset(torch.arange(128)), dataclasses.replace(LENET, epochs=2)
+    config = DPConfig(noise_multiplier=1.0)
+    whole = train_dp(small, recipe, config, device="cpu", progress=False)
+    save_epoch = training._save_epoch
+
+    def save_then_die(*args, **kwargs):  # the process dies right after epoch 1's state is written
+        save_epoch(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "dp.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_save_epoch", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_dp(small, recipe, config, device="cpu", progress=False, checkpoint=checkpoint)
+    resumed = train_dp(small, recipe, config, device="cpu", progress=False, checkpoint=checkpoint)
+    assert same_weights(whole, resumed)  # the noise of epoch 2 continued the saved stream, not a fresh one
+    with pytest.raises(WorkbenchError, match="extra random streams"):  # a checkpoint without the noise's stream
+        train_classifier(dp_model(recipe), small, recipe, device="cpu", progress=False, checkpoint=checkpoint)
 
 
 def test_dp_config_validates() -> None:

@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,7 +395,8 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
                      progress: bool = True, poisoned: torch.Tensor | None = None,
                      batch_loss: BatchLoss | None = None,
                      classifier: torch.nn.Module | None = None,
-                     checkpoint: Path | None = None) -> list[dict[str, float]]:
+                     checkpoint: Path | None = None,
+                     streams: Sequence[torch.Generator] = ()) -> list[dict[str, float]]:
     """Train `model` in place on `train` with the optimisation settings of `config`.
 
     Args:
@@ -414,24 +415,28 @@ def train_classifier(model: StagedClassifier, train: ImageDataset, config: Train
         checkpoint: a file the loop saves its whole state to after every epoch (weights, optimiser, the data-order
             and dropout generators, the history) and resumes from when it exists, so that a run killed in epoch k
             (a Slurm requeue, a preemption) goes on with epoch k and ends with the weights of an uninterrupted run.
+        streams: further generators `batch_loss` draws from (DP-SGD's noise), saved in and restored from the
+            checkpoint with the loop's own.
 
     Returns:
         One dict per epoch: mean training loss, seconds, and CA / ASR on the monitor sets if given.
     """
     check_training_images(train, classifier or model)
+    if isinstance(streams, torch.Generator) or not all(isinstance(g, torch.Generator) for g in streams):
+        raise WorkbenchError(f"streams must be a sequence of torch.Generator objects, got {streams!r}")
     dev = resolve_device(device)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), _repeatable(dev):
         torch.manual_seed(child_seed(config.seed, "global_rng"))  # dropout draws repeat too; the caller's state is kept
         return _train_loop(model, train, config, monitor, monitor_backdoor, dev, progress, poisoned, batch_loss,
-                           classifier or model, checkpoint)
+                           classifier or model, checkpoint, tuple(streams))
 
 
 def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig,
                 monitor: tuple[torch.Tensor, torch.Tensor] | None, monitor_backdoor: tuple[torch.Tensor, int] | None,
                 dev: torch.device, progress: bool, poisoned: torch.Tensor | None,
                 batch_loss: BatchLoss | None, classifier: torch.nn.Module,
-                checkpoint: Path | None = None) -> list[dict[str, float]]:
+                checkpoint: Path | None = None, streams: tuple[torch.Generator, ...] = ()) -> list[dict[str, float]]:
     batches = _Batches(train, poisoned, dev)
     fmt = batches.memory_format
     model.to(dev, memory_format=fmt).train()
@@ -451,7 +456,7 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
     latent_memo: torch.Tensor | None = None
     first = 0
     if checkpoint is not None and checkpoint.is_file():
-        first, step, history, memo, latent_memo = _resume(checkpoint, config, model, opt, gen, dev)
+        first, step, history, memo, latent_memo = _resume(checkpoint, config, model, opt, (gen, *streams), dev)
         bar.update(step)
     for epoch in range(first, config.epochs):
         start, loss_sum = time.time(), 0.0
@@ -501,29 +506,40 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
         history.append(record)
         bar.set_postfix({k: round(v, 3) for k, v in record.items() if k in ("loss", "ca", "asr")})
         if checkpoint is not None:
-            _save_epoch(checkpoint, config, model, opt, gen, dev, epoch + 1, step, history, memo, latent_memo)
+            _save_epoch(checkpoint, config, model, opt, (gen, *streams), dev, epoch + 1, step, history, memo,
+                        latent_memo)
     bar.close()
     return history
 
 
 def _save_epoch(path: Path, config: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                gen: torch.Generator, dev: torch.device, epochs: int, step: int, history: list[dict[str, float]],
-                memo: torch.Tensor | None, latent_memo: torch.Tensor | None) -> None:
-    """Write the loop's state after `epochs` epochs to `path` atomically (a kill mid-write leaves the last one)."""
+                generators: tuple[torch.Generator, ...], dev: torch.device, epochs: int, step: int,
+                history: list[dict[str, float]], memo: torch.Tensor | None, latent_memo: torch.Tensor | None) -> None:
+    """Write the loop's state after `epochs` epochs to `path` atomically (a kill mid-write leaves the last one);
+    `generators`: the data order's, then the caller's `streams`."""
+    data_order, *streams = generators
     save_checkpoint(path, config.to_dict(), {"epochs": epochs, "step": step, "history": history,
                                              "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                             "memo": memo, "latent_memo": latent_memo}, gen, dev)
+                                             "memo": memo, "latent_memo": latent_memo,
+                                             "streams": [g.get_state() for g in streams]}, data_order, dev)
 
 
 def _resume(path: Path, config: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
-            gen: torch.Generator, dev: torch.device
+            generators: tuple[torch.Generator, ...], dev: torch.device
             ) -> tuple[int, int, list[dict[str, float]], torch.Tensor | None, torch.Tensor | None]:
-    """Restore the state `_save_epoch` wrote.
+    """Restore the state `_save_epoch` wrote, into the data order's generator and then the caller's `streams`.
 
     Returns:
         (epochs done, steps done, history, the anchor memo, the latent memo).
     """
-    state = load_checkpoint(path, config.to_dict(), gen, dev)
+    data_order, *streams = generators
+    state = load_checkpoint(path, config.to_dict(), data_order, dev)
+    saved = state.get("streams", [])
+    if len(saved) != len(streams):
+        raise WorkbenchError(f"the checkpoint {path} holds {len(saved)} extra random streams, this training draws from "
+                             f"{len(streams)}; delete it to train afresh")
+    for generator, saved_state in zip(streams, saved, strict=True):
+        generator.set_state(saved_state.cpu())
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     return state["epochs"], state["step"], state["history"], state["memo"], state["latent_memo"]

@@ -443,8 +443,10 @@ def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *,
             return result.model, {"isolation_precision": result.isolation_precision, "history": result.history}
 
         return _cached("abl", identity, run_abl, lambda: new_model(recipe), recipe, defence, store, device, clock)
+    checkpoint = store.checkpoint("dp", config_key(identity))  # a requeued DP job resumes its epochs
     return _cached("dp", identity,
-                   lambda: (train_dp(poisoned_set().train, recipe, preset.dp, device=device, progress=progress), {}),
+                   lambda: (train_dp(poisoned_set().train, recipe, preset.dp, device=device, progress=progress,
+                                     checkpoint=checkpoint), {}),
                    lambda: dp_model(recipe, preset.dp), recipe, defence, store, device, clock)
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -204,7 +205,7 @@ def _private_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_gr
 def train_dp(train: ImageDataset, recipe: TrainConfig, config: DPConfig = DPConfig(), *,
              model: nn.Module | None = None, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
              monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
-             progress: bool = True) -> nn.Module:
+             progress: bool = True, checkpoint: Path | None = None) -> nn.Module:
     """Train a classifier on `train` with DP-SGD.
 
     Args:
@@ -218,6 +219,7 @@ def train_dp(train: ImageDataset, recipe: TrainConfig, config: DPConfig = DPConf
         monitor, monitor_backdoor: as in `train_classifier` (per-epoch CA / ASR, printed on the progress bar).
         device: where to train ("auto" = GPU if available).
         progress: show a tqdm bar.
+        checkpoint: as in `train_classifier` (resumable epochs; the noise generator is saved with the rest).
 
     Returns:
         The trained GroupNorm classifier, in eval mode on `device` (rebuild it with `dp_model` to load saved weights).
@@ -238,5 +240,6 @@ def train_dp(train: ImageDataset, recipe: TrainConfig, config: DPConfig = DPConf
 
     recipe = dataclasses.replace(recipe, logit_anchor=0.0)  # an attack-side setting; DP trains on plain CE
     train_classifier(model, train, recipe, monitor=monitor, monitor_backdoor=monitor_backdoor,
-                     device=resolve_device(device), progress=progress, batch_loss=dp_loss)
+                     device=resolve_device(device), progress=progress, batch_loss=dp_loss, checkpoint=checkpoint,
+                     streams=(noise_gen,))
     return model.eval()
