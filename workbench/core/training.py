@@ -456,7 +456,7 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
     latent_memo: torch.Tensor | None = None
     first = 0
     if checkpoint is not None and checkpoint.is_file():
-        first, step, history, memo, latent_memo = _resume(checkpoint, config, model, opt, (gen, *streams), dev)
+        first, step, history, memo, latent_memo = _resume(checkpoint, config, model, opt, gen, streams, dev)
         bar.update(step)
     for epoch in range(first, config.epochs):
         start, loss_sum = time.time(), 0.0
@@ -506,34 +506,31 @@ def _train_loop(model: torch.nn.Module, train: ImageDataset, config: TrainConfig
         history.append(record)
         bar.set_postfix({k: round(v, 3) for k, v in record.items() if k in ("loss", "ca", "asr")})
         if checkpoint is not None:
-            _save_epoch(checkpoint, config, model, opt, (gen, *streams), dev, epoch + 1, step, history, memo,
+            _save_epoch(checkpoint, config, model, opt, gen, streams, dev, epoch + 1, step, history, memo,
                         latent_memo)
     bar.close()
     return history
 
 
 def _save_epoch(path: Path, config: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                generators: tuple[torch.Generator, ...], dev: torch.device, epochs: int, step: int,
+                gen: torch.Generator, streams: tuple[torch.Generator, ...], dev: torch.device, epochs: int, step: int,
                 history: list[dict[str, float]], memo: torch.Tensor | None, latent_memo: torch.Tensor | None) -> None:
-    """Write the loop's state after `epochs` epochs to `path` atomically (a kill mid-write leaves the last one);
-    `generators`: the data order's, then the caller's `streams`."""
-    data_order, *streams = generators
+    """Write the loop's state after `epochs` epochs to `path` atomically (a kill mid-write leaves the last one)."""
     save_checkpoint(path, config.to_dict(), {"epochs": epochs, "step": step, "history": history,
                                              "model": model.state_dict(), "optimizer": opt.state_dict(),
                                              "memo": memo, "latent_memo": latent_memo,
-                                             "streams": [g.get_state() for g in streams]}, data_order, dev)
+                                             "streams": [g.get_state() for g in streams]}, gen, dev)
 
 
 def _resume(path: Path, config: TrainConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
-            generators: tuple[torch.Generator, ...], dev: torch.device
+            gen: torch.Generator, streams: tuple[torch.Generator, ...], dev: torch.device
             ) -> tuple[int, int, list[dict[str, float]], torch.Tensor | None, torch.Tensor | None]:
-    """Restore the state `_save_epoch` wrote, into the data order's generator and then the caller's `streams`.
+    """Restore the state `_save_epoch` wrote, its random streams into `gen` and the caller's `streams`.
 
     Returns:
         (epochs done, steps done, history, the anchor memo, the latent memo).
     """
-    data_order, *streams = generators
-    state = load_checkpoint(path, config.to_dict(), data_order, dev)
+    state = load_checkpoint(path, config.to_dict(), gen, dev)
     saved = state.get("streams", [])
     if len(saved) != len(streams):
         raise WorkbenchError(f"the checkpoint {path} holds {len(saved)} extra random streams, this training draws from "
