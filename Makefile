@@ -35,10 +35,15 @@ smoke-jobs: venv
 	WORKBENCH_SCALE=smoke $(BIN)/python -m workbench jobs run --scale smoke $(JOBS_ARGS)
 
 ## test: the smoke jobs, the unit tests, then every notebook at smoke scale (nbval), which must only load
-## (WORKBENCH_CACHE_ONLY=1: a notebook that would train or compute anything the jobs did not fails)
+## (WORKBENCH_CACHE_ONLY=1: a notebook that would train or compute anything the jobs did not fails). Both pytest runs
+## spread over TEST_WORKERS processes (pytest-xdist; default one per core) of one torch thread each: most tests and
+## cells are too small for torch's threads, so on 2 cores two one-thread workers took 3:46 against one two-thread
+## process's 5:06 (unit tests) and 1:08 against 1:47 (notebooks; a notebook's cells stay on one worker, in order)
+TEST_WORKERS ?= auto
 test: smoke-jobs
-	WORKBENCH_SCALE=smoke $(BIN)/python -m pytest tests
-	WORKBENCH_SCALE=smoke WORKBENCH_CACHE_ONLY=1 $(BIN)/python -m pytest notebooks
+	WORKBENCH_SCALE=smoke OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist worksteal
+	WORKBENCH_SCALE=smoke WORKBENCH_CACHE_ONLY=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest notebooks \
+	  -n $(TEST_WORKERS) --dist loadfile
 
 ## ui-test: every walkthrough widget in JupyterLab in headless Chromium (Playwright), and the reproduced HTML pages
 ## offline; screenshots in outputs/ui/. Installs Debian's chromium and the `ui` extra first.
