@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from workbench.core.artefacts import Artefact, ArtefactStore, StaleArtefact, config_key, get_or_compute
-from workbench.core.storage import atomic_write, atomic_write_json
+from workbench.core.storage import atomic_write, atomic_write_json, checkpoint_part
 from workbench.core.validation import WorkbenchError
 
 
@@ -29,6 +29,22 @@ def test_save_then_load_round_trip(tmp_path: Path) -> None:
     assert torch.equal(found.tensors["w"], tensors["w"])
     assert sorted(p.name for p in found.path.iterdir()) == ["config.json", "manifest.json", "weights.safetensors"]
     assert not [p for p in found.path.parent.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_saving_an_artefact_deletes_its_checkpoint_and_parts_but_no_other_keys(tmp_path: Path) -> None:
+    store = ArtefactStore(tmp_path / "cache", read_only_roots=[])
+    config, other = {"model": "x"}, {"model": "y"}
+    mine = store.checkpoint("abl", config_key(config))
+    parts = [mine, checkpoint_part(mine, "isolate"), checkpoint_part(mine, "unlearn")]
+    theirs = [store.checkpoint("abl", config_key(other)), checkpoint_part(store.checkpoint("abl", config_key(other)),
+                                                                          "isolate")]
+    for path in parts + theirs:
+        atomic_write(path, lambda tmp: tmp.write_bytes(b"state"))
+    assert parts[1].name == f"{config_key(config)}.isolate.pt"
+    store.save("abl", config_key(config), {"w": torch.zeros(1)}, config, {})
+    assert not any(p.exists() for p in parts) and all(p.exists() for p in theirs)
+    with pytest.raises(WorkbenchError, match="part must be lower-case"):
+        checkpoint_part(mine, "../escape")
 
 
 def test_read_only_root_is_searched_but_never_written(tmp_path: Path) -> None:

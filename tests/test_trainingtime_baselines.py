@@ -173,6 +173,41 @@ def test_abl_is_repeatable_and_seeded(toy: dict) -> None:
     assert [h["phase"] for h in skip.history] == ["isolate"]
 
 
+def _without_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+@pytest.mark.parametrize("saves_before_death", [1, 3, 4])  # in isolation, in fine-tuning, before unlearning
+def test_a_killed_abl_resumes_in_its_phase_with_the_weights_of_an_uninterrupted_run(
+        toy: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saves_before_death: int) -> None:
+    small = toy["train"].subset(torch.arange(128))
+    config = ABLConfig(isolation_ratio=0.1, isolate_epochs=2, finetune_epochs=2, unlearn_epochs=1,
+                       unlearn_batch_size=8, unlearn_objective="joint")
+    whole = train_abl(small, LENET, config, device="cpu", progress=False)
+    save_epoch, saves = training._save_epoch, []
+
+    def save_then_die(*args, **kwargs):  # the process dies right after the n-th epoch's state is written
+        save_epoch(*args, **kwargs)
+        saves.append(args[0].name)
+        if len(saves) == saves_before_death:
+            raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "abl.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_save_epoch", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train_abl(small, LENET, config, device="cpu", progress=False, checkpoint=checkpoint)
+    assert saves == ["abl.isolate.pt"] * min(saves_before_death, 2) + ["abl.finetune.pt"] * (saves_before_death - 2)
+    with monkeypatch.context() as patch:  # the resumed run trains only the epochs the killed one had not saved
+        patch.setattr(training, "_save_epoch", lambda *args, **kwargs: (save_epoch(*args, **kwargs),
+                                                                         saves.append(args[0].name)))
+        resumed = train_abl(small, LENET, config, device="cpu", progress=False, checkpoint=checkpoint)
+    assert len(saves) == 5  # 2 + 2 + 1 epochs in all
+    assert same_weights(whole.model, resumed.model) and torch.equal(whole.isolated, resumed.isolated)
+    assert _without_seconds(resumed.history) == _without_seconds(whole.history)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abl.finetune.pt", "abl.isolate.pt", "abl.unlearn.pt"]
+
+
 def test_abl_rejects_bad_configs_and_inputs(toy: dict) -> None:
     with pytest.raises(WorkbenchError, match="isolation_ratio must be in"):
         ABLConfig(isolation_ratio=1.0)

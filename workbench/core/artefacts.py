@@ -100,7 +100,7 @@ class ArtefactStore:
 
     def checkpoint(self, kind: str, key: str) -> Path:
         """Where the computation of `kind`/`key` keeps its resumable state until the artefact is saved (a file
-        under `<root>/.checkpoints/`; `save` deletes it)."""
+        under `<root>/.checkpoints/`; `save` deletes it and its parts, `storage.checkpoint_part`)."""
         _check_address(kind, key)
         return self.root / ".checkpoints" / kind / f"{key}.pt"
 
@@ -163,7 +163,9 @@ class ArtefactStore:
                                                    "metrics": metrics})
 
             _publish(final, write)
-            self.checkpoint(kind, key).unlink(missing_ok=True)  # the artefact supersedes its resumable state
+            checkpoint = self.checkpoint(kind, key)  # the artefact supersedes its resumable state and its parts
+            for stale in (checkpoint, *checkpoint.parent.glob(f"{key}.*{checkpoint.suffix}")):
+                stale.unlink(missing_ok=True)
         return Artefact(key, tensors, config, metrics, final)
 
     def adopt(self, kind: str, key: str, source: str | Path) -> Path:

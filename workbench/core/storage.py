@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +105,16 @@ def save_checkpoint(path: str | Path, recipe: dict[str, Any], state: dict[str, A
     full = {**state, "recipe": canonical_json(recipe), "data_order": generator.get_state(),
             "rng": torch.get_rng_state(), "cuda_rng": cuda}
     atomic_write(path, lambda tmp: torch.save(full, tmp))
+
+
+def checkpoint_part(path: str | Path, part: str) -> Path:
+    """The checkpoint file of one part of a computation whose checkpoint is `path` (a phase of ABL, which trains
+    with another recipe in each): `<stem>.<part><suffix>` beside it, which `ArtefactStore.save` deletes with `path`
+    once the computation's artefact is stored."""
+    if not isinstance(part, str) or not re.fullmatch(r"[a-z0-9_-]+", part):
+        raise WorkbenchError(f"part must be lower-case letters, digits, '_' or '-', got {part!r}")
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{part}{path.suffix}")
 
 
 def load_checkpoint(path: str | Path, recipe: dict[str, Any], generator: torch.Generator,

@@ -439,7 +439,7 @@ def defend(defence: str, dataset: str, attack: str | None, scale: str | None, *,
         def run_abl() -> tuple[nn.Module, dict[str, Any]]:
             data = poisoned_set()
             result = train_abl(data.train, recipe, preset.abl, poisoned=data.poisoned_mask(), device=device,
-                               progress=progress)
+                               progress=progress, checkpoint=store.checkpoint("abl", config_key(identity)))
             return result.model, {"isolation_precision": result.isolation_precision, "history": result.history}
 
         return _cached("abl", identity, run_abl, lambda: new_model(recipe), recipe, defence, store, device, clock)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 
 from workbench.core.data import ImageDataset
 from workbench.core.runtime import child_seed, resolve_device
+from workbench.core.storage import checkpoint_part
 from workbench.core.training import TrainConfig, augment_batch, check_training_images, new_model, train_classifier
 from workbench.core.validation import (
     WorkbenchError,
@@ -237,7 +239,7 @@ def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLC
               model: nn.Module | None = None, poisoned: torch.Tensor | None = None,
               monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
               monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
-              progress: bool = True) -> ABLResult:
+              progress: bool = True, checkpoint: str | Path | None = None) -> ABLResult:
     """Train a classifier on the (poisoned) `train` set with ABL.
 
     Args:
@@ -254,6 +256,10 @@ def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLC
         monitor_backdoor: (triggered non-target images, target) for per-epoch ASR in the history.
         device: where to train ("auto" = GPU if available).
         progress: show tqdm bars.
+        checkpoint: a file path: each phase saves its state after every epoch beside it (`<stem>.isolate.pt`,
+            `.finetune.pt`, `.unlearn.pt`: each phase trains with its own recipe) and resumes from it, so a run
+            killed in any phase ends with the weights of an uninterrupted run (a finished phase is loaded, not
+            retrained). The files stay until deleted (`ArtefactStore.save` deletes them with the artefact).
 
     Returns:
         The trained model (eval mode), the isolated indices, the isolation precision and the per-epoch history.
@@ -269,6 +275,9 @@ def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLC
     def record(phase: str, records: list[dict[str, float]]) -> None:
         history.extend({"phase": phase, **r} for r in records)
 
+    def saved(phase: str) -> Path | None:
+        return None if checkpoint is None else checkpoint_part(checkpoint, phase)
+
     def lga(net: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return _lga_loss(net(x), y, config.gamma, config.lga_level)
 
@@ -276,7 +285,7 @@ def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLC
     isolate_recipe = _phase_recipe(recipe, config, "isolate", config.isolate_epochs)
     record("isolate", train_classifier(model, train, isolate_recipe, monitor=monitor,
                                        monitor_backdoor=monitor_backdoor, device=dev, progress=progress,
-                                       batch_loss=lga))
+                                       batch_loss=lga, checkpoint=saved("isolate")))
     # 2. the lowest-loss p N examples are the suspected backdoor examples
     losses = _per_example_loss(model, train)
     isolated = isolate_lowest(losses, config.isolation_ratio)
@@ -292,7 +301,8 @@ def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLC
             raise WorkbenchError("nothing left to fine-tune on after isolation; lower isolation_ratio")
         finetune_recipe = _phase_recipe(recipe, config, "finetune", config.finetune_epochs)
         record("finetune", train_classifier(model, finetune_set, finetune_recipe, monitor=monitor,
-                                            monitor_backdoor=monitor_backdoor, device=dev, progress=progress))
+                                            monitor_backdoor=monitor_backdoor, device=dev, progress=progress,
+                                            checkpoint=saved("finetune")))
 
     # 4. unlearning: gradient ascent on the isolated examples (plain SGD with a small lr, no augmentation)
     if config.unlearn_epochs > 0:
@@ -313,7 +323,7 @@ def train_abl(train: ImageDataset, recipe: TrainConfig, config: ABLConfig = ABLC
 
         record("unlearn", train_classifier(model, suspects, unlearn_recipe, monitor=monitor,
                                            monitor_backdoor=monitor_backdoor, device=dev, progress=progress,
-                                           batch_loss=unlearn))
+                                           batch_loss=unlearn, checkpoint=saved("unlearn")))
     precision = isolation_precision(isolated, mask) if mask is not None else None
     return ABLResult(model.to(dev).eval(), isolated, precision, history, losses)
 
