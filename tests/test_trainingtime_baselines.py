@@ -4,7 +4,7 @@ trigger relabelled to class 0), with tiny models so each test runs in seconds on
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from workbench.core.training import TrainConfig, new_model, train_classifier
 from workbench.core.validation import WorkbenchError
 from workbench.defenses.baselines.abl import (
     ABLConfig,
+    ABLResult,
     isolate_lowest,
     isolation_precision,
     lga_loss,
@@ -173,6 +174,27 @@ def test_abl_is_repeatable_and_seeded(toy: dict) -> None:
     assert [h["phase"] for h in skip.history] == ["isolate"]
 
 
+def _killed_after(saves: int | None, monkeypatch: pytest.MonkeyPatch, train: Callable[[], object]) -> list[str]:
+    """Run `train` as a process that dies (KeyboardInterrupt) right after its `saves`-th epoch checkpoint is written
+    (None: never); the names of the checkpoint files written, in order."""
+    save_epoch, written = training._save_epoch, []
+
+    def save_then_die(*args, **kwargs):
+        save_epoch(*args, **kwargs)
+        written.append(args[0].name)
+        if len(written) == saves:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_save_epoch", save_then_die)
+        if saves is None:
+            train()
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                train()
+    return written
+
+
 def _without_seconds(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
 
@@ -184,25 +206,15 @@ def test_a_killed_abl_resumes_in_its_phase_with_the_weights_of_an_uninterrupted_
     config = ABLConfig(isolation_ratio=0.1, isolate_epochs=2, finetune_epochs=2, unlearn_epochs=1,
                        unlearn_batch_size=8, unlearn_objective="joint")
     whole = train_abl(small, LENET, config, device="cpu", progress=False)
-    save_epoch, saves = training._save_epoch, []
-
-    def save_then_die(*args, **kwargs):  # the process dies right after the n-th epoch's state is written
-        save_epoch(*args, **kwargs)
-        saves.append(args[0].name)
-        if len(saves) == saves_before_death:
-            raise KeyboardInterrupt
-
     checkpoint = tmp_path / "abl.pt"
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "_save_epoch", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            train_abl(small, LENET, config, device="cpu", progress=False, checkpoint=checkpoint)
+    saves = _killed_after(saves_before_death, monkeypatch,
+                          lambda: train_abl(small, LENET, config, device="cpu", progress=False, checkpoint=checkpoint))
     assert saves == ["abl.isolate.pt"] * min(saves_before_death, 2) + ["abl.finetune.pt"] * (saves_before_death - 2)
-    with monkeypatch.context() as patch:  # the resumed run trains only the epochs the killed one had not saved
-        patch.setattr(training, "_save_epoch", lambda *args, **kwargs: (save_epoch(*args, **kwargs),
-                                                                         saves.append(args[0].name)))
-        resumed = train_abl(small, LENET, config, device="cpu", progress=False, checkpoint=checkpoint)
-    assert len(saves) == 5  # 2 + 2 + 1 epochs in all
+    runs: dict[str, ABLResult] = {}
+    resumed_saves = _killed_after(None, monkeypatch, lambda: runs.update(resumed=train_abl(
+        small, LENET, config, device="cpu", progress=False, checkpoint=checkpoint)))
+    assert len(saves) + len(resumed_saves) == 5  # the resumed run trains only the epochs not saved (2 + 2 + 1)
+    resumed = runs["resumed"]
     assert same_weights(whole.model, resumed.model) and torch.equal(whole.isolated, resumed.isolated)
     assert _without_seconds(resumed.history) == _without_seconds(whole.history)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["abl.finetune.pt", "abl.isolate.pt", "abl.unlearn.pt"]
@@ -387,17 +399,9 @@ def test_a_killed_dp_training_resumes_with_its_noise_where_it_stopped(toy: dict,
     small, recipe = toy["train"].subset(torch.arange(128)), dataclasses.replace(LENET, epochs=2)
     config = DPConfig(noise_multiplier=1.0)
     whole = train_dp(small, recipe, config, device="cpu", progress=False)
-    save_epoch = training._save_epoch
-
-    def save_then_die(*args, **kwargs):  # the process dies right after epoch 1's state is written
-        save_epoch(*args, **kwargs)
-        raise KeyboardInterrupt
-
     checkpoint = tmp_path / "dp.pt"
-    with monkeypatch.context() as patch:
-        patch.setattr(training, "_save_epoch", save_then_die)
-        with pytest.raises(KeyboardInterrupt):
-            train_dp(small, recipe, config, device="cpu", progress=False, checkpoint=checkpoint)
+    _killed_after(1, monkeypatch, lambda: train_dp(small, recipe, config, device="cpu", progress=False,
+                                                   checkpoint=checkpoint))
     resumed = train_dp(small, recipe, config, device="cpu", progress=False, checkpoint=checkpoint)
     assert same_weights(whole, resumed)  # the noise of epoch 2 continued the saved stream, not a fresh one
     with pytest.raises(WorkbenchError, match="extra random streams"):  # a checkpoint without the noise's stream
