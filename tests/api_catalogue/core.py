@@ -338,6 +338,8 @@ EXAMPLES: dict[str, Example] = {
     "core.storage.save_checkpoint": Example(storage.save_checkpoint, lambda: {
         "path": Path(tempfile.mkdtemp()) / "state.pt", "recipe": {"epochs": 2}, "state": {"epochs": 1},
         "generator": torch.Generator(), "device": torch.device("cpu")}),
+    "core.storage.delete_checkpoint": Example(storage.delete_checkpoint, lambda: {
+        "path": Path(tempfile.mkdtemp()) / "state.pt"}),
     "core.storage.checkpoint_part": Example(storage.checkpoint_part, lambda: {
         "path": Path(tempfile.mkdtemp()) / "state.pt", "part": "isolate"}, components=("part",)),
     "core.storage.load_checkpoint": Example(storage.load_checkpoint, lambda: {

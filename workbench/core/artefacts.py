@@ -33,6 +33,7 @@ from workbench.core.storage import (
     atomic_write_json,
     canonical_json,
     current_umask,
+    delete_checkpoint,
     fsync_path,
     sha256_file,
     sha256_text,
@@ -100,7 +101,7 @@ class ArtefactStore:
 
     def checkpoint(self, kind: str, key: str) -> Path:
         """Where the computation of `kind`/`key` keeps its resumable state until the artefact is saved (a file
-        under `<root>/.checkpoints/`; `save` deletes it and its parts, `storage.checkpoint_part`)."""
+        under `<root>/.checkpoints/`; `save` deletes it and its parts, `storage.delete_checkpoint`)."""
         _check_address(kind, key)
         return self.root / ".checkpoints" / kind / f"{key}.pt"
 
@@ -163,9 +164,7 @@ class ArtefactStore:
                                                    "metrics": metrics})
 
             _publish(final, write)
-            checkpoint = self.checkpoint(kind, key)  # the artefact supersedes its resumable state and its parts
-            for stale in (checkpoint, *checkpoint.parent.glob(f"{key}.*{checkpoint.suffix}")):
-                stale.unlink(missing_ok=True)
+            delete_checkpoint(self.checkpoint(kind, key))  # the artefact supersedes its resumable state
         return Artefact(key, tensors, config, metrics, final)
 
     def adopt(self, kind: str, key: str, source: str | Path) -> Path:

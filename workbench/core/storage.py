@@ -109,12 +109,19 @@ def save_checkpoint(path: str | Path, recipe: dict[str, Any], state: dict[str, A
 
 def checkpoint_part(path: str | Path, part: str) -> Path:
     """The checkpoint file of one part of a computation whose checkpoint is `path` (a phase of ABL, which trains
-    with another recipe in each): `<stem>.<part><suffix>` beside it, which `ArtefactStore.save` deletes with `path`
-    once the computation's artefact is stored."""
+    with another recipe in each): `<stem>.<part><suffix>` beside it, which `delete_checkpoint` deletes with `path`
+    (`ArtefactStore.save` does once the computation's artefact is stored)."""
     if not isinstance(part, str) or not re.fullmatch(r"[a-z0-9_-]+", part):
         raise WorkbenchError(f"part must be lower-case letters, digits, '_' or '-', got {part!r}")
     path = Path(path)
     return path.with_name(f"{path.stem}.{part}{path.suffix}")
+
+
+def delete_checkpoint(path: str | Path) -> None:
+    """Delete the checkpoint `path` and every part of it (`checkpoint_part`), where they exist."""
+    path = Path(path)
+    for stale in (path, *path.parent.glob(f"{path.stem}.*{path.suffix}")):
+        stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, recipe: dict[str, Any], generator: torch.Generator,

@@ -205,7 +205,7 @@ def _private_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_gr
 def train_dp(train: ImageDataset, recipe: TrainConfig, config: DPConfig = DPConfig(), *,
              model: nn.Module | None = None, monitor: tuple[torch.Tensor, torch.Tensor] | None = None,
              monitor_backdoor: tuple[torch.Tensor, int] | None = None, device: str = "auto",
-             progress: bool = True, checkpoint: Path | None = None) -> nn.Module:
+             progress: bool = True, checkpoint: str | Path | None = None) -> nn.Module:
     """Train a classifier on `train` with DP-SGD.
 
     Args:
